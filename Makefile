@@ -1,0 +1,38 @@
+# fm_local — every target installs what it needs into .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-all test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: run an example workflow on the embedded supervisor.
+run: $(STAMP)
+	FM_DB=$${FM_DB:-.fm/example.db} $(BIN)/fm run examples/fan_out_fan_in.json --input '{"count": 6}'
+
+# The whole test suite, crash and slow tests included (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# The quick loop while developing: everything but slow and crash tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not crash"
+
+lint: $(STAMP)
+	$(BIN)/ruff check fm_local tui tests benchmarks
+	$(BIN)/ruff format --check fm_local tui tests benchmarks
+	$(BIN)/mypy fm_local tui
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .fm .pytest_cache .mypy_cache .ruff_cache

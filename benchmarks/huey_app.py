@@ -1,0 +1,12 @@
+"""The reference: the same no-op work on Huey's SqliteHuey (process consumer)."""
+
+import os
+
+from huey import SqliteHuey
+
+huey = SqliteHuey("bench", filename=os.environ.get("HUEY_DB", "/tmp/huey-bench.db"))
+
+
+@huey.task()
+def noop(i: int) -> int:
+    return i

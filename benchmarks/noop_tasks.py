@@ -1,0 +1,5 @@
+"""No-op node functions for the benchmarks."""
+
+
+def noop(i: int = 0) -> int:
+    return i

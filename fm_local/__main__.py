@@ -1,0 +1,5 @@
+"""``python -m fm_local`` is ``fm``."""
+
+from fm_local.cli import main
+
+main()

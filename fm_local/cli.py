@@ -1,0 +1,536 @@
+"""The ``fm`` command line: a thin click layer over the library (SPEC §10).
+
+Every error a user can meet prints one line and exits with the spec's code:
+0 success, 1 the execution failed/was cancelled/timed out, 2 bad usage or an
+invalid workflow, 3 engine or storage error. Tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from fm_local import __version__, errors
+from fm_local.errors import EXIT_FAILED, EXIT_OK, FmError, UsageError, WorkflowInvalid
+
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+
+
+class Ctx:
+    def __init__(self, db: str | None, as_json: bool, debug: bool) -> None:
+        from fm_local.store import default_db_path
+
+        self.db = Path(db) if db else default_db_path()
+        self.json = as_json
+        self.debug = debug
+        self._store: Any = None
+
+    def store(self, *, create: bool = False) -> Any:
+        from fm_local.store import Store
+
+        if self._store is None:
+            self._store = Store(self.db, create=create)
+        return self._store
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _load_json_option(text: str | None, file: str | None, what: str) -> Any:
+    if text is not None and file is not None:
+        raise UsageError(f"give --{what} or --{what}-file, not both")
+    if file is not None:
+        try:
+            text = Path(file).read_text()
+        except OSError as exc:
+            raise UsageError(f"--{what}-file {file}: {exc.strerror}") from None
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"--{what}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+
+
+def _execution(ctx: Ctx, ident: str) -> dict[str, Any]:
+    row = ctx.store().find_execution(ident)
+    if row is None:
+        raise UsageError(f"no execution '{ident}' in {ctx.db} (see: fm ls)")
+    return row
+
+
+def _prepare(ctx: Ctx, file: str, input_value: Any) -> tuple[Any, int]:
+    """Validate the workflow and its input; save the workflow. Returns (loaded, id)."""
+    from fm_local.validate import load_workflow, validate_input
+
+    loaded = load_workflow(file)
+    for w in loaded.warnings:
+        click.echo(f"{file}: {w}", err=True)
+    problems = validate_input(loaded.workflow, input_value)
+    if problems:
+        raise WorkflowInvalid([f"{file}: {p}" for p in problems])
+    store = ctx.store(create=True)
+    wid = store.save_workflow(
+        loaded.workflow.name,
+        loaded.raw,
+        str(loaded.path) if loaded.path else None,
+        str(loaded.folder),
+    )
+    return loaded, wid
+
+
+def _exit_for(status: str) -> int:
+    return EXIT_OK if status == "succeeded" else EXIT_FAILED
+
+
+def _wait_for(ctx: Ctx, eid: str, timeout: float | None = None) -> dict[str, Any]:
+    store = ctx.store()
+    delay = 0.01
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        row = store.get_execution(eid)
+        if row is None:
+            raise FmError(f"execution {eid} disappeared from {ctx.db}")
+        if row["status"] in TERMINAL:
+            return row
+        if deadline is not None and time.monotonic() > deadline:
+            raise FmError(f"execution {eid} still {row['status']} after {timeout} s", EXIT_FAILED)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+def _report(ctx: Ctx, row: dict[str, Any]) -> int:
+    from fm_local.store import loads
+
+    out = loads(row["output"])
+    err = loads(row["error"])
+    if ctx.json:
+        _emit_json({"id": row["id"], "status": row["status"], "output": out, "error": err})
+    else:
+        if row["status"] == "succeeded":
+            click.echo(json.dumps(out, indent=2))
+        took = (row["finished_at"] or time.time()) - (row["started_at"] or row["created_at"])
+        line = f"execution {row['id']} {row['status']} in {took:.2f}s"
+        if err:
+            line += f": {err.get('message')}"
+        click.echo(line, err=True)
+    return _exit_for(row["status"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", envvar="FM_DB", help="Database file (env FM_DB; default ~/.local/share/fm_local/fm.db).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(__version__, prog_name="fm")
+@click.pass_context
+def cli(cctx: click.Context, db: str | None, as_json: bool, debug: bool) -> None:
+    """fm_local: durable, parallel workflows on one machine."""
+    cctx.obj = Ctx(db, as_json, debug)
+
+
+def json_option(f: Any) -> Any:
+    """Accept --json after the subcommand too (``fm show ID --json``)."""
+
+    def set_json(cctx: click.Context, param: Any, value: bool) -> None:
+        if value:
+            cctx.find_object(Ctx).json = True
+
+    return click.option(
+        "--json", "as_json_local", is_flag=True, expose_value=False, callback=set_json,
+        help="Machine-readable JSON output.",
+    )(f)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_option
+@pass_ctx
+def validate(ctx: Ctx, file: str) -> None:
+    """Check a workflow file; one line per problem (exit 2 if any)."""
+    from fm_local.validate import load_workflow
+
+    loaded = load_workflow(file)
+    if ctx.json:
+        _emit_json({"valid": True, "warnings": [str(w) for w in loaded.warnings]})
+        return
+    for w in loaded.warnings:
+        click.echo(f"{file}: {w}", err=True)
+    n = len(loaded.workflow.nodes)
+    click.echo(f"{file}: ok ({n} nodes, workflow '{loaded.workflow.name}')")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_text", help="Execution input as JSON.")
+@click.option("--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file.")
+@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (embedded supervisor).")
+@click.option("--durability", type=click.Choice(["full", "normal"]), default="full", help="SQLite synchronous mode.")
+@json_option
+@pass_ctx
+def run(
+    ctx: Ctx,
+    file: str,
+    input_text: str | None,
+    input_file: str | None,
+    workers: int | None,
+    durability: str,
+) -> None:
+    """Run a workflow to the end (on the daemon if one serves the DB, else embedded)."""
+    from fm_local.lock import is_served
+
+    input_value = _load_json_option(input_text, input_file, "input")
+    if input_value is None:
+        input_value = {}  # no input given: an empty object (docs/semantics.md)
+    loaded, wid = _prepare(ctx, file, input_value)
+    store = ctx.store()
+    eid = store.create_execution(wid, loaded.workflow.name, input_value)
+    if is_served(ctx.db):
+        if not ctx.json:
+            click.echo(f"execution {eid} submitted to the running daemon", err=True)
+        sys.exit(_report(ctx, _wait_for(ctx, eid)))
+    from fm_local.supervisor import Supervisor
+
+    sup = Supervisor(ctx.db, workers=workers or os.cpu_count() or 2, durability=durability, only_execution=eid)
+    sup.open()
+    sup.install_signal_handlers()
+    try:
+        sup.run_execution(eid)
+    finally:
+        sup.close()
+    row = store.get_execution(eid)
+    if row["status"] not in TERMINAL:
+        click.echo(
+            f"interrupted: execution {eid} is {row['status']}; it continues when a "
+            f"supervisor serves {ctx.db} (fm daemon), or: fm cancel {eid}",
+            err=True,
+        )
+        sys.exit(130)
+    sys.exit(_report(ctx, row))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_text", help="Execution input as JSON.")
+@click.option("--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file.")
+@click.option("--priority", type=int, default=0, help="Execution priority (higher first).")
+@pass_ctx
+def submit(ctx: Ctx, file: str, input_text: str | None, input_file: str | None, priority: int) -> None:
+    """Queue an execution; prints its id."""
+    input_value = _load_json_option(input_text, input_file, "input")
+    if input_value is None:
+        input_value = {}
+    loaded, wid = _prepare(ctx, file, input_value)
+    eid = ctx.store().create_execution(wid, loaded.workflow.name, input_value, priority=priority)
+    click.echo(eid)
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (default: CPU count).")
+@click.option("--durability", type=click.Choice(["full", "normal"]), default="full", help="SQLite synchronous mode.")
+@pass_ctx
+def daemon(ctx: Ctx, workers: int | None, durability: str) -> None:
+    """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
+    from fm_local.supervisor import Supervisor
+
+    n = workers or os.cpu_count() or 2
+    sup = Supervisor(ctx.db, workers=n, durability=durability)
+    sup.open()
+    sup.install_signal_handlers()
+    click.echo(f"fm daemon: serving {ctx.db} with {n} workers (pid {os.getpid()})", err=True)
+    try:
+        sup.serve()
+    finally:
+        sup.close()
+    click.echo(f"fm daemon: stopped ({sup.stop_reason})", err=True)
+
+
+@cli.command(name="ls")
+@click.option("--status", type=click.Choice(["queued", "running", "paused", *TERMINAL]))
+@click.option("--limit", type=int, default=20, show_default=True)
+@json_option
+@pass_ctx
+def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
+    """List executions, newest first."""
+    from fm_local.store import loads
+
+    rows = ctx.store().list_executions(status=status, limit=limit)
+    if ctx.json:
+        _emit_json(
+            [
+                {
+                    "id": r["id"],
+                    "workflow": r["workflow"],
+                    "status": r["status"],
+                    "priority": r["priority"],
+                    "createdAt": r["created_at"],
+                    "startedAt": r["started_at"],
+                    "finishedAt": r["finished_at"],
+                    "error": loads(r["error"]),
+                }
+                for r in rows
+            ]
+        )
+        return
+    if not rows:
+        click.echo("no executions")
+        return
+    click.echo(f"{'ID':<13} {'WORKFLOW':<24} {'STATUS':<10} {'STARTED':<19} {'SECONDS':>8}")
+    for r in rows:
+        started = _fmt_time(r["started_at"])
+        took = _duration(r)
+        click.echo(f"{r['id']:<13} {r['workflow'][:24]:<24} {r['status']:<10} {started:<19} {took:>8}")
+
+
+def _fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _duration(r: dict[str, Any]) -> str:
+    if not r["started_at"]:
+        return "-"
+    end = r["finished_at"] or time.time()
+    return f"{end - r['started_at']:.2f}"
+
+
+def _node_json(n: dict[str, Any]) -> dict[str, Any]:
+    from fm_local.store import loads
+
+    return {
+        "path": n["path"],
+        "nodeId": n["node_id"],
+        "type": n["node_type"],
+        "status": n["status"],
+        "attempts": n["attempts"],
+        "recoveries": n["recoveries"],
+        "startedAt": n["started_at"],
+        "finishedAt": n["finished_at"],
+        "traceId": n["trace_id"],
+        "branch": n["branch_id"],
+        "workerPid": n["worker_pid"],
+        "output": loads(n["output"]),
+        "error": loads(n["error"]),
+    }
+
+
+@cli.command()
+@click.argument("execution")
+@click.option("--all", "show_all", is_flag=True, help="List every node instance, however many.")
+@json_option
+@pass_ctx
+def show(ctx: Ctx, execution: str, show_all: bool) -> None:
+    """An execution: status, input, output, error and its node instances."""
+    from fm_local.store import loads
+
+    row = _execution(ctx, execution)
+    store = ctx.store()
+    nodes = store.node_runs(row["id"])
+    if ctx.json:
+        _emit_json(
+            {
+                "id": row["id"],
+                "workflow": row["workflow"],
+                "status": row["status"],
+                "traceId": row["trace_id"],
+                "priority": row["priority"],
+                "input": loads(row["input"]),
+                "output": loads(row["output"]),
+                "error": loads(row["error"]),
+                "createdAt": row["created_at"],
+                "startedAt": row["started_at"],
+                "finishedAt": row["finished_at"],
+                "nodes": [_node_json(n) for n in nodes],
+            }
+        )
+        return
+    err = loads(row["error"])
+    click.echo(f"execution  {row['id']}")
+    click.echo(f"workflow   {row['workflow']}")
+    click.echo(f"status     {row['status']}")
+    click.echo(f"trace      {row['trace_id']}")
+    click.echo(f"started    {_fmt_time(row['started_at'])}   finished {_fmt_time(row['finished_at'])}   ({_duration(row)} s)")
+    if err:
+        click.echo(f"error      {err.get('code')}: {err.get('message')}")
+    counts = store.node_counts(row["id"])
+    click.echo("nodes      " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    limit = None if show_all else 200
+    click.echo("")
+    click.echo(f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8}  ERROR")
+    shown = nodes if limit is None else nodes[:limit]
+    for n in shown:
+        ms = (
+            f"{(n['finished_at'] - n['started_at']) * 1000:.0f}"
+            if n["finished_at"] and n["started_at"]
+            else "-"
+        )
+        e = loads(n["error"])
+        etext = f"{e.get('code')}: {e.get('message')}" if e else ""
+        click.echo(f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8}  {etext[:80]}")
+    if limit is not None and len(nodes) > limit:
+        click.echo(f"... {len(nodes) - limit} more node instances (fm show {row['id']} --all)")
+    if row["status"] == "succeeded":
+        click.echo("")
+        click.echo("output     " + json.dumps(loads(row["output"]))[:2000])
+
+
+@cli.command()
+@click.argument("execution")
+@pass_ctx
+def output(ctx: Ctx, execution: str) -> None:
+    """Print an execution's output as JSON."""
+    from fm_local.store import loads
+
+    row = _execution(ctx, execution)
+    if row["status"] != "succeeded":
+        click.echo(json.dumps(loads(row["output"]), indent=2))
+        raise FmError(f"execution {row['id']} is {row['status']}", _exit_for(row["status"]) or EXIT_FAILED)
+    click.echo(json.dumps(loads(row["output"]), indent=2))
+
+
+@cli.command(name="wait")
+@click.argument("execution")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 1).")
+@json_option
+@pass_ctx
+def wait_cmd(ctx: Ctx, execution: str, timeout: float | None) -> None:
+    """Block until an execution ends; exit like fm run."""
+    row = _execution(ctx, execution)
+    sys.exit(_report(ctx, _wait_for(ctx, row["id"], timeout)))
+
+
+@cli.command()
+@click.argument("execution")
+@click.option("--node", "node_path", help="Only this node path (and what is under it).")
+@json_option
+@pass_ctx
+def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
+    """Captured log lines of an execution's node attempts."""
+    row = _execution(ctx, execution)
+    lines = ctx.store().logs(row["id"], node_path)
+    if ctx.json:
+        _emit_json(
+            [
+                {"path": r["path"], "attempt": r["attempt"], "ts": r["ts"], "stream": r["stream"], "line": r["line"]}
+                for r in lines
+            ]
+        )
+        return
+    for r in lines:
+        ts = time.strftime("%H:%M:%S", time.localtime(r["ts"])) + f".{int(r['ts'] % 1 * 1000):03d}"
+        click.echo(f"{ts} {r['path']}#{r['attempt']} {r['stream']}: {r['line']}")
+
+
+@cli.command()
+@click.argument("execution")
+@click.option("--width", type=int, default=60, show_default=True, help="Bar area width in columns.")
+@click.option("--all", "show_all", is_flag=True, help="One bar per node instance, however many.")
+@json_option
+@pass_ctx
+def timeline(ctx: Ctx, execution: str, width: int, show_all: bool) -> None:
+    """One bar per node instance on a shared time axis."""
+    from fm_local.timeline import render_timeline
+
+    row = _execution(ctx, execution)
+    nodes = ctx.store().node_runs(row["id"])
+    if ctx.json:
+        _emit_json(
+            [
+                {"path": n["path"], "status": n["status"], "startedAt": n["started_at"], "finishedAt": n["finished_at"], "workerPid": n["worker_pid"]}
+                for n in nodes
+            ]
+        )
+        return
+    click.echo(render_timeline(row, nodes, width=width, limit=None if show_all else 200))
+
+
+@cli.command()
+@click.argument("execution")
+@click.option("--format", "fmt", type=click.Choice(["chrome"]), default="chrome", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Write to this file (default stdout).")
+@pass_ctx
+def trace(ctx: Ctx, execution: str, fmt: str, out: str | None) -> None:
+    """Chrome/Perfetto trace-event JSON of an execution."""
+    from fm_local.timeline import chrome_trace
+
+    row = _execution(ctx, execution)
+    data = chrome_trace(row, ctx.store().node_runs(row["id"]))
+    text = json.dumps(data)
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"wrote {out} ({len(data['traceEvents'])} events)", err=True)
+    else:
+        click.echo(text)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def queue(ctx: Ctx) -> None:
+    """Queue depth by state and priority."""
+    rows = ctx.store().queue_depth()
+    if ctx.json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo("queue empty")
+        return
+    click.echo(f"{'STATE':<12} {'PRIORITY':>8} {'TASKS':>8}")
+    for r in rows:
+        click.echo(f"{r['status']:<12} {r['priority']:>8} {r['tasks']:>8}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the workflow JSON Schema."""
+    from fm_local.model import workflow_json_schema
+
+    _emit_json(workflow_json_schema())
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="fm", standalone_mode=False)
+    except WorkflowInvalid as exc:
+        for w in exc.warnings:
+            click.echo(w, err=True)
+        for p in exc.problems:
+            click.echo(p, err=True)
+        if debug:
+            traceback.print_exc()
+        sys.exit(exc.exit_code)
+    except FmError as exc:
+        if debug:
+            traceback.print_exc()
+        _fail(str(exc), exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(errors.EXIT_USAGE)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
+        if debug:
+            traceback.print_exc()
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)", errors.EXIT_ENGINE)

@@ -1,0 +1,315 @@
+"""The dependency structure of a workflow graph, and readiness (SPEC §2, §5).
+
+Pure functions of the model: no I/O, no clocks. A node's dependencies are its
+incoming edges plus every node whose output its expressions reference; it is
+ready when every dependency is finished, and it runs when at least one of them
+let it through (a taken edge, or a succeeded reference), else it is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fm_local import expr
+from fm_local.model import (
+    ConditionNode,
+    DelayNode,
+    Edge,
+    HttpNode,
+    LoopNode,
+    NodeBase,
+    OutputNode,
+    PythonNode,
+    ShellNode,
+    SwitchNode,
+    TransformNode,
+)
+
+ERROR_HANDLE = "error"
+DEFAULT_HANDLE = "default"
+
+# Terminal node statuses, and the one that lets normal edges through.
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "skipped", "timed_out"})
+
+
+@dataclass(frozen=True, slots=True)
+class Dep:
+    """One dependency of a node: an edge (``handle`` may be set) or a reference."""
+
+    source: str
+    handle: str | None = None
+    is_ref: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """The parallel branch a node belongs to (SPEC §5, §9)."""
+
+    id: str | None
+    name: str | None
+    suffix: tuple[int, ...]  # trace-id suffix: (1, 2) -> "-001-002"
+
+    def trace_id(self, root: str) -> str:
+        return root + "".join(f"-{i:03d}" for i in self.suffix)
+
+    def scope(self) -> dict[str, Any] | None:
+        if self.id is None:
+            return None
+        return {"id": self.id, "name": self.name}
+
+
+@dataclass
+class CompiledGraph:
+    """A graph (top level or loop body) with its dependency structure resolved."""
+
+    nodes: dict[str, NodeBase]
+    order: list[str]
+    deps: dict[str, list[Dep]]
+    dependents: dict[str, list[str]]
+    branches: dict[str, Branch]
+    roots: list[str]
+    sinks: list[str]
+    # outputVariable -> node id, for scope lookups.
+    aliases: dict[str, str] = field(default_factory=dict)
+    # Names read by each node's expressions (for sending little to workers).
+    refs: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Names the graph reads that none of its nodes provide (scope from outside).
+    free_names: frozenset[str] = frozenset()
+
+
+def node_expression_names(node: NodeBase) -> frozenset[str]:
+    """Names read by a node's own expressions and templates (not a loop body's)."""
+    names: set[str] = set()
+    if isinstance(node, (TransformNode, ConditionNode, SwitchNode)):
+        names |= expr.compile_expr(node.expression).names
+    elif isinstance(node, PythonNode):
+        names |= expr.value_names(node.args)
+    elif isinstance(node, HttpNode):
+        for v in (node.url, node.method, node.headers, node.query, node.json_body, node.body):
+            names |= expr.value_names(v)
+    elif isinstance(node, ShellNode):
+        for v in (node.command, node.env, node.cwd):
+            names |= expr.value_names(v)
+    elif isinstance(node, LoopNode):
+        names |= expr.value_names(node.array_path)
+        names |= expr.value_names(node.count)
+    elif isinstance(node, DelayNode):
+        names |= expr.value_names(node.duration)
+    elif isinstance(node, OutputNode):
+        names |= expr.value_names(node.value)
+    return frozenset(names)
+
+
+# Names that item bodies receive from their loop, never from a node.
+LOOP_SCOPE_NAMES = frozenset({"parallel", "loop"})
+
+
+def node_references(node: NodeBase) -> frozenset[str]:
+    """All names a node reads, including names its loop body reads from outside."""
+    names = set(node_expression_names(node))
+    if isinstance(node, LoopNode):
+        body = compile_graph(node.body.nodes, node.body.edges)
+        names |= body.free_names - {node.item_variable, node.index_variable} - LOOP_SCOPE_NAMES
+    return frozenset(names)
+
+
+def find_cycle(ids: Iterable[str], deps: Mapping[str, Iterable[Dep]]) -> list[str] | None:
+    """A cycle as a list of ids (first == last), or None. Iterative DFS."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    color = dict.fromkeys(ids, WHITE)
+    for start in color:
+        if color[start] != WHITE:
+            continue
+        stack: list[tuple[str, Any]] = [(start, iter(deps.get(start, ())))]
+        path = [start]
+        color[start] = GREY
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                path.pop()
+                color[node] = BLACK
+                continue
+            src = nxt.source
+            if src not in color:
+                continue
+            if color[src] == GREY:
+                i = path.index(src)
+                # deps point backwards (target -> source); print in flow order.
+                cyc = path[i:] + [src]
+                return list(reversed(cyc))
+            if color[src] == WHITE:
+                color[src] = GREY
+                path.append(src)
+                stack.append((src, iter(deps.get(src, ()))))
+    return None
+
+
+def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
+    """Resolve dependencies, order and branches. Assumes ids are unique and edges
+    name existing nodes (``validate`` reports those); raises ValueError on a cycle."""
+    by_id: dict[str, NodeBase] = {n.id: n for n in nodes}
+    aliases = {n.output_variable: n.id for n in nodes if n.output_variable}
+    deps: dict[str, list[Dep]] = {nid: [] for nid in by_id}
+    out_edges: dict[str, list[Edge]] = {nid: [] for nid in by_id}
+    for e in edges:
+        if e.source in by_id and e.target in by_id:
+            deps[e.target].append(Dep(e.source, e.source_handle))
+            out_edges[e.source].append(e)
+    refs: dict[str, frozenset[str]] = {}
+    free: set[str] = set()
+    for nid, node in by_id.items():
+        names = node_references(node)
+        refs[nid] = names
+        edge_sources = {d.source for d in deps[nid]}
+        for name in sorted(names):
+            src = name if name in by_id else aliases.get(name)
+            if src is None:
+                free.add(name)
+            elif src != nid and src not in edge_sources:
+                deps[nid].append(Dep(src, None, is_ref=True))
+                edge_sources.add(src)
+            elif src == nid:
+                raise ValueError(f"node '{nid}' references its own output")
+    cycle = find_cycle(by_id, deps)
+    if cycle:
+        raise ValueError("cycle: " + " -> ".join(cycle))
+    order = _topo_order(list(by_id), deps)
+    dependents: dict[str, list[str]] = {nid: [] for nid in by_id}
+    for nid in order:
+        for d in deps[nid]:
+            if nid not in dependents[d.source]:
+                dependents[d.source].append(nid)
+    roots = [nid for nid in by_id if not deps[nid]]
+    sinks = [nid for nid in by_id if not dependents[nid]]
+    branches = _branches(order, roots, deps, out_edges, by_id)
+    return CompiledGraph(
+        nodes=by_id,
+        order=order,
+        deps=deps,
+        dependents=dependents,
+        branches=branches,
+        roots=roots,
+        sinks=sinks,
+        aliases=aliases,
+        refs=refs,
+        free_names=frozenset(free),
+    )
+
+
+def _topo_order(ids: list[str], deps: Mapping[str, list[Dep]]) -> list[str]:
+    """Kahn's algorithm, stable with respect to document order."""
+    pending = {nid: len({d.source for d in deps[nid]}) for nid in ids}
+    children: dict[str, list[str]] = {nid: [] for nid in ids}
+    for nid in ids:
+        for src in {d.source for d in deps[nid]}:
+            children[src].append(nid)
+    ready = [nid for nid in ids if pending[nid] == 0]
+    order: list[str] = []
+    while ready:
+        nid = ready.pop(0)
+        order.append(nid)
+        for c in children[nid]:
+            pending[c] -= 1
+            if pending[c] == 0:
+                ready.append(c)
+    return order
+
+
+def _branches(
+    order: list[str],
+    roots: list[str],
+    deps: Mapping[str, list[Dep]],
+    out_edges: Mapping[str, list[Edge]],
+    nodes: Mapping[str, NodeBase],
+) -> dict[str, Branch]:
+    """Each fan-out edge starts a branch; joins fall back to the common parent."""
+    top = Branch(None, None, ())
+    result: dict[str, Branch] = {}
+    edge_roots = list(roots)
+    for i, r in enumerate(edge_roots):
+        if len(edge_roots) > 1:
+            result[r] = Branch(r, nodes[r].display_name, (i + 1,))
+        else:
+            result[r] = top
+    for nid in order:
+        if nid in result:
+            continue
+        parents = [d for d in deps[nid] if not d.is_ref and d.handle != ERROR_HANDLE]
+        if not parents:
+            parents = [d for d in deps[nid] if not d.is_ref]
+        if not parents:
+            # Only reference deps: it belongs to no particular branch.
+            result[nid] = top
+            continue
+        candidates: list[Branch] = []
+        for d in parents:
+            src_branch = result.get(d.source, top)
+            fan = [e for e in out_edges[d.source] if e.source_handle != ERROR_HANDLE]
+            if len(fan) > 1 and len(parents) == 1:
+                idx = next((k for k, e in enumerate(fan) if e.target == nid), 0)
+                candidates.append(
+                    Branch(nid, nodes[nid].display_name, src_branch.suffix + (idx + 1,))
+                )
+            else:
+                candidates.append(src_branch)
+        if len(candidates) == 1:
+            result[nid] = candidates[0]
+        else:
+            result[nid] = _common_branch(candidates, result)
+    return result
+
+
+def _common_branch(candidates: list[Branch], known: Mapping[str, Branch]) -> Branch:
+    prefix = candidates[0].suffix
+    for b in candidates[1:]:
+        n = 0
+        while n < min(len(prefix), len(b.suffix)) and prefix[n] == b.suffix[n]:
+            n += 1
+        prefix = prefix[:n]
+    if not prefix:
+        return Branch(None, None, ())
+    for b in list(candidates) + list(known.values()):
+        if b.suffix == prefix:
+            return b
+    return Branch(None, None, prefix)
+
+
+# --- readiness -------------------------------------------------------------------
+
+
+def dep_taken(dep: Dep, status: str, port: str | None) -> bool:
+    """Whether a finished dependency lets its dependent run.
+
+    ``port`` is the outgoing port a condition or switch chose ("true", "false", a
+    case port, "default"); None for other node types."""
+    if dep.handle == ERROR_HANDLE:
+        return status == "failed"
+    if status != "succeeded":
+        return False
+    if dep.handle is None or dep.is_ref:
+        return True
+    return dep.handle == port
+
+
+def readiness(
+    deps: list[Dep],
+    statuses: Mapping[str, str],
+    ports: Mapping[str, str | None],
+) -> str | None:
+    """``"run"``, ``"skip"``, or None when some dependency is not finished.
+
+    ``ports`` maps a finished condition/switch id to the port it chose."""
+    if not deps:
+        return "run"
+    taken = False
+    for d in deps:
+        st = statuses.get(d.source)
+        if st is None or st not in TERMINAL:
+            return None
+        if not taken and dep_taken(d, st, ports.get(d.source)):
+            taken = True
+    return "run" if taken else "skip"

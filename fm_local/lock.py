@@ -1,0 +1,76 @@
+"""One supervisor per database: an OS lock (flock) on ``<db>.lock`` beside it.
+
+The lock file holds the holder's pid and start time, so a second supervisor can say
+which process serves the database. The kernel drops the lock when the holder dies,
+however it dies, so a stale file never blocks a restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+from fm_local.errors import FmError
+
+
+def lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".lock")
+
+
+class SupervisorLock:
+    def __init__(self, db: Path) -> None:
+        self.path = lock_path(db)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = read_holder(self.path)
+            who = f"pid {holder['pid']}" if holder else "another process"
+            raise FmError(
+                f"another supervisor ({who}) already serves {self.path.with_suffix('')}; "
+                "stop it first, or use it: fm run/submit talk to it through the database"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "startedAt": time.time()}).encode())
+        os.fsync(fd)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+
+def read_holder(path: Path) -> dict[str, float] | None:
+    try:
+        return json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+
+
+def is_served(db: Path) -> dict[str, float] | None:
+    """The holder's record if a supervisor holds the lock of ``db`` now, else None."""
+    path = lock_path(db)
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_holder(path) or {"pid": -1}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

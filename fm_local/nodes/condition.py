@@ -1,0 +1,16 @@
+"""The ``condition`` node: ``{"result": bool}``; it chooses port "true" or "false"."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fm_local import expr
+from fm_local.model import ConditionNode
+
+
+def evaluate(
+    node: ConditionNode, scope: Mapping[str, Any], log: Callable[[str], None]
+) -> tuple[Any, str | None]:
+    result = bool(expr.compile_expr(node.expression).evaluate(scope, log))
+    return {"result": result}, "true" if result else "false"

@@ -1,0 +1,15 @@
+"""The ``transform`` node: the value of its expression (evaluated by the supervisor)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fm_local import expr
+from fm_local.model import TransformNode
+
+
+def evaluate(
+    node: TransformNode, scope: Mapping[str, Any], log: Callable[[str], None]
+) -> tuple[Any, str | None]:
+    return expr.compile_expr(node.expression).evaluate(scope, log), None

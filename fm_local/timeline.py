@@ -1,0 +1,69 @@
+"""Pictures of an execution in time: ASCII bars (``fm timeline``) and Chrome
+trace-event JSON (``fm trace``). Pure functions of the recorded node runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BAR = {"succeeded": "█", "failed": "X", "cancelled": "/", "timed_out": "T", "running": "▒"}
+
+
+def render_timeline(
+    execution: dict[str, Any], nodes: list[dict[str, Any]], *, width: int = 60, limit: int | None = 200
+) -> str:
+    timed = [n for n in nodes if n["started_at"]]
+    if not timed:
+        return f"execution {execution['id']}: no node has started yet"
+    t0 = min(n["started_at"] for n in timed)
+    ends = [n["finished_at"] or n["started_at"] for n in timed]
+    t1 = max(ends + [execution.get("finished_at") or 0.0])
+    span = max(t1 - t0, 1e-6)
+    label_w = min(max(len(n["path"]) for n in timed), 40)
+    lines = [
+        f"execution {execution['id']} ({execution['status']}), {span * 1000:.0f} ms, "
+        f"{len(timed)} node instances; one column = {span * 1000 / width:.1f} ms"
+    ]
+    shown = timed if limit is None else timed[:limit]
+    for n in shown:
+        start = n["started_at"] - t0
+        end = (n["finished_at"] or t1) - t0
+        a = min(width - 1, int(start / span * width))
+        b = max(a + 1, min(width, int(round(end / span * width))))
+        ch = BAR.get(n["status"], "░")
+        bar = " " * a + ch * (b - a) + " " * (width - b)
+        ms = (end - start) * 1000
+        lines.append(f"{n['path'][:label_w]:<{label_w}} |{bar}| {ms:7.1f} ms {n['status']}")
+    if limit is not None and len(timed) > limit:
+        lines.append(f"... {len(timed) - limit} more node instances (--all to show them)")
+    lines.append(f"{'':<{label_w}}  0{'':>{width - 8}}{span * 1000:6.0f}ms")
+    return "\n".join(lines)
+
+
+def chrome_trace(execution: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Trace-event JSON: one complete event per node instance, one track per worker."""
+    events: list[dict[str, Any]] = [
+        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"execution {execution['id']}"}}
+    ]
+    tracks: dict[Any, int] = {}
+    for n in nodes:
+        if not n["started_at"]:
+            continue
+        track = n["worker_pid"] or "supervisor"
+        if track not in tracks:
+            tracks[track] = len(tracks) + 1
+            name = f"worker {track}" if track != "supervisor" else "supervisor"
+            events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": tracks[track], "args": {"name": name}})
+        end = n["finished_at"] or n["started_at"]
+        events.append(
+            {
+                "name": n["path"],
+                "cat": n["node_type"],
+                "ph": "X",
+                "ts": int(n["started_at"] * 1e6),
+                "dur": max(1, int((end - n["started_at"]) * 1e6)),
+                "pid": 1,
+                "tid": tracks[track],
+                "args": {"status": n["status"], "traceId": n["trace_id"], "attempts": n["attempts"]},
+            }
+        )
+    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"traceId": execution["trace_id"]}}

@@ -1,0 +1,141 @@
+"""Shared fixtures: a temporary database, workflow files beside the test tasks
+module, and helpers that run the real supervisor with real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "fm.db"
+
+
+@pytest.fixture
+def wf(tmp_path: Path) -> Callable[..., Path]:
+    """Write a workflow document into tmp_path (beside a copy of fmtasks.py)."""
+    (tmp_path / "fmtasks.py").write_text((HERE / "fmtasks.py").read_text())
+    counter = iter(range(1000))
+
+    def write(doc: dict[str, Any], name: str | None = None) -> Path:
+        p = tmp_path / (name or f"wf{next(counter)}.json")
+        p.write_text(json.dumps(doc))
+        return p
+
+    return write
+
+
+def run_wf(path: Path, db: Path, input: Any = None, workers: int = 2) -> dict[str, Any]:
+    from fm_local import api
+
+    return api.run(path, input, db=db, workers=workers)
+
+
+def show(db: Path, eid: str) -> dict[str, Any]:
+    """The ``fm show --json`` object, through the CLI code."""
+    out = fm(db, "show", eid, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def fm(db: Path, *args: str, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``fm`` command in a subprocess."""
+    env = dict(os.environ, FM_DB=str(db), PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "fm_local", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        input=input,
+    )
+
+
+class Daemon:
+    """``fm daemon`` in a subprocess, killed (or stopped) at teardown."""
+
+    def __init__(self, db: Path, workers: int = 2, extra: tuple[str, ...] = ()) -> None:
+        self.db = db
+        self.workers = workers
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Daemon:
+        env = dict(os.environ, FM_DB=str(self.db), PYTHONPATH=str(ROOT))
+        self.log = open(self.db.with_suffix(".daemon.log"), "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fm_local", "daemon", "--workers", str(self.workers), *self.extra],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        from fm_local.lock import is_served
+
+        wait_until(lambda: is_served(self.db) is not None, 20, "daemon did not start")
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon(db: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(workers: int = 2, extra: tuple[str, ...] = ()) -> Daemon:
+        d = Daemon(db, workers, extra).start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    """Poll ``cond`` until it returns something truthy (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+def read_marks(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
