@@ -42,7 +42,10 @@ def chain_doc(n: int) -> dict[str, Any]:
 
 
 def fanout_doc(n: int) -> dict[str, Any]:
-    nodes = [{"id": f"n{i}", "type": "python", "call": "noop_tasks:noop", "args": {"i": i}} for i in range(n)]
+    nodes = [
+        {"id": f"n{i}", "type": "python", "call": "noop_tasks:noop", "args": {"i": i}}
+        for i in range(n)
+    ]
     return {"name": f"fanout-{n}", "nodes": nodes, "edges": []}
 
 
@@ -50,7 +53,18 @@ class Daemon:
     def __init__(self, db: Path, workers: int, durability: str) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fm_local", "--db", str(db), "daemon", "--workers", str(workers), "--durability", durability],
+            [
+                sys.executable,
+                "-m",
+                "fm_local",
+                "--db",
+                str(db),
+                "daemon",
+                "--workers",
+                str(workers),
+                "--durability",
+                durability,
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -83,7 +97,19 @@ def huey_once(n: int, workers: int, tmp: Path, run_no: int) -> float:
     hdb = tmp / f"huey-{run_no}.db"
     env = dict(os.environ, HUEY_DB=str(hdb), PYTHONPATH=str(HERE))
     consumer = subprocess.Popen(
-        [sys.executable, "-m", "huey.bin.huey_consumer", "huey_app.huey", "-k", "process", "-w", str(workers), "-d", "0.01", "-q"],
+        [
+            sys.executable,
+            "-m",
+            "huey.bin.huey_consumer",
+            "huey_app.huey",
+            "-k",
+            "process",
+            "-w",
+            str(workers),
+            "-d",
+            "0.01",
+            "-q",
+        ],
         env=env,
         cwd=HERE,
         stdout=subprocess.DEVNULL,
@@ -131,15 +157,40 @@ def main() -> None:
                 f = [fm_once(db, fan, 1000) for _ in range(runs)]
             finally:
                 d.stop()
-            rows.append((f"chain of 1,000 no-op nodes ({durability})", "nodes/s", statistics.median(c), ">= 1,000"))
-            rows.append((f"fan-out of 1,000 no-op nodes ({durability})", "nodes/s", statistics.median(f), ""))
+            rows.append(
+                (
+                    f"chain of 1,000 no-op nodes ({durability})",
+                    "nodes/s",
+                    statistics.median(c),
+                    ">= 1,000",
+                )
+            )
+            rows.append(
+                (
+                    f"fan-out of 1,000 no-op nodes ({durability})",
+                    "nodes/s",
+                    statistics.median(f),
+                    "",
+                )
+            )
         h = [huey_once(1000, args.workers, tmp, i) for i in range(runs)]
         huey_rate = statistics.median(h)
-        rows.append(("Huey SqliteHuey, 1,000 no-op tasks, process consumer", "tasks/s", huey_rate, "reference"))
+        rows.append(
+            (
+                "Huey SqliteHuey, 1,000 no-op tasks, process consumer",
+                "tasks/s",
+                huey_rate,
+                "reference",
+            )
+        )
         fan_full = rows[1][2]
-        rows.append(("fan-out (full) / Huey", "ratio", fan_full / huey_rate, ">= 3x (issue 3: 10k loop)"))
+        rows.append(
+            ("fan-out (full) / Huey", "ratio", fan_full / huey_rate, ">= 3x (issue 3: 10k loop)")
+        )
     print()
-    print(f"fm_local benchmarks — {args.workers} workers, median of {runs} run(s), {time.strftime('%Y-%m-%d %H:%M')}")
+    print(
+        f"fm_local benchmarks — {args.workers} workers, median of {runs} run(s), {time.strftime('%Y-%m-%d %H:%M')}"
+    )
     print(f"{'scenario':<58} {'value':>10} {'unit':<8} target")
     for name, unit, value, target in rows:
         print(f"{name:<58} {value:>10.1f} {unit:<8} {target}")

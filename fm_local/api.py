@@ -50,7 +50,9 @@ def submit(
             st.close()
 
 
-def wait(execution_id: str, *, db: str | Path | None = None, timeout: float | None = None) -> dict[str, Any]:
+def wait(
+    execution_id: str, *, db: str | Path | None = None, timeout: float | None = None
+) -> dict[str, Any]:
     """Block until the execution ends; return ``{id, status, output, error}``."""
     st = Store(db or default_db_path(), create=False)
     try:
@@ -94,7 +96,9 @@ def run(
     eid = submit(workflow, input, db=path)
     if is_served(path):
         return wait(eid, db=path)
-    sup = Supervisor(path, workers=workers or os.cpu_count() or 2, durability=durability, only_execution=eid)
+    sup = Supervisor(
+        path, workers=workers or os.cpu_count() or 2, durability=durability, only_execution=eid
+    )
     sup.open()
     try:
         sup.run_execution(eid)

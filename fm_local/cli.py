@@ -131,7 +131,9 @@ def _report(ctx: Ctx, row: dict[str, Any]) -> int:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", envvar="FM_DB", help="Database file (env FM_DB; default ~/.local/share/fm_local/fm.db).")
+@click.option(
+    "--db", envvar="FM_DB", help="Database file (env FM_DB; default ~/.local/share/fm_local/fm.db)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(__version__, prog_name="fm")
@@ -145,11 +147,16 @@ def json_option(f: Any) -> Any:
     """Accept --json after the subcommand too (``fm show ID --json``)."""
 
     def set_json(cctx: click.Context, param: Any, value: bool) -> None:
-        if value:
-            cctx.find_object(Ctx).json = True
+        obj = cctx.find_object(Ctx)
+        if value and obj is not None:
+            obj.json = True
 
     return click.option(
-        "--json", "as_json_local", is_flag=True, expose_value=False, callback=set_json,
+        "--json",
+        "as_json_local",
+        is_flag=True,
+        expose_value=False,
+        callback=set_json,
         help="Machine-readable JSON output.",
     )(f)
 
@@ -175,9 +182,21 @@ def validate(ctx: Ctx, file: str) -> None:
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--input", "input_text", help="Execution input as JSON.")
-@click.option("--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file.")
-@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (embedded supervisor).")
-@click.option("--durability", type=click.Choice(["full", "normal"]), default="full", help="SQLite synchronous mode.")
+@click.option(
+    "--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Worker processes (embedded supervisor).",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["full", "normal"]),
+    default="full",
+    help="SQLite synchronous mode.",
+)
 @json_option
 @pass_ctx
 def run(
@@ -203,7 +222,9 @@ def run(
         sys.exit(_report(ctx, _wait_for(ctx, eid)))
     from fm_local.supervisor import Supervisor
 
-    sup = Supervisor(ctx.db, workers=workers or os.cpu_count() or 2, durability=durability, only_execution=eid)
+    sup = Supervisor(
+        ctx.db, workers=workers or os.cpu_count() or 2, durability=durability, only_execution=eid
+    )
     sup.open()
     sup.install_signal_handlers()
     try:
@@ -224,10 +245,14 @@ def run(
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--input", "input_text", help="Execution input as JSON.")
-@click.option("--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file.")
+@click.option(
+    "--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file."
+)
 @click.option("--priority", type=int, default=0, help="Execution priority (higher first).")
 @pass_ctx
-def submit(ctx: Ctx, file: str, input_text: str | None, input_file: str | None, priority: int) -> None:
+def submit(
+    ctx: Ctx, file: str, input_text: str | None, input_file: str | None, priority: int
+) -> None:
     """Queue an execution; prints its id."""
     input_value = _load_json_option(input_text, input_file, "input")
     if input_value is None:
@@ -238,8 +263,18 @@ def submit(ctx: Ctx, file: str, input_text: str | None, input_file: str | None, 
 
 
 @cli.command()
-@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (default: CPU count).")
-@click.option("--durability", type=click.Choice(["full", "normal"]), default="full", help="SQLite synchronous mode.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Worker processes (default: CPU count).",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["full", "normal"]),
+    default="full",
+    help="SQLite synchronous mode.",
+)
 @pass_ctx
 def daemon(ctx: Ctx, workers: int | None, durability: str) -> None:
     """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
@@ -291,7 +326,9 @@ def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
     for r in rows:
         started = _fmt_time(r["started_at"])
         took = _duration(r)
-        click.echo(f"{r['id']:<13} {r['workflow'][:24]:<24} {r['status']:<10} {started:<19} {took:>8}")
+        click.echo(
+            f"{r['id']:<13} {r['workflow'][:24]:<24} {r['status']:<10} {started:<19} {took:>8}"
+        )
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -360,7 +397,9 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
     click.echo(f"workflow   {row['workflow']}")
     click.echo(f"status     {row['status']}")
     click.echo(f"trace      {row['trace_id']}")
-    click.echo(f"started    {_fmt_time(row['started_at'])}   finished {_fmt_time(row['finished_at'])}   ({_duration(row)} s)")
+    click.echo(
+        f"started    {_fmt_time(row['started_at'])}   finished {_fmt_time(row['finished_at'])}   ({_duration(row)} s)"
+    )
     if err:
         click.echo(f"error      {err.get('code')}: {err.get('message')}")
     counts = store.node_counts(row["id"])
@@ -377,7 +416,9 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
         )
         e = loads(n["error"])
         etext = f"{e.get('code')}: {e.get('message')}" if e else ""
-        click.echo(f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8}  {etext[:80]}")
+        click.echo(
+            f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8}  {etext[:80]}"
+        )
     if limit is not None and len(nodes) > limit:
         click.echo(f"... {len(nodes) - limit} more node instances (fm show {row['id']} --all)")
     if row["status"] == "succeeded":
@@ -395,13 +436,17 @@ def output(ctx: Ctx, execution: str) -> None:
     row = _execution(ctx, execution)
     if row["status"] != "succeeded":
         click.echo(json.dumps(loads(row["output"]), indent=2))
-        raise FmError(f"execution {row['id']} is {row['status']}", _exit_for(row["status"]) or EXIT_FAILED)
+        raise FmError(
+            f"execution {row['id']} is {row['status']}", _exit_for(row["status"]) or EXIT_FAILED
+        )
     click.echo(json.dumps(loads(row["output"]), indent=2))
 
 
 @cli.command(name="wait")
 @click.argument("execution")
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 1).")
+@click.option(
+    "--timeout", type=float, default=None, help="Give up after this many seconds (exit 1)."
+)
 @json_option
 @pass_ctx
 def wait_cmd(ctx: Ctx, execution: str, timeout: float | None) -> None:
@@ -422,7 +467,13 @@ def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
     if ctx.json:
         _emit_json(
             [
-                {"path": r["path"], "attempt": r["attempt"], "ts": r["ts"], "stream": r["stream"], "line": r["line"]}
+                {
+                    "path": r["path"],
+                    "attempt": r["attempt"],
+                    "ts": r["ts"],
+                    "stream": r["stream"],
+                    "line": r["line"],
+                }
                 for r in lines
             ]
         )
@@ -447,7 +498,13 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool) -> None:
     if ctx.json:
         _emit_json(
             [
-                {"path": n["path"], "status": n["status"], "startedAt": n["started_at"], "finishedAt": n["finished_at"], "workerPid": n["worker_pid"]}
+                {
+                    "path": n["path"],
+                    "status": n["status"],
+                    "startedAt": n["started_at"],
+                    "finishedAt": n["finished_at"],
+                    "workerPid": n["worker_pid"],
+                }
                 for n in nodes
             ]
         )
@@ -458,7 +515,13 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool) -> None:
 @cli.command()
 @click.argument("execution")
 @click.option("--format", "fmt", type=click.Choice(["chrome"]), default="chrome", show_default=True)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Write to this file (default stdout).")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False),
+    help="Write to this file (default stdout).",
+)
 @pass_ctx
 def trace(ctx: Ctx, execution: str, fmt: str, out: str | None) -> None:
     """Chrome/Perfetto trace-event JSON of an execution."""
@@ -533,4 +596,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
         if debug:
             traceback.print_exc()
-        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)", errors.EXIT_ENGINE)
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            errors.EXIT_ENGINE,
+        )

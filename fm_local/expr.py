@@ -95,7 +95,8 @@ class ExpressionError(Exception):
 
 
 def _one_line(text: str) -> str:
-    text = " ".join(str(text).split())
+    # Some Python messages embed a full repr (float("<1 MB>")): cut before collapsing.
+    text = " ".join(str(text)[: 2 * _REASON_MAX].split())
     if len(text) > _REASON_MAX:
         text = text[: _REASON_MAX - 3] + "..."
     return text

@@ -32,7 +32,7 @@ class RateSpec(Base):
 
 
 # A rate limit: starts per second, an explicit spec, or a named shared limiter.
-RateLimit = Union[Annotated[float, Field(gt=0)], RateSpec, str]
+RateLimit = Union[Annotated[float, Field(gt=0)], RateSpec, str]  # noqa: UP007
 
 
 class RetryPolicy(Base):
@@ -240,19 +240,17 @@ class OutputNode(NodeBase):
 
 
 Node = Annotated[
-    Union[
-        PythonNode,
-        TransformNode,
-        HttpNode,
-        ShellNode,
-        ConditionNode,
-        SwitchNode,
-        MergeNode,
-        LoopNode,
-        DelayNode,
-        WaitNode,
-        OutputNode,
-    ],
+    PythonNode
+    | TransformNode
+    | HttpNode
+    | ShellNode
+    | ConditionNode
+    | SwitchNode
+    | MergeNode
+    | LoopNode
+    | DelayNode
+    | WaitNode
+    | OutputNode,
     Field(discriminator="type"),
 ]
 

@@ -421,7 +421,9 @@ class Store:
     # --- client verbs ------------------------------------------------------------------
 
     @client_retry
-    def save_workflow(self, name: str, document: dict[str, Any], path: str | None, folder: str) -> int:
+    def save_workflow(
+        self, name: str, document: dict[str, Any], path: str | None, folder: str
+    ) -> int:
         doc = json.dumps(document, sort_keys=True, separators=(",", ":"))
         import hashlib
 
@@ -514,7 +516,8 @@ class Store:
     def list_executions(
         self, status: str | None = None, limit: int = 50, workflow: str | None = None
     ) -> list[dict[str, Any]]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if status:
             where.append("status=?")
             args.append(status)

@@ -637,9 +637,7 @@ class Supervisor:
                 out[d.source] = r.value()
         return out
 
-    def _error(
-        self, run: Run, code: str, message: str, details: Any = None
-    ) -> dict[str, Any]:
+    def _error(self, run: Run, code: str, message: str, details: Any = None) -> dict[str, Any]:
         return {
             "code": code,
             "message": message,
@@ -1034,10 +1032,12 @@ class Supervisor:
         ex.failure = ex.failure or {"code": errors.CANCELLED, "message": "stopped"}
         self._stop_starting(ex)
         for slot in list(pool.slots):
-            if not any(self.tasks.get(t["id"]) and self.tasks[t["id"]].ex is ex for t in slot.inflight):
+            if not any(
+                self.tasks.get(t["id"]) and self.tasks[t["id"]].ex is ex for t in slot.inflight
+            ):
                 continue
             held = pool.stop_slot(slot)
-            for i, task in enumerate(held):
+            for _i, task in enumerate(held):
                 r = self.tasks.pop(task["id"], None)
                 if r is None or r.task_id != task["id"]:
                     continue

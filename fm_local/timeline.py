@@ -9,7 +9,11 @@ BAR = {"succeeded": "█", "failed": "X", "cancelled": "/", "timed_out": "T", "r
 
 
 def render_timeline(
-    execution: dict[str, Any], nodes: list[dict[str, Any]], *, width: int = 60, limit: int | None = 200
+    execution: dict[str, Any],
+    nodes: list[dict[str, Any]],
+    *,
+    width: int = 60,
+    limit: int | None = 200,
 ) -> str:
     timed = [n for n in nodes if n["started_at"]]
     if not timed:
@@ -42,7 +46,12 @@ def render_timeline(
 def chrome_trace(execution: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[str, Any]:
     """Trace-event JSON: one complete event per node instance, one track per worker."""
     events: list[dict[str, Any]] = [
-        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"execution {execution['id']}"}}
+        {
+            "name": "process_name",
+            "ph": "M",
+            "pid": 1,
+            "args": {"name": f"execution {execution['id']}"},
+        }
     ]
     tracks: dict[Any, int] = {}
     for n in nodes:
@@ -52,7 +61,15 @@ def chrome_trace(execution: dict[str, Any], nodes: list[dict[str, Any]]) -> dict
         if track not in tracks:
             tracks[track] = len(tracks) + 1
             name = f"worker {track}" if track != "supervisor" else "supervisor"
-            events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": tracks[track], "args": {"name": name}})
+            events.append(
+                {
+                    "name": "thread_name",
+                    "ph": "M",
+                    "pid": 1,
+                    "tid": tracks[track],
+                    "args": {"name": name},
+                }
+            )
         end = n["finished_at"] or n["started_at"]
         events.append(
             {
@@ -63,7 +80,15 @@ def chrome_trace(execution: dict[str, Any], nodes: list[dict[str, Any]]) -> dict
                 "dur": max(1, int((end - n["started_at"]) * 1e6)),
                 "pid": 1,
                 "tid": tracks[track],
-                "args": {"status": n["status"], "traceId": n["trace_id"], "attempts": n["attempts"]},
+                "args": {
+                    "status": n["status"],
+                    "traceId": n["trace_id"],
+                    "attempts": n["attempts"],
+                },
             }
         )
-    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"traceId": execution["trace_id"]}}
+    return {
+        "traceEvents": events,
+        "displayTimeUnit": "ms",
+        "otherData": {"traceId": execution["trace_id"]},
+    }

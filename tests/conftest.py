@@ -51,7 +51,9 @@ def show(db: Path, eid: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def fm(db: Path, *args: str, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def fm(
+    db: Path, *args: str, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``fm`` command in a subprocess."""
     env = dict(os.environ, FM_DB=str(db), PYTHONPATH=str(ROOT))
     return subprocess.run(
@@ -77,7 +79,15 @@ class Daemon:
         env = dict(os.environ, FM_DB=str(self.db), PYTHONPATH=str(ROOT))
         self.log = open(self.db.with_suffix(".daemon.log"), "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fm_local", "daemon", "--workers", str(self.workers), *self.extra],
+            [
+                sys.executable,
+                "-m",
+                "fm_local",
+                "daemon",
+                "--workers",
+                str(self.workers),
+                *self.extra,
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,

@@ -63,7 +63,10 @@ def test_parallel_branches_overlap_in_time(wf, db, tmp_path):
     doc = {
         "name": "fan",
         "nodes": [py("start", "noop")]
-        + [py(f"b{i}", "sleep", args={"seconds": 0.5, "tag": f"b{i}", "mark": str(mark)}) for i in range(3)]
+        + [
+            py(f"b{i}", "sleep", args={"seconds": 0.5, "tag": f"b{i}", "mark": str(mark)})
+            for i in range(3)
+        ]
         + [{"id": "m", "type": "merge"}],
         "edges": [{"source": "start", "target": f"b{i}"} for i in range(3)]
         + [{"source": f"b{i}", "target": "m"} for i in range(3)],
@@ -89,7 +92,11 @@ def test_no_waves(wf, db, tmp_path):
         "nodes": [
             py("slow", "sleep", args={"seconds": 1.0, "tag": "slow", "mark": str(mark)}),
             py("fast", "sleep", args={"seconds": 0.05, "tag": "fast", "mark": str(mark)}),
-            py("after_fast", "sleep", args={"seconds": 0.05, "tag": "after_fast", "mark": str(mark)}),
+            py(
+                "after_fast",
+                "sleep",
+                args={"seconds": 0.05, "tag": "after_fast", "mark": str(mark)},
+            ),
         ],
         "edges": [{"source": "fast", "target": "after_fast"}],
     }
@@ -128,7 +135,12 @@ def test_switch_routes_by_case(wf, db):
     doc = {
         "name": "switch",
         "nodes": [
-            {"id": "s", "type": "switch", "expression": "input.color", "cases": [{"value": "red"}, {"value": "blue", "label": "b"}]},
+            {
+                "id": "s",
+                "type": "switch",
+                "expression": "input.color",
+                "cases": [{"value": "red"}, {"value": "blue", "label": "b"}],
+            },
             {"id": "r", "type": "transform", "expression": "'R'"},
             {"id": "bl", "type": "transform", "expression": "'B'"},
             {"id": "d", "type": "transform", "expression": "'D'"},
@@ -175,15 +187,19 @@ def test_retry_with_backoff_then_success(wf, db, tmp_path):
     doc = {
         "name": "retry",
         "nodes": [
-            py("f", "flaky", args={"counter": str(counter), "fail_times": 2},
-               retry={"maxAttempts": 3, "initialDelay": 200, "backoffMultiplier": 2})
+            py(
+                "f",
+                "flaky",
+                args={"counter": str(counter), "fail_times": 2},
+                retry={"maxAttempts": 3, "initialDelay": 200, "backoffMultiplier": 2},
+            )
         ],
     }
     res = run_wf(wf(doc), db)
     assert res["status"] == "succeeded", res
     assert res["output"]["f"]["attempt"] == 3
     times = [float(t) for t in (tmp_path / "count.times").read_text().split()]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert 0.18 <= gaps[0] < 0.6, gaps
     assert 0.38 <= gaps[1] < 0.9, gaps
     node = show(db, res["id"])["nodes"][0]
@@ -198,7 +214,10 @@ def test_retries_exhausted_fails_execution(wf, db, tmp_path):
     doc = {
         "name": "retry-fail",
         "settings": {"retry": {"maxAttempts": 2, "initialDelay": 10}},
-        "nodes": [py("f", "flaky", args={"counter": str(counter), "fail_times": 5}), py("after", "noop")],
+        "nodes": [
+            py("f", "flaky", args={"counter": str(counter), "fail_times": 5}),
+            py("after", "noop"),
+        ],
         "edges": [{"source": "f", "target": "after"}],
     }
     res = run_wf(wf(doc), db)
@@ -210,7 +229,10 @@ def test_retries_exhausted_fails_execution(wf, db, tmp_path):
 
 
 def test_fatal_error_not_retried(wf, db):
-    doc = {"name": "fatal", "nodes": [py("f", "fatal", retry={"maxAttempts": 5, "initialDelay": 10})]}
+    doc = {
+        "name": "fatal",
+        "nodes": [py("f", "fatal", retry={"maxAttempts": 5, "initialDelay": 10})],
+    }
     res = run_wf(wf(doc), db)
     assert res["status"] == "failed"
     assert res["error"]["code"] == "FATAL"
@@ -225,7 +247,10 @@ def test_output_not_serializable(wf, db):
 
 
 def test_expression_error_names_node(wf, db):
-    doc = {"name": "exprerr", "nodes": [{"id": "t", "type": "transform", "expression": "1 / input.zero"}]}
+    doc = {
+        "name": "exprerr",
+        "nodes": [{"id": "t", "type": "transform", "expression": "1 / input.zero"}],
+    }
     res = run_wf(wf(doc), db, input={"zero": 0})
     assert res["status"] == "failed"
     assert res["error"]["code"] == "EXPRESSION_ERROR"
@@ -235,8 +260,10 @@ def test_expression_error_names_node(wf, db):
 def test_error_strategy_continue(wf, db):
     doc = {
         "name": "cont",
-        "nodes": [py("f", "always_fail", errorStrategy="continue", outputOnError={"fallback": True}),
-                  {"id": "g", "type": "transform", "expression": "f"}],
+        "nodes": [
+            py("f", "always_fail", errorStrategy="continue", outputOnError={"fallback": True}),
+            {"id": "g", "type": "transform", "expression": "f"},
+        ],
         "edges": [{"source": "f", "target": "g"}],
     }
     res = run_wf(wf(doc), db)
@@ -247,9 +274,15 @@ def test_error_strategy_continue(wf, db):
 def test_error_edge_handles_failure(wf, db):
     doc = {
         "name": "erredge",
-        "nodes": [py("f", "always_fail"), {"id": "ok", "type": "transform", "expression": "'not me'"},
-                  {"id": "h", "type": "transform", "expression": "'handled'"}],
-        "edges": [{"source": "f", "target": "ok"}, {"source": "f", "target": "h", "sourceHandle": "error"}],
+        "nodes": [
+            py("f", "always_fail"),
+            {"id": "ok", "type": "transform", "expression": "'not me'"},
+            {"id": "h", "type": "transform", "expression": "'handled'"},
+        ],
+        "edges": [
+            {"source": "f", "target": "ok"},
+            {"source": "f", "target": "h", "sourceHandle": "error"},
+        ],
     }
     res = run_wf(wf(doc), db)
     assert res["status"] == "succeeded", res
@@ -260,8 +293,11 @@ def test_fail_fast_lets_running_finish(wf, db, tmp_path):
     mark = tmp_path / "marks"
     doc = {
         "name": "failfast",
-        "nodes": [py("bad", "always_fail"), py("slow", "sleep", args={"seconds": 0.6, "tag": "slow", "mark": str(mark)}),
-                  py("never", "record", args={"mark": str(mark), "tag": "never"})],
+        "nodes": [
+            py("bad", "always_fail"),
+            py("slow", "sleep", args={"seconds": 0.6, "tag": "slow", "mark": str(mark)}),
+            py("never", "record", args={"mark": str(mark), "tag": "never"}),
+        ],
         "edges": [{"source": "slow", "target": "never"}],
     }
     res = run_wf(wf(doc), db)
@@ -275,7 +311,10 @@ def test_fail_fast_lets_running_finish(wf, db, tmp_path):
 
 def test_node_timeout_stops_process_tree(wf, db, tmp_path):
     mark = tmp_path / "marks"
-    doc = {"name": "timeout", "nodes": [py("h", "hang", args={"mark": str(mark), "child": True}, timeout=500)]}
+    doc = {
+        "name": "timeout",
+        "nodes": [py("h", "hang", args={"mark": str(mark), "child": True}, timeout=500)],
+    }
     t0 = time.monotonic()
     res = run_wf(wf(doc), db)
     assert time.monotonic() - t0 < 15
@@ -306,7 +345,10 @@ def test_timeout_on_timeout_continue_and_cancel(wf, db, tmp_path):
 
 
 def test_timeout_then_retry(wf, db, tmp_path):
-    doc = {"name": "timeout3", "nodes": [py("h", "hang", timeout=200, retry={"maxAttempts": 2, "initialDelay": 10})]}
+    doc = {
+        "name": "timeout3",
+        "nodes": [py("h", "hang", timeout=200, retry={"maxAttempts": 2, "initialDelay": 10})],
+    }
     res = run_wf(wf(doc), db)
     assert res["status"] == "failed"
     assert show(db, res["id"])["nodes"][0]["attempts"] == 2
@@ -314,13 +356,19 @@ def test_timeout_then_retry(wf, db, tmp_path):
 
 def test_worker_crash_is_recovered(wf, db, tmp_path):
     counter = tmp_path / "crashes"
-    doc = {"name": "crash1", "nodes": [py("c", "crash", args={"counter": str(counter), "times": 1})]}
+    doc = {
+        "name": "crash1",
+        "nodes": [py("c", "crash", args={"counter": str(counter), "times": 1})],
+    }
     res = run_wf(wf(doc), db)
     assert res["status"] == "succeeded", res
     node = show(db, res["id"])["nodes"][0]
     assert node["attempts"] == 1 and node["recoveries"] == 1
     rows = Store(db).attempts(res["id"], "c")
-    assert [(r["kind"], r["status"]) for r in rows] == [("attempt", "failed"), ("recovery", "succeeded")]
+    assert [(r["kind"], r["status"]) for r in rows] == [
+        ("attempt", "failed"),
+        ("recovery", "succeeded"),
+    ]
 
 
 def test_worker_crash_every_time_fails_after_recovery_attempts(wf, db, tmp_path):
@@ -340,7 +388,12 @@ def test_shell_node(wf, db):
     doc = {
         "name": "shell",
         "nodes": [
-            {"id": "s", "type": "shell", "command": "echo hello $WHO; echo oops >&2", "env": {"WHO": "{{input.who}}"}},
+            {
+                "id": "s",
+                "type": "shell",
+                "command": "echo hello $WHO; echo oops >&2",
+                "env": {"WHO": "{{input.who}}"},
+            },
             {"id": "l", "type": "shell", "command": ["printf", "%s", "x y"]},
             {"id": "bad", "type": "shell", "command": "exit 3", "allowFailure": True},
         ],
@@ -353,7 +406,15 @@ def test_shell_node(wf, db):
 
 
 def test_shell_failure(wf, db):
-    res = run_wf(wf({"name": "shellfail", "nodes": [{"id": "s", "type": "shell", "command": "echo nope >&2; exit 4"}]}), db)
+    res = run_wf(
+        wf(
+            {
+                "name": "shellfail",
+                "nodes": [{"id": "s", "type": "shell", "command": "echo nope >&2; exit 4"}],
+            }
+        ),
+        db,
+    )
     assert res["status"] == "failed"
     assert res["error"]["code"] == "SHELL_ERROR"
     assert "exited with code 4: nope" in res["error"]["message"]
@@ -363,8 +424,11 @@ def test_delay_holds_no_worker(wf, db, tmp_path):
     mark = tmp_path / "marks"
     doc = {
         "name": "delay",
-        "nodes": [{"id": "d", "type": "delay", "duration": 800}, py("w", "sleep", args={"seconds": 0.2, "mark": str(mark), "tag": "w"}),
-                  {"id": "after", "type": "transform", "expression": "d"}],
+        "nodes": [
+            {"id": "d", "type": "delay", "duration": 800},
+            py("w", "sleep", args={"seconds": 0.2, "mark": str(mark), "tag": "w"}),
+            {"id": "after", "type": "transform", "expression": "d"},
+        ],
         "edges": [{"source": "d", "target": "after"}],
     }
     t0 = time.time()
@@ -402,7 +466,11 @@ def test_module_identity_by_folder(tmp_path, db):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "tasks.py").write_text(f"def who():\n    return {name!r}\n")
-        (folder / "wf.json").write_text(json.dumps({"name": name, "nodes": [{"id": "w", "type": "python", "call": "tasks:who"}]}))
+        (folder / "wf.json").write_text(
+            json.dumps(
+                {"name": name, "nodes": [{"id": "w", "type": "python", "call": "tasks:who"}]}
+            )
+        )
         ids.append(api.submit(folder / "wf.json", db=db))
     sup = Supervisor(db, workers=1)
     sup.open()
@@ -419,7 +487,10 @@ def test_settings_max_concurrency(wf, db, tmp_path):
     doc = {
         "name": "maxconc",
         "settings": {"maxConcurrency": 2},
-        "nodes": [py(f"n{i}", "sleep", args={"seconds": 0.3, "mark": str(mark), "tag": str(i)}) for i in range(6)],
+        "nodes": [
+            py(f"n{i}", "sleep", args={"seconds": 0.3, "mark": str(mark), "tag": str(i)})
+            for i in range(6)
+        ],
     }
     res = run_wf(wf(doc), db, workers=4)
     assert res["status"] == "succeeded"
@@ -445,16 +516,21 @@ def test_db_is_readable_offline(wf, db):
     res = run_wf(wf({"name": "offline", "nodes": [py("a", "noop")]}), db)
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    row = conn.execute("SELECT status, nodes, succeeded FROM execution_summary WHERE id=?", (res["id"],)).fetchone()
+    row = conn.execute(
+        "SELECT status, nodes, succeeded FROM execution_summary WHERE id=?", (res["id"],)
+    ).fetchone()
     assert row == ("succeeded", 1, 1)
     assert conn.execute("SELECT count(*) FROM queue").fetchone()[0] == 0
 
 
-@pytest.mark.parametrize("example,input_file", [
-    ("fan_out_fan_in.json", None),
-    ("custom_merge.json", None),
-    ("parallel_validation.json", "order.json"),
-])
+@pytest.mark.parametrize(
+    "example,input_file",
+    [
+        ("fan_out_fan_in.json", None),
+        ("custom_merge.json", None),
+        ("parallel_validation.json", "order.json"),
+    ],
+)
 def test_examples_run(example, input_file, db):
     root = Path(__file__).parent.parent / "examples"
     inp = json.loads((root / input_file).read_text()) if input_file else None

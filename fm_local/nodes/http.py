@@ -47,23 +47,29 @@ def run(task: dict[str, Any], cap: Any) -> Any:
     timeout_ms = spec.get("timeout")
     kwargs: dict[str, Any] = {
         "headers": {k: str(v) for k, v in (spec.get("headers") or {}).items()},
-        "params": {k: v if isinstance(v, list) else str(v) for k, v in (spec.get("query") or {}).items()},
+        "params": {
+            k: v if isinstance(v, list) else str(v) for k, v in (spec.get("query") or {}).items()
+        },
         "timeout": (timeout_ms / 1000.0) if timeout_ms else 30.0,
     }
     if spec.get("json") is not None:
         kwargs["json"] = spec["json"]
     elif spec.get("body") is not None:
-        body = spec["body"]
-        kwargs["content"] = body if isinstance(body, (str, bytes)) else str(body)
+        raw = spec["body"]
+        kwargs["content"] = raw if isinstance(raw, (str, bytes)) else str(raw)
     cap.add("log", f"{method} {url}")
     try:
         resp = _get_client().request(method, url, **kwargs)
     except httpx.TimeoutException as exc:
         raise errors.NodeError(f"{method} {url}: timed out ({exc})", errors.TIMEOUT) from exc
     except (httpx.ConnectError, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-        raise errors.NodeError(f"{method} {url}: {type(exc).__name__}: {exc}", errors.NETWORK) from exc
+        raise errors.NodeError(
+            f"{method} {url}: {type(exc).__name__}: {exc}", errors.NETWORK
+        ) from exc
     except httpx.HTTPError as exc:
-        raise errors.NodeError(f"{method} {url}: {type(exc).__name__}: {exc}", errors.NETWORK) from exc
+        raise errors.NodeError(
+            f"{method} {url}: {type(exc).__name__}: {exc}", errors.NETWORK
+        ) from exc
     body: Any
     ctype = resp.headers.get("content-type", "")
     if "json" in ctype:

@@ -42,7 +42,9 @@ def run(task: dict[str, Any], cap: Any) -> Any:
         argv = [str(c) for c in command]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.run(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+            proc = subprocess.run(
+                argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env
+            )
         except OSError as exc:
             raise errors.NodeError(f"cannot run {argv[0]!r}: {exc}", errors.SHELL_ERROR) from exc
         stdout, stderr = _read(out), _read(err)
