@@ -7,12 +7,14 @@ from typing import Any
 
 from tenacity import RetryCallState, wait_exponential, wait_fixed, wait_incrementing, wait_random
 
-from fm_local.errors import NON_RETRYABLE
+from fm_local.errors import FATAL, NON_RETRYABLE
 from fm_local.model import RetryPolicy
 
 
 def is_retryable(policy: RetryPolicy, error: dict[str, Any]) -> bool:
     code = error.get("code")
+    if code == FATAL:
+        return False  # FatalError means: never retry, whatever the policy lists
     if policy.retryable_errors is None:
         return code not in NON_RETRYABLE
     allowed = set(policy.retryable_errors)
@@ -49,7 +51,16 @@ def retry_delay_ms(
     delay = float(_strategy(policy)(state))
     if policy.backoff != "fixed" and not policy.jitter:
         delay = min(delay, float(policy.max_delay))
-    details = (error or {}).get("details")
-    if isinstance(details, dict) and isinstance(details.get("retryAfterMs"), (int, float)):
-        delay = max(delay, float(details["retryAfterMs"]))
+    ra = retry_after_ms(error)
+    if ra is not None:
+        delay = max(delay, ra)
     return max(0, int(delay))
+
+
+def retry_after_ms(error: dict[str, Any] | None) -> float | None:
+    """The least delay an error asks for (HTTP Retry-After), if any."""
+    details = (error or {}).get("details")
+    for d in (details, details.get("data") if isinstance(details, dict) else None):
+        if isinstance(d, dict) and isinstance(d.get("retryAfterMs"), (int, float)):
+            return float(d["retryAfterMs"])
+    return None

@@ -86,6 +86,7 @@ MIGRATIONS: list[str] = [
         started_at REAL,
         finished_at REAL,
         next_attempt_at REAL,
+        item_index INTEGER,
         UNIQUE (execution_id, path)
     );
     CREATE INDEX node_runs_status ON node_runs(status);
@@ -307,6 +308,7 @@ NODE_COLS = (
     "started_at",
     "finished_at",
     "next_attempt_at",
+    "item_index",
 )
 ATTEMPT_COLS = (
     "execution_id",
@@ -374,6 +376,10 @@ class Store:
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{self.path}: cannot open the database: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(
+                f"{self.path}: cannot create the database: {exc.strerror or exc}"
+            ) from exc
 
     def close(self) -> None:
         self.conn.close()
@@ -502,11 +508,11 @@ class Store:
     def find_execution(self, prefix: str) -> dict[str, Any] | None:
         """An execution by id or unique id prefix."""
         row = self.get_execution(prefix)
-        if row:
+        if row or len(prefix) < 4:
             return row
         rows = self._all(
-            "SELECT * FROM executions WHERE id LIKE ? ORDER BY created_at LIMIT 2",
-            (prefix.replace("%", "") + "%",),
+            "SELECT * FROM executions WHERE substr(id, 1, ?) = ? ORDER BY created_at LIMIT 2",
+            (len(prefix), prefix),
         )
         return rows[0] if len(rows) == 1 else None
 
@@ -534,9 +540,9 @@ class Store:
     def node_runs(self, execution_id: str, path: str | None = None) -> list[dict[str, Any]]:
         if path:
             return self._all(
-                "SELECT * FROM node_runs WHERE execution_id=? AND (path=? OR path LIKE ?) "
-                "ORDER BY id",
-                (execution_id, path, path + "%"),
+                "SELECT * FROM node_runs WHERE execution_id=? AND (path=? OR "
+                "substr(path, 1, ?) IN (?, ?)) ORDER BY id",
+                (execution_id, path, len(path) + 1, path + ".", path + "["),
             )
         return self._all(
             "SELECT * FROM node_runs WHERE execution_id=? ORDER BY coalesce(started_at, "
@@ -564,10 +570,41 @@ class Store:
     def logs(self, execution_id: str, path: str | None = None) -> list[dict[str, Any]]:
         if path:
             return self._all(
-                "SELECT * FROM logs WHERE execution_id=? AND (path=? OR path LIKE ?) ORDER BY id",
-                (execution_id, path, path + ".%"),
+                "SELECT * FROM logs WHERE execution_id=? AND (path=? OR "
+                "substr(path, 1, ?) IN (?, ?)) ORDER BY id",
+                (execution_id, path, len(path) + 1, path + ".", path + "["),
             )
         return self._all("SELECT * FROM logs WHERE execution_id=? ORDER BY id", (execution_id,))
+
+    def frame_rows(self, execution_id: str, prefix: str) -> list[dict[str, Any]]:
+        """node_runs rows of the direct children of a frame (``""`` = top level,
+        ``"loop[3]."`` = the body of item 3), items excluded."""
+        n = len(prefix)
+        return self._all(
+            "SELECT * FROM node_runs WHERE execution_id=? AND path GLOB ? "
+            "AND instr(substr(path, ?), '.') = 0 AND instr(substr(path, ?), '[') = 0",
+            (execution_id, glob_escape(prefix) + "*", n + 1, n + 1),
+        )
+
+    def item_rows(self, execution_id: str, loop_path: str) -> list[tuple[int, str, float]]:
+        """(item_index, status, started_at) of every recorded item of a loop."""
+        rows = self.conn.execute(
+            "SELECT item_index, status, started_at FROM node_runs WHERE execution_id=? AND path GLOB ? "
+            "AND node_type='item' AND instr(substr(path, ?), '.') = 0",
+            (execution_id, glob_escape(loop_path) + "[[]*]", len(loop_path) + 1),
+        ).fetchall()
+        return [(int(r[0]), r[1], r[2]) for r in rows]
+
+    def loop_results(self, execution_id: str, loop_path: str) -> Iterator[tuple[Any, ...]]:
+        """(item_index, status, output, error) of a loop's items, in item order."""
+        return iter(
+            self.conn.execute(
+                "SELECT item_index, status, output, error FROM node_runs "
+                "WHERE execution_id=? AND path GLOB ? AND node_type='item' "
+                "AND instr(substr(path, ?), '.') = 0 ORDER BY item_index",
+                (execution_id, glob_escape(loop_path) + "[[]*]", len(loop_path) + 1),
+            )
+        )
 
     def queue_depth(self) -> list[dict[str, Any]]:
         return self._all(
@@ -655,6 +692,11 @@ class Store:
                     "execution_id, node_path) VALUES(?,?,?,?,?,?,?)",
                     b.samples,
                 )
+
+
+def glob_escape(text: str) -> str:
+    """Escape GLOB's special characters so ``text`` matches itself."""
+    return "".join(f"[{c}]" if c in "[*?" else c for c in text)
 
 
 def _split_sql(script: str) -> list[str]:

@@ -4,8 +4,13 @@ It keeps the ready set and the state of active executions in memory and treats
 the database as its write-ahead record: changes are coalesced per row and written
 in group commits (:class:`fm_local.store.Batch`). Node attempts are at-least-once:
 after a crash, what was not committed is simply done again; what was committed
-is never redone. Timers are due times, not sleeping threads. The loop takes the
-time from the clock once per tick, so its parts can be reasoned about per tick.
+is never redone. Timers are due times, not sleeping threads.
+
+Structure: an execution is a tree of *frames* — its top-level graph, and one frame
+per running loop item (the loop's body). A frame counts its unfinished runs; when
+that count reaches zero it is done, and its owner (the execution, or the loop) is
+told. State changes never recurse into the next node: newly ready nodes go on a
+work queue that the loop drains, so a chain of any length costs no stack.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import heapq
 import itertools
 import json
 import logging
-import os
 import signal
 import time
 from collections import deque
@@ -24,22 +28,25 @@ from typing import Any
 
 from fm_local import errors, expr, graph, retries
 from fm_local.graph import CompiledGraph
+from fm_local.limits import Pool, RateLimiter, rate_spec
 from fm_local.lock import SupervisorLock
 from fm_local.model import (
     ConditionNode,
     DelayNode,
     HttpNode,
+    LoopNode,
     MergeNode,
     NodeBase,
     OutputNode,
     PythonNode,
     RetryPolicy,
+    SectionPolicy,
     ShellNode,
     SwitchNode,
     TransformNode,
     Workflow,
 )
-from fm_local.nodes import condition, delay, merge, output, switch, transform
+from fm_local.nodes import condition, delay, loop, merge, output, switch, transform
 from fm_local.store import Batch, Store, dumps, loads
 from fm_local.workers import ProcessPool, Slot
 
@@ -51,7 +58,9 @@ FLUSH_MAX = 4000  # rows: commit sooner than the interval when this many are dir
 DB_POLL_INTERVAL = 0.05  # seconds between looks for new executions and signals
 PREFETCH = 16  # tasks queued on one worker when the backlog is deep
 DRAIN_TIMEOUT = 10.0  # seconds a graceful stop waits for running nodes
+WORKER_START_TIMEOUT = 10.0  # seconds to wait for the pool before serving
 ACTIVE_STATUSES = frozenset({"queued", "running", "retry_wait"})
+_UNSET = object()
 
 
 class Scope(Mapping[str, Any]):
@@ -104,13 +113,15 @@ class Scope(Mapping[str, Any]):
 
 
 class Run:
-    """One node instance: its status, current attempt and result."""
+    """One node instance (or one loop item): its status, attempt and result."""
 
     __slots__ = (
         "ex",
         "frame",
         "node",
         "path",
+        "ntype",
+        "item_index",
         "status",
         "attempt",
         "seq",
@@ -130,6 +141,10 @@ class Run:
         "task_id",
         "in_queue_table",
         "attempt_kind",
+        "loop",
+        "held_pool",
+        "gate_marks",
+        "prefetched",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -137,6 +152,8 @@ class Run:
         self.frame = frame
         self.node = node
         self.path = path
+        self.ntype: str = node.type  # type: ignore[attr-defined]
+        self.item_index: int | None = None
         self.status = "pending"
         self.attempt = 0
         self.seq = 0
@@ -157,6 +174,10 @@ class Run:
         self.task_id: int | None = None
         self.in_queue_table = False
         self.attempt_kind = "attempt"
+        self.loop: LoopState | None = None
+        self.held_pool: Pool | None = None
+        self.gate_marks: list[tuple[RateLimiter, float]] | None = None
+        self.prefetched = False  # handed to a worker behind another task
 
     def value(self) -> Any:
         if self._value is _UNSET:
@@ -172,13 +193,27 @@ class Run:
         return self.status in graph.TERMINAL
 
 
-_UNSET = object()
-
-
 class Frame:
-    """A graph being executed: the top level of an execution (loop items later)."""
+    """A graph being executed: an execution's top level, or one loop item's body."""
 
-    __slots__ = ("ex", "graph", "prefix", "parent", "vars", "runs", "trace_root", "resolved")
+    __slots__ = (
+        "ex",
+        "graph",
+        "prefix",
+        "parent",
+        "vars",
+        "runs",
+        "trace_root",
+        "resolved",
+        "active",
+        "failure",
+        "halted",
+        "done",
+        "loop",
+        "index",
+        "item",
+        "gated",
+    )
 
     def __init__(
         self,
@@ -197,9 +232,103 @@ class Frame:
         self.runs: dict[str, Run] = {}
         self.trace_root = trace_root
         self.resolved = 0  # nodes with a terminal run
+        self.active = 0  # runs not yet terminal
+        self.failure: dict[str, Any] | None = None  # first unhandled failure
+        self.halted = False  # nothing new starts here (failure, stop, cancel)
+        self.done = False
+        self.loop: LoopState | None = None  # the loop this frame is an item of
+        self.index: int | None = None
+        self.item: Run | None = None  # the item's own record
+        self.gated = False  # the item's first start still needs the loop's rate limit
 
     def path_of(self, node_id: str) -> str:
         return self.prefix + node_id
+
+    def within(self, other: Frame) -> bool:
+        f: Frame | None = self
+        while f is not None:
+            if f is other:
+                return True
+            f = f.parent
+        return False
+
+    def stopped(self) -> bool:
+        f: Frame | None = self
+        while f is not None:
+            if f.halted:
+                return True
+            f = f.parent
+        return self.ex.status != "running"
+
+
+class LoopState:
+    """A running loop: which items are open, counts, batches, its limits."""
+
+    __slots__ = (
+        "run",
+        "node",
+        "body",
+        "items",
+        "n",
+        "next_index",
+        "open",
+        "started",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "batch_size",
+        "batch_end",
+        "batch_wait",
+        "limiter",
+        "gate_inline",
+        "stopped",
+        "policy",
+        "window",
+        "first_error",
+        "errors",
+        "timed_out",
+        "finished",
+    )
+
+    def __init__(
+        self, run: Run, node: LoopNode, body: CompiledGraph, items: list[Any] | None, n: int
+    ):
+        self.run = run
+        self.node = node
+        self.body = body
+        self.items = items
+        self.n = n
+        self.next_index = 0
+        self.open: dict[int, Frame] = {}
+        self.started = bytearray(n)
+        self.succeeded = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.batch_size = node.batch_size
+        self.batch_end = min(n, node.batch_size) if node.batch_size else n
+        self.batch_wait = False
+        self.limiter: RateLimiter | None = None
+        self.gate_inline = False
+        self.stopped = False
+        self.policy: SectionPolicy = SectionPolicy()
+        self.window = 1
+        self.first_error: dict[str, Any] | None = None
+        self.errors: list[dict[str, Any]] = []
+        self.timed_out = False
+        self.finished = False
+
+
+def _failure_of(run: Run) -> dict[str, Any]:
+    """The frame failure a failed run stands for (as ``_final_failure`` builds it)."""
+    err = run.error or {}
+    return {
+        "code": err.get("code"),
+        "message": f"node '{run.path}' failed: {err.get('message')}",
+        "nodePath": run.path,
+        "nodeId": run.node.id,
+        "attempt": run.attempt,
+        "details": err,
+    }
 
 
 class Exec:
@@ -220,8 +349,6 @@ class Exec:
         self.error: dict[str, Any] | None = None
         self.top = Frame(self, g, "", None, self.trace_id)
         self.running = 0  # worker tasks held by workers
-        self.active = 0  # runs queued, running, waiting for a retry or a timer
-        self.failure: dict[str, Any] | None = None
         self.signal_scope: dict[str, Any] = {}
         self.ready: deque[Run] = deque()
         self.max_concurrency = workflow.settings.max_concurrency
@@ -252,7 +379,7 @@ class Supervisor:
         self.rr: deque[str] = deque()  # executions with ready tasks, round robin
         self.tasks: dict[int, Run] = {}
         self.task_ids = itertools.count(1)
-        self.timers: list[tuple[float, int, str, Run]] = []
+        self.timers: list[tuple[float, int, str, Any]] = []
         self.timer_seq = itertools.count()
         self.batch = Batch()
         self.dirty_runs: dict[int, Run] = {}
@@ -263,7 +390,16 @@ class Supervisor:
         self.stop_reason = ""
         self.finished: set[str] = set()
         self.workflows: dict[int, tuple[Workflow, str, CompiledGraph]] = {}
+        self.bodies: dict[int, CompiledGraph] = {}
         self.ready_count = 0
+        self.work: deque[tuple[Frame, str]] = deque()
+        self.frames_to_check: deque[Frame] = deque()
+        self.loops_to_open: deque[LoopState] = deque()
+        self.limiters: dict[Any, RateLimiter] = {}
+        self.pools: dict[str, Pool] = {}
+        self.parked: dict[int, deque[Run]] = {}
+        self.parked_loops: dict[int, set[LoopState]] = {}
+        self.wake_pending: set[int] = set()
         self.on_tick: Callable[[], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -274,6 +410,7 @@ class Supervisor:
             self.store = Store(self.db, durability=self.durability)
             self.pool = ProcessPool(self.n_workers)
             self.pool.start()
+            self.pool.wait_ready(WORKER_START_TIMEOUT)
             self._recover()
         except BaseException:
             self.close()
@@ -321,22 +458,36 @@ class Supervisor:
     def tick(self) -> None:
         pool = self.pool
         assert pool is not None
-        now_m = time.monotonic()
-        timeout = self._wait_time(now_m)
+        timeout = self._wait_time(time.monotonic())
         for kind, slot, payload in pool.poll(timeout):
             if kind == "results":
                 self._on_results(slot, payload)
             elif kind == "died":
                 self._on_worker_died(slot, payload)
+        self._settle()
         now = time.time()
         self._fire_timers(now)
         self._check_deadlines(now)
+        self._settle()
         if time.monotonic() - self.last_poll >= DB_POLL_INTERVAL:
             self._poll_db()
+            self._settle()
         self._dispatch()
+        self._settle()
         if self.on_tick is not None:
             self.on_tick()
         self._maybe_flush()
+
+    def _settle(self) -> None:
+        """Drain the work queues until nothing more follows from what happened."""
+        while self.work or self.frames_to_check or self.loops_to_open:
+            while self.work:
+                frame, nid = self.work.popleft()
+                self._consider(frame, nid)
+            while self.loops_to_open and not self.work:
+                self._open_items(self.loops_to_open.popleft())
+            while self.frames_to_check and not self.work and not self.loops_to_open:
+                self._check_frame(self.frames_to_check.popleft())
 
     def _wait_time(self, now_m: float) -> float:
         t = DB_POLL_INTERVAL - (now_m - self.last_poll)
@@ -365,6 +516,13 @@ class Supervisor:
             self.workflows[workflow_id] = cached
         return cached
 
+    def _body(self, node: LoopNode) -> CompiledGraph:
+        g = self.bodies.get(id(node))
+        if g is None:
+            g = graph.compile_graph(node.body.nodes, node.body.edges)
+            self.bodies[id(node)] = g
+        return g
+
     def _admit(self, row: dict[str, Any]) -> Exec | None:
         try:
             wf, folder, g = self._load_workflow(row["workflow_id"])
@@ -387,8 +545,7 @@ class Supervisor:
     def _recover(self) -> None:
         """Load every unfinished execution; continue where the database says it was."""
         assert self.store is not None
-        rows = self.store.active_executions()
-        for row in rows:
+        for row in self.store.active_executions():
             if self.only_execution and row["id"] != self.only_execution:
                 continue
             ex = self._admit(row)
@@ -398,17 +555,20 @@ class Supervisor:
                 self._start_execution(ex)
                 continue
             self._event(ex, None, "recovered", None)
-            self._restore_runs(ex)
-            self._advance_frame(ex.top)
-            self._maybe_finish(ex)
+            self._restore_frame(ex.top)
+            self._settle()
         self.last_poll = time.monotonic()
 
-    def _restore_runs(self, ex: Exec) -> None:
+    def _restore_frame(self, frame: Frame) -> None:
+        """Rebuild a frame's runs from its committed rows, then continue it."""
         assert self.store is not None
-        frame = ex.top
+        ex = frame.ex
         now = time.time()
-        settings = ex.workflow.settings
-        for r in self.store.node_runs(ex.id):
+        limit = ex.workflow.settings.recovery_attempts
+        last = self._last_attempts(ex.id, frame.prefix)
+        loops: list[Run] = []
+        exhausted: list[tuple[Run, dict[str, Any]]] = []
+        for r in self.store.frame_rows(ex.id, frame.prefix):
             node = frame.graph.nodes.get(r["node_id"])
             if node is None or r["path"] != frame.path_of(node.id):
                 continue
@@ -426,32 +586,35 @@ class Supervisor:
             run.next_attempt_at = r["next_attempt_at"]
             run.worker_pid = r["worker_pid"]
             run.in_queue_table = run.status in ACTIVE_STATUSES
-            run.seq = self._max_seq(ex.id, run.path)
+            run.seq, kind = last.get(run.path, (0, "attempt"))
             frame.runs[node.id] = run
             if run.terminal:
                 frame.resolved += 1
+                if run.status == "failed" and not run.handled and frame.failure is None:
+                    # It failed before the crash and nothing handled it: the frame
+                    # was already failing fast; it still is.
+                    frame.failure = _failure_of(run)
                 continue
-            ex.active += 1
-            if run.status == "running" and isinstance(node, DelayNode):
+            frame.active += 1
+            if isinstance(node, LoopNode):
+                loops.append(run)
+            elif isinstance(node, DelayNode) and run.status == "running":
                 self._timer(run.next_attempt_at or now, "delay", run)
             elif run.status == "running":
                 # The supervisor died while this node ran: an infrastructure
                 # interruption, re-run without spending an attempt.
                 run.recoveries += 1
-                if run.recoveries > settings.recovery_attempts:
-                    ex.active -= 1
-                    run.status = "queued"
-                    self._final_failure(
-                        run,
-                        self._error(
-                            run,
-                            errors.SUPERVISOR_CRASH,
-                            f"the supervisor stopped while this node ran, "
-                            f"{run.recoveries} times (settings.recoveryAttempts="
-                            f"{settings.recovery_attempts})",
-                        ),
-                        retryable=False,
+                run.attempt_kind = kind
+                run.finished_at = now
+                err = self._error(
+                    run, errors.SUPERVISOR_CRASH, "the supervisor stopped while this node ran"
+                )
+                self._attempt_row(run, "failed", err)
+                if run.recoveries > limit:
+                    err["message"] += (
+                        f", {run.recoveries} times (settings.recoveryAttempts={limit})"
                     )
+                    exhausted.append((run, err))
                     continue
                 run.status = "queued"
                 run.attempt_kind = "recovery"
@@ -463,13 +626,57 @@ class Supervisor:
                 run.status = "queued"
                 self._mark(run)
                 self._enqueue(run)
+        for run in loops:
+            self._restore_loop(run)
+        if frame.failure is not None:
+            self._halt(frame)
+        for run, err in exhausted:
+            frame.active -= 1
+            self._final_failure(run, err)
+        self._advance_frame(frame)
+        self.frames_to_check.append(frame)
 
-    def _max_seq(self, eid: str, path: str) -> int:
+    def _last_attempts(self, eid: str, prefix: str) -> dict[str, tuple[int, str]]:
+        """Per node path under ``prefix``: the latest attempt's seq and kind."""
         assert self.store is not None
-        row = self.store.conn.execute(
-            "SELECT max(seq) FROM attempts WHERE execution_id=? AND path=?", (eid, path)
-        ).fetchone()
-        return int(row[0] or 0)
+        from fm_local.store import glob_escape
+
+        rows = self.store.conn.execute(
+            "SELECT path, max(seq), kind FROM attempts WHERE execution_id=? AND path GLOB ? "
+            "GROUP BY path",
+            (eid, glob_escape(prefix) + "*"),
+        ).fetchall()
+        return {r[0]: (int(r[1] or 0), r[2] or "attempt") for r in rows}
+
+    def _restore_loop(self, run: Run) -> None:
+        assert self.store is not None and isinstance(run.node, LoopNode)
+        ls = self._loop_state(run)
+        if ls is None:
+            return
+        lowest_open = ls.n
+        for idx, status, started_at in self.store.item_rows(run.ex.id, run.path):
+            if idx >= ls.n:
+                continue
+            ls.started[idx] = 1
+            if status == "succeeded":
+                ls.succeeded += 1
+            elif status == "failed":
+                ls.failed += 1
+            elif status in ("cancelled", "skipped", "timed_out"):
+                ls.cancelled += 1
+            else:
+                f = self._new_item_frame(ls, idx, started_at or time.time())
+                self._restore_frame(f)
+                lowest_open = min(lowest_open, idx)
+        first_free = next((i for i in range(ls.n) if not ls.started[i]), ls.n)
+        if ls.batch_size:
+            ls.batch_end = min(
+                ls.n, (min(lowest_open, first_free) // ls.batch_size + 1) * ls.batch_size
+            )
+        if ls.failed and ls.policy.fail_fast:
+            ls.stopped = True
+        self.loops_to_open.append(ls)
+        self._schedule_loop_timers(ls)
 
     def _poll_db(self) -> None:
         assert self.store is not None
@@ -497,23 +704,22 @@ class Supervisor:
         self._mark_exec(ex)
         self._event(ex, None, "started", None)
         self._advance_frame(ex.top)
-        self._maybe_finish(ex)
+        self.frames_to_check.append(ex.top)
 
     # --- state transitions --------------------------------------------------------------
 
     def _advance_frame(self, frame: Frame) -> None:
-        """Start or skip every node of ``frame`` whose dependencies are all finished."""
+        """Queue every node of ``frame`` that has no run yet for consideration."""
         for nid in frame.graph.order:
             if nid not in frame.runs:
-                self._consider(frame, nid)
+                self.work.append((frame, nid))
 
     def _consider(self, frame: Frame, nid: str) -> None:
-        ex = frame.ex
-        if nid in frame.runs or ex.failure is not None or ex.status != "running":
+        """Start or skip ``nid`` if all its dependencies are finished."""
+        if nid in frame.runs or frame.done or frame.stopped():
             return
-        g = frame.graph
         runs = frame.runs
-        deps = g.deps[nid]
+        deps = frame.graph.deps[nid]
         verdict = "run"
         if deps:
             taken = False
@@ -524,8 +730,9 @@ class Supervisor:
                 if not taken and graph.dep_taken(d, r.status, r.port):
                     taken = True
             verdict = "run" if taken else "skip"
-        node = g.nodes[nid]
-        run = Run(ex, frame, node, frame.path_of(nid))
+        ex = frame.ex
+        node = frame.graph.nodes[nid]
+        run = Run(ex, frame, node, frame.prefix + nid)
         runs[nid] = run
         now = time.time()
         if verdict == "skip":
@@ -535,19 +742,24 @@ class Supervisor:
             self._resolved(run)
             return
         run.queued_at = now
-        ex.active += 1
+        frame.active += 1
         if isinstance(node, WORKER_TYPES):
             run.status = "queued"
             self._mark(run)
             self._enqueue(run)
+        elif isinstance(node, LoopNode):
+            self._start_loop(run)
         else:
             self._run_inline(run)
 
-    def _enqueue(self, run: Run) -> None:
+    def _enqueue(self, run: Run, front: bool = False) -> None:
         ex = run.ex
         if not ex.ready and ex.id not in self.rr:
             self.rr.append(ex.id)
-        ex.ready.append(run)
+        if front:
+            ex.ready.appendleft(run)
+        else:
+            ex.ready.append(run)
         self.ready_count += 1
 
     def _scope(self, run: Run, extra: dict[str, Any] | None = None) -> Scope:
@@ -599,8 +811,7 @@ class Supervisor:
                 value, port = merge.automatic(self._predecessor_outputs(run))
             else:
                 raise errors.NodeError(
-                    f"node type '{getattr(node, 'type', '?')}' is not supported by this "
-                    "version of fm_local",
+                    f"node type '{run.ntype}' is not supported by this version of fm_local",
                     errors.VALIDATION_ERROR,
                 )
             text = dumps(value)
@@ -652,14 +863,18 @@ class Supervisor:
         run.status = "succeeded"
         if run.finished_at is None:
             run.finished_at = time.time()
-        run.ex.active -= 1
+        run.frame.active -= 1
         self._mark(run)
         self._resolved(run)
 
     def _attempt_failed(self, run: Run, err: dict[str, Any]) -> None:
         """An attempt failed: retry it, or fail the node for good."""
         policy: RetryPolicy = run.node.retry or run.ex.default_retry
-        if run.attempt < policy.max_attempts and retries.is_retryable(policy, err):
+        if (
+            run.attempt < policy.max_attempts
+            and retries.is_retryable(policy, err)
+            and not run.frame.stopped()
+        ):
             delay_ms = retries.retry_delay_ms(policy, run.attempt, err)
             run.status = "retry_wait"
             run.error = err
@@ -667,17 +882,17 @@ class Supervisor:
             self._mark(run)
             self._timer(run.next_attempt_at, "retry", run)
             return
-        run.ex.active -= 1
-        self._final_failure(run, err, retryable=True)
+        run.frame.active -= 1
+        self._final_failure(run, err)
 
-    def _final_failure(self, run: Run, err: dict[str, Any], *, retryable: bool) -> None:
-        """The node failed for good (``ex.active`` already released)."""
+    def _final_failure(self, run: Run, err: dict[str, Any]) -> None:
+        """The node failed for good (its frame's ``active`` already released)."""
         node = run.node
         run.error = err
         run.finished_at = run.finished_at or time.time()
         ex = run.ex
-        settings = ex.workflow.settings
-        if settings.queue.dead_letter_queue:
+        frame = run.frame
+        if ex.workflow.settings.queue.dead_letter_queue:
             self.batch.dead_letters.append(
                 (ex.id, run.path, node.id, None, dumps(err), run.attempt, time.time())
             )
@@ -688,36 +903,50 @@ class Supervisor:
             self._resolved(run)
             return
         run.status = "failed"
-        g = run.frame.graph
+        g = frame.graph
         has_error_edge = any(
-            d.handle == graph.ERROR_HANDLE
+            d.handle == graph.ERROR_HANDLE and d.source == node.id
             for dep in g.dependents[node.id]
             for d in g.deps[dep]
-            if d.source == node.id
         )
         run.handled = has_error_edge
         self._mark(run)
-        if not has_error_edge and ex.failure is None:
-            ex.failure = {
-                "code": err.get("code"),
-                "message": f"node '{run.path}' failed: {err.get('message')}",
-                "nodePath": run.path,
-                "nodeId": node.id,
-                "details": err,
-            }
-            self._stop_starting(ex)
+        if not has_error_edge and frame.failure is None:
+            frame.failure = _failure_of(run)
+            self._halt(frame)
         self._resolved(run)
 
-    def _stop_starting(self, ex: Exec) -> None:
-        """Fail-fast (the execution default): nothing new starts; queued and waiting
+    def _halt(self, frame: Frame) -> None:
+        """Fail-fast in ``frame`` (and below): nothing new starts; queued and waiting
         nodes are cancelled; running nodes finish and record."""
-        for run in list(ex.ready):
-            self._cancel_run(run, "not started: an earlier node failed")
-        self.ready_count -= len(ex.ready)
-        ex.ready.clear()
-        for _, _, _, run in self.timers:
-            if run.ex is ex and run.status in ("retry_wait", "running") and not run.task_id:
+        frame.halted = True
+        ex = frame.ex
+        keep: deque[Run] = deque()
+        for run in ex.ready:
+            if run.frame.within(frame):
                 self._cancel_run(run, "not started: an earlier node failed")
+                self.ready_count -= 1
+            else:
+                keep.append(run)
+        ex.ready = keep
+        for q in self.parked.values():
+            for run in [r for r in q if r.frame.within(frame)]:
+                q.remove(run)
+                self._cancel_run(run, "not started: an earlier node failed")
+        for _, _, kind, obj in self.timers:
+            if kind in ("retry", "delay") and obj.frame.within(frame) and not obj.terminal:
+                self._cancel_run(obj, "not started: an earlier node failed")
+        self._recheck_up(frame)
+
+    def _recheck_up(self, frame: Frame) -> None:
+        """A frame and its open descendants may be done now."""
+        self.frames_to_check.append(frame)
+        for run in list(frame.runs.values()):
+            if run.loop is not None:
+                run.loop.stopped = True
+                for f in list(run.loop.open.values()):
+                    self._recheck_up(f)
+                self._loop_check(run.loop)
 
     def _cancel_run(self, run: Run, reason: str, status: str = "cancelled") -> None:
         if run.terminal:
@@ -725,33 +954,46 @@ class Supervisor:
         run.status = status
         run.finished_at = time.time()
         run.error = run.error or self._error(run, errors.CANCELLED, reason)
-        run.ex.active -= 1
+        if run.task_id is not None:
+            self.tasks.pop(run.task_id, None)
+            run.task_id = None
+            run.ex.running -= 1
+            self._release(run)
         if run.seq:
             self._attempt_row(run, status, run.error)
         self._mark(run)
-        run.frame.resolved += 1
+        run.frame.active -= 1
+        self._resolved(run)
 
     def _resolved(self, run: Run) -> None:
-        """``run`` reached a terminal status: wake its dependents, maybe finish."""
+        """``run`` reached a terminal status: wake its dependents, check its frame."""
         frame = run.frame
         frame.resolved += 1
-        ex = frame.ex
-        if ex.failure is None and ex.status == "running":
+        if not frame.stopped():
             for dep in frame.graph.dependents[run.node.id]:
                 if dep not in frame.runs:
-                    self._consider(frame, dep)
-        self._maybe_finish(ex)
+                    self.work.append((frame, dep))
+        self.frames_to_check.append(frame)
 
-    def _maybe_finish(self, ex: Exec) -> None:
-        if ex.active > 0 or ex.status not in ("running",):
+    def _check_frame(self, frame: Frame) -> None:
+        if frame.done or frame.active > 0:
             return
-        if ex.failure is not None:
-            self._finish_execution(ex, "failed", None, ex.failure)
+        if not frame.stopped() and frame.resolved < len(frame.graph.nodes):
+            return
+        frame.done = True
+        if frame.loop is None:
+            self._finish_top(frame.ex)
+        else:
+            self._item_done(frame)
+
+    def _finish_top(self, ex: Exec) -> None:
+        if ex.status != "running":
             return
         top = ex.top
-        if top.resolved < len(top.graph.nodes):
-            return
-        self._finish_execution(ex, "succeeded", self._execution_output(ex), None)
+        if top.failure is not None:
+            self._finish_execution(ex, "failed", None, top.failure)
+        else:
+            self._finish_execution(ex, "succeeded", self._execution_output(ex), None)
 
     def _execution_output(self, ex: Exec) -> Any:
         top = ex.top
@@ -784,6 +1026,332 @@ class Supervisor:
         self.execs.pop(ex.id, None)
         if ex.id in self.rr:
             self.rr.remove(ex.id)
+        self.ready_count -= len(ex.ready)
+        ex.ready.clear()
+
+    # --- loops --------------------------------------------------------------------------
+
+    def _section_policy(self, ex: Exec, own: SectionPolicy | None) -> SectionPolicy:
+        """A loop's or merge's policy: its own keys over ``settings.parallel``."""
+        base = ex.workflow.settings.parallel
+        if own is None:
+            return base
+        merged = base.model_dump()
+        merged.update(own.model_dump(include=own.model_fields_set))
+        return SectionPolicy.model_validate(merged)
+
+    def _limiter(self, spec: Any, ex: Exec, key: Any) -> RateLimiter | None:
+        """The rate limiter for a rateLimit value: named ones are shared by every
+        node and execution naming them; inline ones belong to ``key``."""
+        if spec is None:
+            return None
+        if isinstance(spec, str):
+            named = ex.workflow.settings.rate_limits.get(spec)
+            if named is None:
+                return None
+            lk: Any = ("named", spec)
+            lim = self.limiters.get(lk)
+            if lim is None or (lim.rate, lim.per) != (named.rate, named.per / 1000.0):
+                lim = RateLimiter(named.rate, named.per, spec)
+                self.limiters[lk] = lim
+            return lim
+        rp = rate_spec(spec)
+        assert rp is not None
+        lim = self.limiters.get(key)
+        if lim is None:
+            lim = RateLimiter(rp[0], rp[1], str(key))
+            self.limiters[key] = lim
+        return lim
+
+    def _loop_state(self, run: Run) -> LoopState | None:
+        """Evaluate a loop's items and build its state; fails the run on error."""
+        node = run.node
+        assert isinstance(node, LoopNode)
+        try:
+            items, n = loop.items_of(node, self._scope(run))
+        except (errors.NodeError, expr.ExpressionError) as exc:
+            self._inline_failed(run, exc)
+            return None
+        body = self._body(node)
+        ls = LoopState(run, node, body, items, n)
+        ex = run.ex
+        ls.policy = self._section_policy(ex, node.section_policy)
+        if node.is_parallel:
+            ls.window = min(node.max_concurrency or n or 1, ex.workflow.settings.queue.max_size)
+        ls.window = max(1, ls.window)
+        ls.limiter = self._limiter(node.rate_limit, ex, ("loop", ex.id, run.path))
+        ls.gate_inline = not any(isinstance(body.nodes[r], WORKER_TYPES) for r in body.roots)
+        run.loop = ls
+        return ls
+
+    def _start_loop(self, run: Run) -> None:
+        run.seq += 1
+        run.attempt += 1
+        run.started_at = time.time()
+        run.status = "running"
+        self._mark(run)
+        self._attempt_row(run, "running", None)
+        ls = self._loop_state(run)
+        if ls is None:
+            return
+        self._schedule_loop_timers(ls)
+        self.loops_to_open.append(ls)
+
+    def _schedule_loop_timers(self, ls: LoopState) -> None:
+        total = ls.policy.total_timeout
+        if total and ls.run.started_at:
+            self._timer(ls.run.started_at + total / 1000.0, "total_timeout", ls)
+
+    def _new_item_frame(self, ls: LoopState, i: int, started_at: float | None = None) -> Frame:
+        """Open item ``i`` (``started_at``: when restoring an item already open)."""
+        restoring = started_at is not None
+        run = ls.run
+        node = ls.node
+        item = ls.items[i] if ls.items is not None else i
+        bs = node.batch_size
+        info = {"index": i, "total": ls.n, "batchId": i // bs if bs else 0}
+        variables = {
+            node.item_variable: item,
+            node.index_variable: i,
+            "parallel": info,
+            "loop": {
+                "item": item,
+                "index": i,
+                "length": ls.n,
+                "isFirst": i == 0,
+                "isLast": i == ls.n - 1,
+            },
+        }
+        f = Frame(
+            run.ex,
+            ls.body,
+            f"{run.path}[{i}].",
+            run.frame,
+            f"{run.trace_id}-{i + 1:03d}",
+            variables,
+        )
+        f.loop = ls
+        f.index = i
+        item = Run(run.ex, f, node, f"{run.path}[{i}]")
+        item.ntype = "item"
+        item.item_index = i
+        item.attempt = 1
+        item.trace_id = f.trace_root
+        item.branch = None
+        item.status = "running"
+        item.started_at = item.queued_at = started_at or time.time()
+        f.item = item
+        f.gated = ls.limiter is not None and not ls.gate_inline and not restoring
+        ls.open[i] = f
+        ls.started[i] = 1
+        self._mark(item)
+        if node.timeout:
+            self._timer(item.started_at + node.timeout / 1000.0, "item_timeout", f)
+        return f
+
+    def _open_items(self, ls: LoopState) -> None:
+        """Open as many items as the window, batches and rate allow."""
+        run = ls.run
+        if ls.finished or run.terminal:
+            return
+        if ls.stopped or run.frame.stopped():
+            self._loop_check(ls)
+            return
+        now = time.time()
+        while len(ls.open) < ls.window and ls.next_index < ls.n:
+            i = ls.next_index
+            if ls.started[i]:
+                ls.next_index += 1
+                continue
+            if ls.batch_size and i >= ls.batch_end:
+                if ls.open or ls.batch_wait:
+                    return
+                delay_ms = ls.node.delay_between_batches
+                if delay_ms:
+                    ls.batch_wait = True
+                    self._timer(now + delay_ms / 1000.0, "batch", ls)
+                    return
+                ls.batch_end = min(ls.n, ls.batch_end + ls.batch_size)
+            if ls.limiter is not None and ls.gate_inline:
+                wait = ls.limiter.wait_time(now)
+                if wait > 0:
+                    self._wake(ls.limiter, now + wait)
+                    self._park_loop(ls)
+                    return
+                ls.limiter.acquire(now)
+            ls.next_index = i + 1
+            f = self._new_item_frame(ls, i)
+            self._advance_frame(f)
+            self.frames_to_check.append(f)
+        self._loop_check(ls)
+
+    def _park_loop(self, ls: LoopState) -> None:
+        assert ls.limiter is not None
+        self.parked_loops.setdefault(id(ls.limiter), set()).add(ls)
+
+    def _item_done(self, f: Frame) -> None:
+        ls = f.loop
+        item = f.item
+        assert ls is not None and item is not None and f.index is not None
+        ls.open.pop(f.index, None)
+        now = time.time()
+        item.finished_at = now
+        if item.status == "running":
+            if f.failure is not None:
+                item.status = "failed"
+                item.error = f.failure
+            elif f.resolved < len(f.graph.nodes):
+                item.status = "cancelled"
+                item.error = item.error or {
+                    "code": errors.CANCELLED,
+                    "message": "stopped before it finished",
+                    "nodePath": item.path,
+                }
+            else:
+                item.status = "succeeded"
+                item.set_output(self._item_result(f))
+        if item.status == "succeeded":
+            ls.succeeded += 1
+        elif item.status == "failed":
+            ls.failed += 1
+            err = item.error or {}
+            if ls.first_error is None:
+                ls.first_error = err
+            if ls.policy.collect_errors and len(ls.errors) < 1000:
+                ls.errors.append(
+                    {
+                        "index": f.index,
+                        "code": err.get("code"),
+                        "message": err.get("message"),
+                        "attempt": err.get("attempt"),
+                    }
+                )
+            if ls.policy.fail_fast:
+                ls.stopped = True
+                if ls.policy.cancel_on_failure:
+                    for other in list(ls.open.values()):
+                        self._stop_frame(other, "cancelled", "cancelled: another item failed")
+        else:
+            ls.cancelled += 1
+        self._mark(item)
+        f.runs.clear()
+        self.loops_to_open.append(ls)
+
+    def _item_result(self, f: Frame) -> Any:
+        sinks = f.graph.sinks
+        if len(sinks) == 1:
+            r = f.runs.get(sinks[0])
+            return r.value() if r is not None and r.status == "succeeded" else None
+        out: dict[str, Any] = {}
+        for sid in sinks:
+            r = f.runs.get(sid)
+            if r is not None and r.status == "succeeded":
+                out[sid] = r.value()
+        return out
+
+    def _loop_check(self, ls: LoopState) -> None:
+        if ls.finished or ls.open or ls.batch_wait:
+            return
+        if not ls.stopped and not ls.run.frame.stopped() and ls.next_index < ls.n:
+            if any(not ls.started[i] for i in range(ls.next_index, ls.n)):
+                return
+        self._finish_loop(ls)
+
+    def _finish_loop(self, ls: LoopState) -> None:
+        ls.finished = True
+        run = ls.run
+        if run.terminal:
+            return
+        self.flush()  # the item records are what the output is assembled from
+        assert self.store is not None
+        text, ok, err = loop.assemble(
+            self.store.loop_results(run.ex.id, run.path),
+            ls.n,
+            ls.policy,
+            succeeded=ls.succeeded,
+            failed=ls.failed,
+            timed_out=ls.timed_out,
+            errors_list=ls.errors,
+            first_error=ls.first_error,
+            loop_path=run.path,
+        )
+        run.finished_at = time.time()
+        if ok:
+            run._value = _UNSET
+            run.output_json = text
+            run.error = None
+            self._attempt_row(run, "succeeded", None)
+            self._succeeded(run)
+        else:
+            assert err is not None
+            error = self._error(run, err["code"], err["message"], err.get("details"))
+            self._attempt_row(run, "failed", error)
+            run.frame.active -= 1
+            self._final_failure(run, error)
+
+    def _stop_frame(self, f: Frame, status: str, reason: str) -> None:
+        """Stop everything in ``f`` now, running workers included."""
+        f.halted = True
+        self._kill_tasks(lambda r: r.frame.within(f), status, reason)
+        ex = f.ex
+        keep: deque[Run] = deque()
+        for run in ex.ready:
+            if run.frame.within(f):
+                self._cancel_run(run, reason, status)
+                self.ready_count -= 1
+            else:
+                keep.append(run)
+        ex.ready = keep
+        for q in self.parked.values():
+            for run in [r for r in q if r.frame.within(f)]:
+                q.remove(run)
+                self._cancel_run(run, reason, status)
+        for _, _, kind, obj in self.timers:
+            if kind in ("retry", "delay") and obj.frame.within(f) and not obj.terminal:
+                self._cancel_run(obj, reason, status)
+        self._recheck_up(f)
+
+    def _item_timed_out(self, f: Frame) -> None:
+        ls = f.loop
+        item = f.item
+        if f.done or ls is None or item is None or item.terminal:
+            return
+        node = ls.node
+        err = {
+            "code": errors.TIMEOUT,
+            "message": f"item {f.index} timed out after {node.timeout} ms",
+            "nodePath": item.path,
+            "nodeId": node.id,
+            "attempt": 1,
+        }
+        item.error = err
+        if node.on_timeout == "cancel":
+            item.status = "cancelled"
+        elif node.on_timeout == "continue":
+            item.status = "succeeded"
+            err["timedOut"] = True
+            item.set_output(node.output_on_error)
+        else:
+            item.status = "failed"
+            f.failure = err
+        self._stop_frame(f, "cancelled", f"cancelled: item {f.index} timed out")
+
+    def _total_timeout(self, ls: LoopState) -> None:
+        if ls.finished or ls.run.terminal:
+            return
+        ls.timed_out = True
+        ls.stopped = True
+        for f in list(ls.open.values()):
+            item = f.item
+            if item is not None and not item.terminal:
+                item.status = "cancelled"
+                item.error = {
+                    "code": errors.TOTAL_TIMEOUT,
+                    "message": "the loop's totalTimeout passed first",
+                    "nodePath": item.path,
+                }
+            self._stop_frame(f, "cancelled", "cancelled: the loop's totalTimeout passed")
+        self._loop_check(ls)
 
     # --- workers ------------------------------------------------------------------------
 
@@ -794,20 +1362,22 @@ class Supervisor:
             return
         deep = self.ready_count > 2 * len(pool.slots)
         cap = PREFETCH if deep else 1
+        now = time.time()
         for slot in pool.slots:
             if not self.ready_count:
                 return
             if not slot.ready or len(slot.inflight) >= cap:
                 continue
+            idle = not slot.inflight
             want = cap - len(slot.inflight)
             if deep:
                 want = min(want, max(1, self.ready_count // len(pool.slots)))
-            tasks = []
+            tasks: list[dict[str, Any]] = []
             while want > 0 and self.rr:
-                run = self._next_ready()
+                run = self._next_ready(now, idle and not tasks)
                 if run is None:
                     break
-                task = self._make_task(run, slot)
+                task = self._make_task(run, slot, head=idle and not tasks)
                 if task is not None:
                     tasks.append(task)
                     want -= 1
@@ -816,53 +1386,138 @@ class Supervisor:
             if not self.rr:
                 return
 
-    def _next_ready(self) -> Run | None:
+    def _limited(self, run: Run) -> bool:
+        node = run.node
+        return bool(
+            node.rate_limit is not None
+            or node.pool is not None
+            or run.frame.gated
+            or run.ex.max_concurrency is not None
+        )
+
+    def _next_ready(self, now: float, allow_limited: bool) -> Run | None:
         """The next task in fair round-robin order across executions, within limits."""
         for _ in range(len(self.rr)):
             eid = self.rr[0]
             self.rr.rotate(-1)
             ex = self.execs.get(eid)
             if ex is None or not ex.ready:
-                self.rr.remove(eid)
+                if eid in self.rr:
+                    self.rr.remove(eid)
                 continue
             if ex.status != "running":
                 continue
             if ex.max_concurrency is not None and ex.running >= ex.max_concurrency:
                 continue
-            run = ex.ready.popleft()
-            self.ready_count -= 1
-            if not ex.ready:
+            while ex.ready:
+                run = ex.ready[0]
+                if self._limited(run):
+                    if not allow_limited:
+                        break
+                    if not self._gate(run, now):
+                        ex.ready.popleft()
+                        self.ready_count -= 1
+                        continue  # parked until its limiter allows it
+                ex.ready.popleft()
+                self.ready_count -= 1
+                if not ex.ready and eid in self.rr:
+                    self.rr.remove(eid)
+                return run
+            if not ex.ready and eid in self.rr:
                 self.rr.remove(eid)
-            return run
         return None
 
-    def _make_task(self, run: Run, slot: Slot) -> dict[str, Any] | None:
-        """Resolve the node's templates and build its task; None if that failed."""
+    def _gate(self, run: Run, now: float) -> bool:
+        """Check and take every limit ``run`` is under; park it if one says wait."""
+        ex = run.ex
         node = run.node
+        limiters: list[RateLimiter] = []
+        lim = self._limiter(node.rate_limit, ex, ("node", ex.id, id(run.frame.graph), node.id))
+        if lim is not None:
+            limiters.append(lim)
+        if run.frame.gated and run.frame.loop is not None and run.frame.loop.limiter is not None:
+            limiters.append(run.frame.loop.limiter)
+        for lim in limiters:
+            wait = lim.wait_time(now)
+            if wait > 0:
+                self.parked.setdefault(id(lim), deque()).append(run)
+                self._wake(lim, now + wait)
+                return False
+        pool = None
+        if node.pool is not None:
+            size = ex.workflow.settings.concurrency_limits.get(node.pool)
+            if size is not None:
+                pool = self.pools.get(node.pool)
+                if pool is None or pool.size != size:
+                    pool = Pool(size, node.pool) if pool is None else pool
+                    pool.size = size
+                    self.pools[node.pool] = pool
+                if not pool.available():
+                    self.parked.setdefault(id(pool), deque()).append(run)
+                    return False
+        for lim in limiters:
+            lim.acquire(now)
+        run.gate_marks = [(lim, now) for lim in limiters] if limiters else None
+        if pool is not None:
+            pool.acquire()
+            run.held_pool = pool
+        run.frame.gated = False
+        return True
+
+    def _wake(self, lim: RateLimiter, at: float) -> None:
+        if id(lim) not in self.wake_pending:
+            self.wake_pending.add(id(lim))
+            self._timer(at, "wake", lim)
+
+    def _unpark(self, key: int) -> None:
+        q = self.parked.pop(key, None)
+        if q:
+            for run in reversed(q):
+                if not run.terminal and not run.frame.stopped():
+                    self._enqueue(run, front=True)
+        for ls in self.parked_loops.pop(key, set()):
+            self.loops_to_open.append(ls)
+
+    def _release(self, run: Run) -> None:
+        pool = run.held_pool
+        if pool is not None:
+            run.held_pool = None
+            pool.release()
+            if id(pool) in self.parked:
+                self._unpark(id(pool))
+
+    def _make_task(self, run: Run, slot: Slot, head: bool = True) -> dict[str, Any] | None:
+        """Resolve the node's templates and build its task; None if that failed.
+
+        Only the ``head`` task of a worker is recorded ``running``; tasks queued
+        behind it on the same worker stay ``queued`` until they reach the head, so
+        a restart does not charge them a recovery."""
         ex = run.ex
         run.seq += 1
         if run.attempt_kind == "attempt":
             run.attempt += 1
-        now = time.time()
-        run.started_at = now
+        run.started_at = time.time()
         run.finished_at = None
         try:
             spec = self._task_spec(run)
         except (expr.ExpressionError, errors.NodeError) as exc:
+            self._release(run)
             self._inline_failed(run, exc)
             return None
         tid = next(self.task_ids)
         run.task_id = tid
-        run.status = "running"
+        run.status = "running" if head else "queued"
+        run.prefetched = not head
         run.worker_pid = slot.pid
         ex.running += 1
         self.tasks[tid] = run
         self._mark(run)
-        self._attempt_row(run, "running", None)
+        if head:
+            self._attempt_row(run, "running", None)
         b = run.branch
         return {
             "id": tid,
-            "type": node.type,  # type: ignore[attr-defined]
+            "type": run.ntype,
             "spec": spec,
             "folder": ex.folder,
             "ctx": {
@@ -871,10 +1526,19 @@ class Supervisor:
                 "attempt": run.attempt,
                 "traceId": run.trace_id,
                 "idempotencyKey": f"{ex.id}:{run.path}",
-                "parallel": run.frame.vars.get("parallel"),
+                "parallel": self._parallel_info(run.frame),
                 "branch": b.scope() if b is not None else None,
             },
         }
+
+    @staticmethod
+    def _parallel_info(frame: Frame) -> Any:
+        f: Frame | None = frame
+        while f is not None:
+            if "parallel" in f.vars:
+                return f.vars["parallel"]
+            f = f.parent
+        return None
 
     def _task_spec(self, run: Run) -> dict[str, Any]:
         node = run.node
@@ -898,73 +1562,137 @@ class Supervisor:
                 "cwd": expr.render_value(node.cwd, scope),
                 "allowFailure": node.allow_failure,
             }
-        raise errors.NodeError(f"not a worker node: {node.type}")  # type: ignore[attr-defined]
+        raise errors.NodeError(f"not a worker node: {run.ntype}")
 
     def _on_results(self, slot: Slot, done: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> None:
         for task, result in done:
             run = self.tasks.pop(task["id"], None)
             if run is None or run.task_id != task["id"]:
                 continue  # a late result of a stopped attempt: discarded
-            run.task_id = None
-            _, ok, out, err, logs, started, finished = result
-            ex = run.ex
-            ex.running -= 1
-            run.started_at = started
-            run.finished_at = finished
-            if logs:
-                eid, path, seq = ex.id, run.path, run.seq
-                self.batch.logs.extend((eid, path, seq, ts, s, line) for ts, s, line in logs)
-            if run.terminal:
-                continue  # cancelled while it ran: the result is kept out
-            if ok:
-                run._value = _UNSET
-                run.output_json = out
-                run.error = None
-                self._attempt_row(run, "succeeded", None)
-                run.attempt_kind = "attempt"
-                self._succeeded(run)
-            else:
-                error = self._error(run, err["code"], err["message"], err.get("details"))
-                self._attempt_row(run, "failed", error)
-                run.attempt_kind = "attempt"
-                self._attempt_failed(run, error)
+            try:
+                self._on_result(run, result)
+            except Exception as exc:  # noqa: BLE001 - one bad result must not stop the daemon
+                self._internal_error(run.ex, exc)
+        if slot.inflight:
+            head = self.tasks.get(slot.inflight[0]["id"])
+            if head is not None and head.status == "queued":
+                head.status = "running"
+                head.prefetched = False
+                head.started_at = time.time()
+                self._mark(head)
+                self._attempt_row(head, "running", None)
 
-    def _on_worker_died(self, slot: Slot, held: list[dict[str, Any]]) -> None:
-        for i, task in enumerate(held):
+    def _internal_error(self, ex: Exec, exc: BaseException) -> None:
+        """A bug met while running ``ex``: fail that execution, keep serving."""
+        log.exception("execution %s: internal error", ex.id)
+        if ex.status != "running":
+            return
+        err = {
+            "code": "INTERNAL_ERROR",
+            "message": f"internal error in the supervisor: {type(exc).__name__}: {exc}",
+        }
+        try:
+            ex.top.failure = ex.top.failure or err
+            self._stop_frame(ex.top, "cancelled", "stopped: internal error")
+        finally:
+            self._finish_execution(ex, "failed", None, ex.top.failure or err)
+
+    def _on_result(self, run: Run, result: tuple[Any, ...]) -> None:
+        run.task_id = None
+        run.prefetched = False
+        _, ok, out, err, logs, started, finished = result
+        ex = run.ex
+        ex.running -= 1
+        self._release(run)
+        if run.gate_marks is not None:
+            for lim, recorded in run.gate_marks:
+                lim.correct(recorded, started)
+            run.gate_marks = None
+        run.started_at = started
+        run.finished_at = finished
+        if logs:
+            eid, path, seq = ex.id, run.path, run.seq
+            self.batch.logs.extend((eid, path, seq, ts, s, line) for ts, s, line in logs)
+        if run.terminal:
+            return  # cancelled while it ran: the result is kept out
+        if ok:
+            run._value = _UNSET
+            run.output_json = out
+            run.error = None
+            self._attempt_row(run, "succeeded", None)
+            run.attempt_kind = "attempt"
+            self._succeeded(run)
+        else:
+            error = self._error(run, err["code"], err["message"], err.get("details"))
+            self._attempt_row(run, "failed", error)
+            run.attempt_kind = "attempt"
+            self._attempt_failed(run, error)
+
+    def _take_back(self, held: list[dict[str, Any]]) -> list[Run]:
+        """Runs of tasks a stopped/dead worker held, in order, detached from it."""
+        runs = []
+        for task in held:
             run = self.tasks.pop(task["id"], None)
             if run is None or run.task_id != task["id"]:
                 continue
             run.task_id = None
+            run.prefetched = False
             run.ex.running -= 1
-            if i > 0 or run.terminal:
-                # Not started yet: back to the queue, nothing spent.
-                self._requeue(run)
+            self._release(run)
+            runs.append(run)
+        return runs
+
+    def _on_worker_died(self, slot: Slot, held: list[dict[str, Any]]) -> None:
+        for i, run in enumerate(self._take_back(held)):
+            if run.terminal:
+                continue
+            if i > 0:
+                self._requeue(run)  # never started: nothing spent
                 continue
             self._interrupted(run, errors.WORKER_CRASH, f"worker process {slot.pid} died")
 
     def _interrupted(self, run: Run, code: str, message: str) -> None:
         """An infrastructure interruption: re-run without spending an attempt."""
-        ex = run.ex
-        limit = ex.workflow.settings.recovery_attempts
+        limit = run.ex.workflow.settings.recovery_attempts
         run.recoveries += 1
         run.finished_at = time.time()
         err = self._error(run, code, message)
         self._attempt_row(run, "failed", err, kind=run.attempt_kind)
         if run.recoveries > limit:
-            ex.active -= 1
+            run.frame.active -= 1
             err["message"] += f" ({run.recoveries} times; settings.recoveryAttempts={limit})"
-            self._final_failure(run, err, retryable=False)
+            self._final_failure(run, err)
             return
         run.attempt_kind = "recovery"
-        self._requeue(run)
+        self._requeue(run, spent=True)
 
-    def _requeue(self, run: Run) -> None:
-        if run.seq and run.attempt_kind == "attempt":
+    def _requeue(self, run: Run, spent: bool = False) -> None:
+        if not spent and run.seq and run.attempt_kind == "attempt":
             # The dispatch counted an attempt that never ran; give it back.
             run.attempt -= 1
         run.status = "queued"
         self._mark(run)
-        self._enqueue(run)
+        self._enqueue(run, front=True)
+
+    def _kill_tasks(self, pred: Callable[[Run], bool], status: str, reason: str) -> None:
+        """Stop every worker running a task that ``pred`` selects; the selected
+        runs end with ``status``, the other tasks those workers held are requeued."""
+        pool = self.pool
+        assert pool is not None
+        for slot in list(pool.slots):
+            hit = False
+            for t in slot.inflight:
+                r = self.tasks.get(t["id"])
+                if r is not None and pred(r):
+                    hit = True
+                    break
+            if not hit:
+                continue
+            for r in self._take_back(pool.stop_slot(slot)):
+                if pred(r):
+                    self._cancel_run(r, reason, status)
+                elif not r.terminal:
+                    self._requeue(r)
 
     def _check_deadlines(self, now: float) -> None:
         pool = self.pool
@@ -978,13 +1706,9 @@ class Supervisor:
                 continue
             if now_m - slot.head_since < run.node.timeout / 1000.0:
                 continue
-            held = pool.stop_slot(slot)
-            for i, task in enumerate(held):
-                r = self.tasks.pop(task["id"], None)
-                if r is None or r.task_id != task["id"]:
+            for i, r in enumerate(self._take_back(pool.stop_slot(slot))):
+                if r.terminal:
                     continue
-                r.task_id = None
-                r.ex.running -= 1
                 if i == 0:
                     self._timed_out(r)
                 else:
@@ -996,13 +1720,14 @@ class Supervisor:
     def _timed_out(self, run: Run) -> None:
         node = run.node
         run.finished_at = time.time()
-        ms = node.timeout
-        err = self._error(run, errors.TIMEOUT, f"timed out after {ms} ms (attempt {run.attempt})")
+        err = self._error(
+            run, errors.TIMEOUT, f"timed out after {node.timeout} ms (attempt {run.attempt})"
+        )
         if node.on_timeout == "cancel":
             self._attempt_row(run, "cancelled", err)
             run.error = err
             run.status = "cancelled"
-            run.ex.active -= 1
+            run.frame.active -= 1
             self._mark(run)
             self._resolved(run)
         elif node.on_timeout == "continue":
@@ -1017,49 +1742,55 @@ class Supervisor:
 
     def _execution_timed_out(self, ex: Exec) -> None:
         ms = ex.workflow.settings.timeout
-        self._stop_execution(ex, "timed_out")
         err = {
             "code": errors.EXECUTION_TIMEOUT,
             "message": f"execution exceeded settings.timeout ({ms} ms)",
         }
-        ex.failure = err
+        ex.top.failure = err
+        self._stop_frame(ex.top, "timed_out", "stopped: the execution timed out")
+        self._stop_all_runs(ex.top, "timed_out")
         self._finish_execution(ex, "timed_out", None, err)
 
-    def _stop_execution(self, ex: Exec, node_status: str) -> None:
-        """Stop everything of ``ex`` now: its running workers too."""
-        pool = self.pool
-        assert pool is not None
-        ex.failure = ex.failure or {"code": errors.CANCELLED, "message": "stopped"}
-        self._stop_starting(ex)
-        for slot in list(pool.slots):
-            if not any(
-                self.tasks.get(t["id"]) and self.tasks[t["id"]].ex is ex for t in slot.inflight
-            ):
-                continue
-            held = pool.stop_slot(slot)
-            for _i, task in enumerate(held):
-                r = self.tasks.pop(task["id"], None)
-                if r is None or r.task_id != task["id"]:
-                    continue
-                r.task_id = None
-                r.ex.running -= 1
-                if r.ex is ex:
-                    self._cancel_run(r, f"stopped: execution {node_status}", node_status)
-                else:
-                    self._requeue(r)
-        for run in ex.top.runs.values():
+    def _stop_all_runs(self, frame: Frame, status: str) -> None:
+        for run in list(frame.runs.values()):
+            if run.loop is not None:
+                for f in list(run.loop.open.values()):
+                    self._stop_all_runs(f, status)
+                    if f.item is not None and not f.item.terminal:
+                        f.item.status = status
+                        f.item.finished_at = time.time()
+                        self._mark(f.item)
             if not run.terminal:
-                self._cancel_run(run, f"stopped: execution {node_status}", node_status)
+                run.status = status
+                run.finished_at = time.time()
+                self._mark(run)
 
     # --- timers -------------------------------------------------------------------------
 
-    def _timer(self, due: float, kind: str, run: Run) -> None:
-        heapq.heappush(self.timers, (due, next(self.timer_seq), kind, run))
+    def _timer(self, due: float, kind: str, obj: Any) -> None:
+        heapq.heappush(self.timers, (due, next(self.timer_seq), kind, obj))
 
     def _fire_timers(self, now: float) -> None:
         timers = self.timers
         while timers and timers[0][0] <= now:
-            _, _, kind, run = heapq.heappop(timers)
+            _, _, kind, obj = heapq.heappop(timers)
+            if kind == "wake":
+                self.wake_pending.discard(id(obj))
+                self._unpark(id(obj))
+                continue
+            if kind == "batch":
+                ls: LoopState = obj
+                ls.batch_wait = False
+                ls.batch_end = min(ls.n, ls.batch_end + (ls.batch_size or ls.n))
+                self.loops_to_open.append(ls)
+                continue
+            if kind == "item_timeout":
+                self._item_timed_out(obj)
+                continue
+            if kind == "total_timeout":
+                self._total_timeout(obj)
+                continue
+            run: Run = obj
             if run.terminal or run.ex.status != "running":
                 continue
             if kind == "retry" and run.status == "retry_wait":
@@ -1121,15 +1852,19 @@ class Supervisor:
             ex = run.ex
             key = (ex.id, run.path)
             err = run.error
+            status = run.status
             b.node_runs[key] = (
                 ex.id,
                 run.path,
                 run.node.id,
-                run.node.type,  # type: ignore[attr-defined]
-                run.status,
-                run.attempt,
+                run.ntype,
+                status,
+                # A prefetched task has not begun: its attempt is not spent yet.
+                run.attempt - 1
+                if run.prefetched and run.attempt_kind == "attempt"
+                else run.attempt,
                 run.recoveries,
-                run.output_json if run.status == "succeeded" else None,
+                run.output_json if status == "succeeded" else None,
                 None if err is None else dumps(err),
                 run.port,
                 int(run.handled),
@@ -1140,9 +1875,9 @@ class Supervisor:
                 run.started_at,
                 run.finished_at,
                 run.next_attempt_at,
+                run.item_index,
             )
-            status = run.status
-            if status in ACTIVE_STATUSES:
+            if status in ACTIVE_STATUSES and run.ntype != "item" and run.ntype != "loop":
                 qstatus = "timer" if isinstance(run.node, DelayNode) else status
                 b.queue[key] = (
                     ex.id,
@@ -1193,24 +1928,19 @@ class Supervisor:
                     self._on_results(slot, payload)
                 elif kind == "died":
                     self._on_worker_died(slot, payload)
+            self._settle()
             self._maybe_flush()
         # Whatever still runs is re-run by the next supervisor, not counted.
         for run in list(self.tasks.values()):
             run.task_id = None
             if not run.terminal:
+                if not run.prefetched:
+                    run.finished_at = time.time()
+                    self._attempt_row(run, "interrupted", None)
                 if run.attempt_kind == "attempt":
                     run.attempt -= 1
+                run.prefetched = False
                 run.status = "queued"
                 self._mark(run)
         self.tasks.clear()
         self.flush()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

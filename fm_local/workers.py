@@ -52,6 +52,7 @@ class Executor(Protocol):
     def submit(self, slot: Slot, tasks: list[dict[str, Any]]) -> None: ...
     def poll(self, timeout: float) -> list[tuple[str, Slot, Any]]: ...
     def stop_slot(self, slot: Slot) -> list[dict[str, Any]]: ...
+    def wait_ready(self, timeout: float) -> None: ...
     def shutdown(self) -> None: ...
 
 
@@ -107,6 +108,14 @@ class ProcessPool:
         )
         self._next_index += 1
         return slot
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait (bounded) until every worker has started and reported ready."""
+        deadline = time.monotonic() + timeout
+        while any(not s.ready for s in self.slots) and time.monotonic() < deadline:
+            for kind, slot, _ in self.poll(0.05):
+                if kind == "died":
+                    raise RuntimeError(f"worker process {slot.pid} died while starting")
 
     def shutdown(self) -> None:
         for slot in self.slots:

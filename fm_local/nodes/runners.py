@@ -96,7 +96,7 @@ def exception_error(exc: BaseException) -> dict[str, Any]:
     }
     if isinstance(exc, errors.NodeError):
         if exc.details is not None:
-            details["data"] = exc.details
+            details["data"] = jsonable(exc.details)
         return error_dict(exc.code, str(exc), details)
     if isinstance(exc, TimeoutError):
         code = errors.TIMEOUT
@@ -106,6 +106,19 @@ def exception_error(exc: BaseException) -> dict[str, Any]:
         code = errors.NODE_ERROR
     msg = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return error_dict(code, msg, details)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` if it is JSON (no NaN), else a JSON-safe rendering of it."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        return json.loads(json.dumps(value, default=repr, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)[:2000]
 
 
 def encode_output(value: Any, what: str) -> tuple[str | None, dict[str, Any] | None]:

@@ -1,0 +1,82 @@
+"""Rate and concurrency limits (SPEC §4): pure accounting on a given ``now``.
+
+A :class:`RateLimiter` is a sliding-window log: no window of ``per`` seconds ever
+holds more than ``rate`` starts. A :class:`Pool` counts holders against a size.
+Neither sleeps nor reads a clock; the supervisor passes the time in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+# Starts are recorded by the supervisor but timed by the workers a moment later;
+# this margin keeps the workers' own timestamps inside the limit too.
+MARGIN = 0.003
+
+
+class RateLimiter:
+    __slots__ = ("rate", "per", "starts", "name")
+
+    def __init__(self, rate: int, per_ms: int, name: str = "") -> None:
+        self.rate = int(rate)
+        self.per = per_ms / 1000.0
+        self.starts: deque[float] = deque()
+        self.name = name
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until one more start is allowed (0.0: allowed now)."""
+        starts = self.starts
+        while starts and now - starts[0] >= self.per + MARGIN:
+            starts.popleft()
+        if len(starts) < self.rate:
+            return 0.0
+        return starts[0] + self.per + MARGIN - now
+
+    def acquire(self, now: float) -> None:
+        self.starts.append(now)
+
+    def correct(self, recorded: float, actual: float) -> None:
+        """The start recorded at ``recorded`` really began at ``actual`` (the
+        worker's clock): count it from then, so later starts keep their distance."""
+        if actual <= recorded:
+            return
+        starts = self.starts
+        try:
+            i = starts.index(recorded)
+        except ValueError:
+            return
+        starts[i] = actual
+        if i + 1 < len(starts) and starts[i + 1] < actual:
+            self.starts = deque(sorted(starts))
+
+
+class Pool:
+    __slots__ = ("size", "held", "name")
+
+    def __init__(self, size: int, name: str = "") -> None:
+        self.size = size
+        self.held = 0
+        self.name = name
+
+    def available(self) -> bool:
+        return self.held < self.size
+
+    def acquire(self) -> None:
+        self.held += 1
+
+    def release(self) -> None:
+        self.held = max(0, self.held - 1)
+
+
+def rate_spec(value: Any) -> tuple[int, int] | None:
+    """(rate, per_ms) of an inline rateLimit: a number of starts per second, or a
+    ``{rate, per}`` spec; None for a limiter name (resolved by the caller)."""
+    if value is None or isinstance(value, str):
+        return None
+    if isinstance(value, (int, float)):
+        # 20 -> 20 per 1000 ms; 2.5 -> 1 per 400 ms (never faster than asked).
+        if float(value).is_integer():
+            return int(value), 1000
+        return 1, int(round(1000 / value))
+    return int(value.rate), int(value.per)

@@ -1,0 +1,156 @@
+"""The ``loop`` node (SPEC §4, §6): its items, and its output assembled from the
+item records in SQLite, in item order, in the shape its policy asks for.
+
+The output is built as JSON text from the stored item results without parsing
+them, so a loop of 100,000 items never holds 100,000 Python records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fm_local import expr
+from fm_local.errors import CANCELLED, EXPRESSION_ERROR, TOTAL_TIMEOUT, NodeError
+from fm_local.model import LoopNode, SectionPolicy
+
+MAX_ITEMS = 1_000_000
+PARTIAL_FAILURE = "PARTIAL_FAILURE"
+
+
+def items_of(node: LoopNode, scope: Mapping[str, Any]) -> tuple[list[Any] | None, int]:
+    """(items, count): the list for forEach, (None, N) for count loops."""
+    if node.loop_type == "count":
+        value = expr.render_value(node.count, scope)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise NodeError(f"loop count must be an integer, got {value!r}", EXPRESSION_ERROR)
+        n = max(0, int(value))
+        if n > MAX_ITEMS:
+            raise NodeError(f"loop count {n} is over the limit of {MAX_ITEMS}", EXPRESSION_ERROR)
+        return None, n
+    value = expr.render_value(node.array_path, scope)
+    if isinstance(value, dict):
+        raise NodeError(
+            "arrayPath gave an object, not a list (use {{ d.items() }} or {{ d.values() }})",
+            EXPRESSION_ERROR,
+        )
+    if not isinstance(value, list):
+        raise NodeError(
+            f"arrayPath gave {type(value).__name__} {str(value)[:80]!r}, not a list",
+            EXPRESSION_ERROR,
+        )
+    if len(value) > MAX_ITEMS:
+        raise NodeError(f"{len(value)} items is over the limit of {MAX_ITEMS}", EXPRESSION_ERROR)
+    return value, len(value)
+
+
+def _error_text(status: str, error: str | None, timed_out: bool) -> str:
+    if error:
+        return error
+    code = TOTAL_TIMEOUT if timed_out else CANCELLED
+    msg = "the loop's totalTimeout passed first" if timed_out else "not started"
+    return json.dumps({"code": code, "message": msg})
+
+
+def assemble(
+    rows: Iterable[tuple[Any, ...]],
+    n: int,
+    policy: SectionPolicy,
+    *,
+    succeeded: int,
+    failed: int,
+    timed_out: bool,
+    errors_list: list[dict[str, Any]],
+    first_error: dict[str, Any] | None,
+    loop_path: str,
+) -> tuple[str | None, bool, dict[str, Any] | None]:
+    """(output JSON text, ok, error). ``rows`` are (index, status, output, error)
+    of the recorded items in item order; missing indices never started."""
+    mode = policy.on_partial_failure
+    if timed_out and policy.on_timeout == "fail":
+        return (
+            None,
+            False,
+            {
+                "code": TOTAL_TIMEOUT,
+                "message": f"loop '{loop_path}' passed its totalTimeout ({policy.total_timeout} ms) "
+                f"with {succeeded} of {n} items done",
+            },
+        )
+    if mode == "fail" and failed and not timed_out:
+        first = first_error or {}
+        details: dict[str, Any] = {"failedCount": failed, "total": n}
+        if policy.collect_errors:
+            details["errors"] = errors_list
+        where = first.get("nodePath") or loop_path
+        return (
+            None,
+            False,
+            {
+                "code": first.get("code") or PARTIAL_FAILURE,
+                "message": f"{failed} of {n} items of loop '{loop_path}' failed; first: {where}: "
+                f"{_strip(first.get('message'))}",
+                "details": details,
+            },
+        )
+    collect = mode == "collect" or timed_out
+    parts: list[str] = []
+    failures = 0
+    next_i = 0
+
+    def add(status: str, out: str | None, err: str | None) -> None:
+        nonlocal failures
+        ok = status == "succeeded"
+        if collect:
+            if ok:
+                parts.append('{"success":true,"data":' + (out or "null") + "}")
+            else:
+                failures += 1
+                parts.append(
+                    '{"success":false,"error":' + _error_text(status, err, timed_out) + "}"
+                )
+        elif ok:
+            parts.append(out or "null")
+        elif mode == "fail":
+            parts.append("null")  # cancelled items keep their place in the list
+
+    for idx, status, out, err in rows:
+        for _ in range(next_i, idx):
+            add("not_started", None, None)
+        add(status, out, err)
+        next_i = idx + 1
+    for _ in range(next_i, n):
+        add("not_started", None, None)
+    rate = policy.min_success_rate
+    if rate is not None and mode != "fail" and n and succeeded / n < rate:
+        return (
+            None,
+            False,
+            {
+                "code": PARTIAL_FAILURE,
+                "message": f"only {succeeded} of {n} items of loop '{loop_path}' succeeded "
+                f"({succeeded / n:.0%}); minSuccessRate is {rate:.0%}",
+                "details": {"successCount": succeeded, "failureCount": n - succeeded},
+            },
+        )
+    body = "[" + ",".join(parts) + "]"
+    errs = json.dumps(errors_list, separators=(",", ":"))
+    if collect:
+        text = '{"results":' + body + f',"successCount":{succeeded},"failureCount":{failures}'
+        if timed_out:
+            text += ',"timedOut":true'
+        if policy.collect_errors:
+            text += ',"errors":' + errs
+        return text + "}", True, None
+    if mode == "continue" and policy.collect_errors:
+        return '{"results":' + body + ',"errors":' + errs + "}", True, None
+    return body, True, None
+
+
+def _strip(message: Any) -> str:
+    text = str(message or "")
+    prefix = "node '"
+    if text.startswith(prefix) and "' failed: " in text:
+        return text.split("' failed: ", 1)[1]
+    return text
