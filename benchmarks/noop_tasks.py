@@ -3,3 +3,10 @@
 
 def noop(i: int = 0) -> int:
     return i
+
+
+def sleepy(s: float = 0.2) -> float:
+    import time
+
+    time.sleep(s)
+    return s

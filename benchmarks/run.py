@@ -1,8 +1,9 @@
 """``make bench``: fm_local's performance budget, measured beside Huey in one run.
 
 Each scenario runs several times; the table shows medians. Ours runs on a real
-``fm daemon`` (2 workers unless said) and is timed from the execution's recorded
-start to its recorded end; Huey is timed from the first enqueue to the last result.
+``fm daemon`` and is timed from the execution's recorded start to its recorded
+end (what the SQLite file says); Huey is timed from the first enqueue to the last
+result. Both use the same number of worker processes and the same machine.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -22,10 +24,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
 
 from fm_local import api  # noqa: E402
 from fm_local.lock import is_served  # noqa: E402
-from fm_local.store import Store  # noqa: E402
 
 
 def write_workflow(folder: Path, name: str, doc: dict[str, Any]) -> Path:
@@ -49,8 +51,19 @@ def fanout_doc(n: int) -> dict[str, Any]:
     return {"name": f"fanout-{n}", "nodes": nodes, "edges": []}
 
 
+def loop_doc(n: int, body: dict[str, Any], **loop: Any) -> dict[str, Any]:
+    node = {"id": "each", "type": "loop", "loopType": "count", "count": n, "parallel": True}
+    node.update(loop)
+    node["body"] = {"nodes": [body]}
+    return {"name": f"loop-{n}", "nodes": [node]}
+
+
+NOOP = {"id": "noop", "type": "python", "call": "noop_tasks:noop", "args": {"i": "{{index}}"}}
+
+
 class Daemon:
-    def __init__(self, db: Path, workers: int, durability: str) -> None:
+    def __init__(self, db: Path, workers: int, durability: str = "full") -> None:
+        self.db = db
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
             [
@@ -69,28 +82,43 @@ class Daemon:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not is_served(db):
             if time.monotonic() > deadline:
                 raise RuntimeError("daemon did not start")
             time.sleep(0.02)
-        time.sleep(0.5)  # let the workers finish importing
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
 
-def fm_once(db: Path, path: Path, n_nodes: int) -> float:
+
+def run_once(db: Path, path: Path) -> tuple[str, float]:
     eid = api.submit(path, None, db=db)
-    res = api.wait(eid, db=db, timeout=600)
+    res = api.wait(eid, db=db, timeout=1200)
     if res["status"] != "succeeded":
         raise RuntimeError(f"benchmark execution {eid} {res['status']}: {res['error']}")
-    st = Store(db)
-    row = st.get_execution(eid)
-    st.close()
-    assert row is not None
-    return n_nodes / (row["finished_at"] - row["started_at"])
+    con = sqlite3.connect(db)
+    started, finished = con.execute(
+        "SELECT started_at, finished_at FROM executions WHERE id=?", (eid,)
+    ).fetchone()
+    con.close()
+    return eid, finished - started
+
+
+def rate(db: Path, path: Path, n: int) -> float:
+    return n / run_once(db, path)[1]
 
 
 def huey_once(n: int, workers: int, tmp: Path, run_no: int) -> float:
@@ -119,81 +147,180 @@ def huey_once(n: int, workers: int, tmp: Path, run_no: int) -> float:
         os.environ["HUEY_DB"] = str(hdb)
         import importlib
 
-        import huey_app  # type: ignore[import-not-found]
+        import huey_app
 
         importlib.reload(huey_app)
-        time.sleep(1.0)  # consumer start-up
+        time.sleep(1.0)  # consumer start-up, not timed
         t0 = time.perf_counter()
         results = [huey_app.noop(i) for i in range(n)]
         for r in results:
-            r.get(blocking=True, timeout=600, backoff=1.0, max_delay=0.01)
+            r.get(blocking=True, timeout=1200, backoff=1.0, max_delay=0.01)
         return n / (time.perf_counter() - t0)
     finally:
         consumer.send_signal(signal.SIGINT)
         try:
-            consumer.wait(10)
+            consumer.wait(20)
         except subprocess.TimeoutExpired:
             consumer.kill()
+
+
+def item_starts(db: Path, eid: str) -> list[float]:
+    con = sqlite3.connect(db)
+    rows = con.execute(
+        "SELECT started_at FROM node_runs WHERE execution_id=? AND node_type='python' "
+        "ORDER BY started_at",
+        (eid,),
+    ).fetchall()
+    con.close()
+    return [r[0] for r in rows]
+
+
+def max_in_window(starts: list[float], window: float) -> int:
+    best = j = 0
+    for i, s in enumerate(starts):
+        while starts[j] <= s - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def restart_to_first_dispatch(tmp: Path, workers: int) -> float:
+    """kill -9 the daemon mid-loop, restart it, time to the first new node start."""
+    db = tmp / "restart.db"
+    path = write_workflow(
+        tmp,
+        "restart",
+        loop_doc(
+            400,
+            {"id": "s", "type": "python", "call": "noop_tasks:sleepy", "args": {"s": 0.05}},
+            maxConcurrency=4,
+        ),
+    )
+    d = Daemon(db, workers)
+    eid = api.submit(path, None, db=db)
+    con = sqlite3.connect(db)
+    while (
+        con.execute(
+            "SELECT count(*) FROM node_runs WHERE execution_id=? AND status='succeeded'", (eid,)
+        ).fetchone()[0]
+        < 40
+    ):
+        time.sleep(0.01)
+    d.kill9()
+    t0 = time.time()
+    d = Daemon(db, workers)
+    first = None
+    while first is None:
+        row = con.execute(
+            "SELECT min(started_at) FROM attempts WHERE execution_id=? AND started_at > ?",
+            (eid, t0),
+        ).fetchone()
+        first = row[0]
+        time.sleep(0.005)
+    api.wait(eid, db=db, timeout=600)
+    d.stop()
+    con.close()
+    return first - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="one run each, smaller sizes")
+    ap.add_argument("--quick", action="store_true", help="one run each")
+    ap.add_argument("--skip-100k", action="store_true", help="skip the 100,000-item loop")
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
-    sys.path.insert(0, str(HERE))
+    w = args.workers
     rows: list[tuple[str, str, float, str]] = []
+
+    def add(name: str, unit: str, value: float, target: str = "") -> None:
+        rows.append((name, unit, value, target))
+        print(f"  {name}: {value:.2f} {unit}", flush=True)
+
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         chain = write_workflow(tmp, "chain", chain_doc(1000))
         fan = write_workflow(tmp, "fanout", fanout_doc(1000))
+        loop10k = write_workflow(tmp, "loop10k", loop_doc(10000, NOOP))
+        results: dict[str, float] = {}
         for durability in ("full", "normal"):
             db = tmp / f"fm-{durability}.db"
-            d = Daemon(db, args.workers, durability)
+            d = Daemon(db, w, durability)
             try:
-                c = [fm_once(db, chain, 1000) for _ in range(runs)]
-                f = [fm_once(db, fan, 1000) for _ in range(runs)]
+                c = statistics.median(rate(db, chain, 1000) for _ in range(runs))
+                f = statistics.median(rate(db, fan, 1000) for _ in range(runs))
+                lp = statistics.median(rate(db, loop10k, 10000) for _ in range(runs))
             finally:
                 d.stop()
-            rows.append(
-                (
-                    f"chain of 1,000 no-op nodes ({durability})",
-                    "nodes/s",
-                    statistics.median(c),
-                    ">= 1,000",
-                )
-            )
-            rows.append(
-                (
-                    f"fan-out of 1,000 no-op nodes ({durability})",
-                    "nodes/s",
-                    statistics.median(f),
-                    "",
-                )
-            )
-        h = [huey_once(1000, args.workers, tmp, i) for i in range(runs)]
-        huey_rate = statistics.median(h)
-        rows.append(
-            (
-                "Huey SqliteHuey, 1,000 no-op tasks, process consumer",
-                "tasks/s",
-                huey_rate,
-                "reference",
-            )
+            results[durability] = lp
+            add(f"chain of 1,000 no-op nodes ({durability})", "nodes/s", c, ">= 1,000")
+            add(f"fan-out of 1,000 no-op nodes ({durability})", "nodes/s", f)
+            add(f"10,000-item parallel loop, no-op ({durability})", "items/s", lp, ">= 3,000")
+        huey = statistics.median(huey_once(10000, w, tmp, i) for i in range(runs))
+        add("Huey SqliteHuey + process consumer, 10,000 no-op tasks", "tasks/s", huey, "reference")
+        add("10,000-item loop (full) / Huey", "x", results["full"] / huey, ">= 3x")
+
+        # 100 items x 200 ms, maxConcurrency 20, 20 workers: ideal 1.0 s.
+        sleepy = write_workflow(
+            tmp,
+            "sleepy",
+            loop_doc(
+                100,
+                {"id": "s", "type": "python", "call": "noop_tasks:sleepy", "args": {"s": 0.2}},
+                maxConcurrency=20,
+            ),
         )
-        fan_full = rows[1][2]
-        rows.append(
-            ("fan-out (full) / Huey", "ratio", fan_full / huey_rate, ">= 3x (issue 3: 10k loop)")
+        db = tmp / "sleepy.db"
+        d = Daemon(db, 20)
+        try:
+            secs = statistics.median(run_once(db, sleepy)[1] for _ in range(runs))
+        finally:
+            d.stop()
+        add("100 items x 200 ms, maxConcurrency 20, 20 workers", "s", secs, "<= 1.15 (ideal 1.0)")
+
+        # rateLimit 50/s over 500 items.
+        limited = write_workflow(tmp, "limited", loop_doc(500, NOOP, rateLimit=50))
+        db = tmp / "rate.db"
+        d = Daemon(db, w)
+        try:
+            measured, worst = [], []
+            for _ in range(runs):
+                eid, _secs = run_once(db, limited)
+                starts = item_starts(db, eid)
+                measured.append((len(starts) - 1) / (starts[-1] - starts[0]))
+                worst.append(max_in_window(starts, 1.0))
+        finally:
+            d.stop()
+        add(
+            "rateLimit 50/s over 500 items: measured rate",
+            "starts/s",
+            statistics.median(measured),
+            "within 2% of 50",
         )
+        add("rateLimit 50/s: most starts in any 1-second window", "starts", max(worst), "<= 50")
+
+        if not args.skip_100k:
+            big = write_workflow(tmp, "big", loop_doc(100000, NOOP))
+            db = tmp / "big.db"
+            d = Daemon(db, w)
+            try:
+                _, secs = run_once(db, big)
+                rss = d.peak_rss_mb()
+            finally:
+                d.stop()
+            add("100,000-item loop: supervisor peak RSS", "MB", rss, "<= 300")
+            add("100,000-item loop: throughput", "items/s", 100000 / secs)
+
+        add("restart after kill -9: first dispatch", "s", restart_to_first_dispatch(tmp, w), "<= 1")
+
     print()
     print(
-        f"fm_local benchmarks — {args.workers} workers, median of {runs} run(s), {time.strftime('%Y-%m-%d %H:%M')}"
+        f"fm_local benchmarks — {w} workers unless said, median of {runs} run(s), {time.strftime('%Y-%m-%d %H:%M')}"
     )
-    print(f"{'scenario':<58} {'value':>10} {'unit':<8} target")
+    print(f"{'scenario':<60} {'value':>10} {'unit':<9} target")
     for name, unit, value, target in rows:
-        print(f"{name:<58} {value:>10.1f} {unit:<8} {target}")
+        print(f"{name:<60} {value:>10.2f} {unit:<9} {target}")
 
 
 if __name__ == "__main__":

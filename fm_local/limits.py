@@ -1,7 +1,8 @@
 """Rate and concurrency limits (SPEC §4): pure accounting on a given ``now``.
 
-A :class:`RateLimiter` is a sliding-window log: no window of ``per`` seconds ever
-holds more than ``rate`` starts. A :class:`Pool` counts holders against a size.
+A :class:`RateLimiter` spaces starts evenly, ``per / rate`` apart (the generic cell
+rate algorithm's theoretical arrival time), and keeps a sliding-window log as the
+hard guarantee: no window of ``per`` seconds ever holds more than ``rate`` starts. A :class:`Pool` counts holders against a size.
 Neither sleeps nor reads a clock; the supervisor passes the time in.
 """
 
@@ -16,11 +17,13 @@ MARGIN = 0.003
 
 
 class RateLimiter:
-    __slots__ = ("rate", "per", "starts", "name")
+    __slots__ = ("rate", "per", "interval", "tat", "starts", "name")
 
     def __init__(self, rate: int, per_ms: int, name: str = "") -> None:
         self.rate = int(rate)
         self.per = per_ms / 1000.0
+        self.interval = self.per / self.rate
+        self.tat = 0.0  # the earliest time the next start is due
         self.starts: deque[float] = deque()
         self.name = name
 
@@ -29,11 +32,17 @@ class RateLimiter:
         starts = self.starts
         while starts and now - starts[0] >= self.per + MARGIN:
             starts.popleft()
-        if len(starts) < self.rate:
-            return 0.0
-        return starts[0] + self.per + MARGIN - now
+        wait = max(0.0, self.tat - now)
+        if len(starts) >= self.rate:
+            wait = max(wait, starts[0] + self.per + MARGIN - now)
+        return wait
 
     def acquire(self, now: float) -> None:
+        # A start that comes a little late keeps the schedule (the next one may
+        # follow a little sooner), so wake-up latency does not slow the rate; the
+        # window log above still bounds every window.
+        base = self.tat if now - self.tat < self.interval else now
+        self.tat = base + self.interval
         self.starts.append(now)
 
     def correct(self, recorded: float, actual: float) -> None:

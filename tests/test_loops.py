@@ -48,10 +48,18 @@ def max_starts_in_window(starts, window):
 
 def test_for_each_results_in_item_order(wf, db):
     doc = loop_doc(
-        [{"id": "w", "type": "python", "call": "fmtasks:sleep", "args": {"seconds": "{{ 0.3 - item * 0.05 }}", "tag": "{{item}}"}},
-         {"id": "t", "type": "transform", "expression": "int(w.tag) * 10"}],
+        [
+            {
+                "id": "w",
+                "type": "python",
+                "call": "fmtasks:sleep",
+                "args": {"seconds": "{{ 0.3 - item * 0.05 }}", "tag": "{{item}}"},
+            },
+            {"id": "t", "type": "transform", "expression": "int(w.tag) * 10"},
+        ],
         [{"source": "w", "target": "t"}],
-        arrayPath="{{ input.xs }}", parallel=True,
+        arrayPath="{{ input.xs }}",
+        parallel=True,
     )
     res = run_wf(wf(doc), db, input={"xs": [0, 1, 2, 3, 4, 5]}, workers=6)
     assert res["status"] == "succeeded", res
@@ -60,14 +68,24 @@ def test_for_each_results_in_item_order(wf, db):
 
 def test_item_scope_variables(wf, db):
     doc = loop_doc(
-        [{"id": "v", "type": "transform", "expression":
-          "{'u': user, 'i': i, 'p': parallel, 'l': loop}"}],
-        arrayPath="{{ ['a', 'b', 'c', 'd', 'e'] }}", itemVariable="user", indexVariable="i", batchSize=2, parallel=True,
+        [
+            {
+                "id": "v",
+                "type": "transform",
+                "expression": "{'u': user, 'i': i, 'p': parallel, 'l': loop}",
+            }
+        ],
+        arrayPath="{{ ['a', 'b', 'c', 'd', 'e'] }}",
+        itemVariable="user",
+        indexVariable="i",
+        batchSize=2,
+        parallel=True,
     )
     res = run_wf(wf(doc), db)
     out = res["output"]["each"]
     assert out[3] == {
-        "u": "d", "i": 3,
+        "u": "d",
+        "i": 3,
         "p": {"index": 3, "total": 5, "batchId": 1},
         "l": {"item": "d", "index": 3, "length": 5, "isFirst": False, "isLast": False},
     }
@@ -76,10 +94,13 @@ def test_item_scope_variables(wf, db):
 
 def test_items_cannot_see_each_other(wf, db):
     doc = loop_doc(
-        [{"id": "a", "type": "transform", "expression": "item * 2"},
-         {"id": "b", "type": "transform", "expression": "a + 1"}],
+        [
+            {"id": "a", "type": "transform", "expression": "item * 2"},
+            {"id": "b", "type": "transform", "expression": "a + 1"},
+        ],
         [{"source": "a", "target": "b"}],
-        arrayPath="{{ [1, 2, 3] }}", parallel=True,
+        arrayPath="{{ [1, 2, 3] }}",
+        parallel=True,
     )
     res = run_wf(wf(doc), db)
     assert res["output"]["each"] == [3, 5, 7]
@@ -87,8 +108,12 @@ def test_items_cannot_see_each_other(wf, db):
 
 def test_count_loop_and_multi_sink_item_result(wf, db):
     doc = loop_doc(
-        [{"id": "a", "type": "transform", "expression": "index"}, {"id": "b", "type": "transform", "expression": "-index"}],
-        loopType="count", count=3,
+        [
+            {"id": "a", "type": "transform", "expression": "index"},
+            {"id": "b", "type": "transform", "expression": "-index"},
+        ],
+        loopType="count",
+        count=3,
     )
     res = run_wf(wf(doc), db)
     assert res["output"]["each"] == [{"a": 0, "b": 0}, {"a": 1, "b": -1}, {"a": 2, "b": -2}]
@@ -106,25 +131,62 @@ def test_sequential_loop_runs_one_at_a_time_in_order(wf, db, tmp_path):
 
 def test_max_concurrency_is_exact(wf, db, tmp_path):
     mark = tmp_path / "m"
-    doc = loop_doc([sleeper(mark, 0.3)], loopType="count", count=12, parallel=True, maxConcurrency=3)
+    doc = loop_doc(
+        [sleeper(mark, 0.3)], loopType="count", count=12, parallel=True, maxConcurrency=3
+    )
     res = run_wf(wf(doc), db, workers=6)
     assert res["status"] == "succeeded"
     assert peak_overlap(read_marks(mark)) == 3
 
 
 def test_nested_loop_paths_and_results(wf, db):
-    inner = {"id": "inner", "type": "loop", "loopType": "count", "count": 2, "indexVariable": "j", "parallel": True,
-             "body": {"nodes": [{"id": "step", "type": "python", "call": "fmtasks:echo", "args": {"i": "{{index}}", "j": "{{j}}"}}]}}
-    doc = {"name": "nested", "nodes": [{"id": "outer", "type": "loop", "loopType": "count", "count": 2, "parallel": True,
-                                        "body": {"nodes": [inner]}}]}
+    inner = {
+        "id": "inner",
+        "type": "loop",
+        "loopType": "count",
+        "count": 2,
+        "indexVariable": "j",
+        "parallel": True,
+        "body": {
+            "nodes": [
+                {
+                    "id": "step",
+                    "type": "python",
+                    "call": "fmtasks:echo",
+                    "args": {"i": "{{index}}", "j": "{{j}}"},
+                }
+            ]
+        },
+    }
+    doc = {
+        "name": "nested",
+        "nodes": [
+            {
+                "id": "outer",
+                "type": "loop",
+                "loopType": "count",
+                "count": 2,
+                "parallel": True,
+                "body": {"nodes": [inner]},
+            }
+        ],
+    }
     res = run_wf(wf(doc), db)
-    assert res["output"]["outer"] == [[{"i": 0, "j": 0}, {"i": 0, "j": 1}], [{"i": 1, "j": 0}, {"i": 1, "j": 1}]]
+    assert res["output"]["outer"] == [
+        [{"i": 0, "j": 0}, {"i": 0, "j": 1}],
+        [{"i": 1, "j": 0}, {"i": 1, "j": 1}],
+    ]
     paths = {n["path"] for n in show(db, res["id"])["nodes"]}
     assert "outer[1].inner[0].step" in paths and "outer[0].inner" in paths
 
 
 def test_item_trace_ids_and_ctx_parallel(wf, db):
-    doc = loop_doc([{"id": "c", "type": "python", "call": "fmtasks:ctx_info"}], loopType="count", count=3, parallel=True)
+    doc = loop_doc(
+        [{"id": "c", "type": "python", "call": "fmtasks:ctx_info"}],
+        loopType="count",
+        count=3,
+        parallel=True,
+    )
     res = run_wf(wf(doc), db)
     trace = show(db, res["id"])["traceId"]
     out = res["output"]["each"]
@@ -135,7 +197,13 @@ def test_item_trace_ids_and_ctx_parallel(wf, db):
 
 def test_rate_limit_windows(wf, db, tmp_path):
     mark = tmp_path / "m"
-    doc = loop_doc([sleeper(mark, 0.01)], loopType="count", count=30, parallel=True, rateLimit={"rate": 10, "per": 500})
+    doc = loop_doc(
+        [sleeper(mark, 0.01)],
+        loopType="count",
+        count=30,
+        parallel=True,
+        rateLimit={"rate": 10, "per": 500},
+    )
     t0 = time.monotonic()
     res = run_wf(wf(doc), db, workers=4)
     assert res["status"] == "succeeded"
@@ -157,7 +225,14 @@ def test_node_rate_limit_shared_by_name(wf, db, tmp_path):
 
 def test_batches_wait_for_previous_batch_plus_delay(wf, db, tmp_path):
     mark = tmp_path / "m"
-    doc = loop_doc([sleeper(mark, 0.1)], loopType="count", count=7, parallel=True, batchSize=3, delayBetweenBatches=300)
+    doc = loop_doc(
+        [sleeper(mark, 0.1)],
+        loopType="count",
+        count=7,
+        parallel=True,
+        batchSize=3,
+        delayBetweenBatches=300,
+    )
     res = run_wf(wf(doc), db, workers=4)
     assert res["status"] == "succeeded"
     marks = {int(m["tag"]): m for m in read_marks(mark)}
@@ -178,8 +253,18 @@ def test_pool_concurrency_limit(wf, db, tmp_path):
 
 def test_loop_timeout_limits_each_item(wf, db, tmp_path):
     doc = loop_doc(
-        [{"id": "w", "type": "python", "call": "fmtasks:sleep", "args": {"seconds": "{{ 5 if item == 1 else 0.05 }}"}}],
-        arrayPath="{{ [0, 1, 2] }}", parallel=True, timeout=600, onTimeout="cancel",
+        [
+            {
+                "id": "w",
+                "type": "python",
+                "call": "fmtasks:sleep",
+                "args": {"seconds": "{{ 5 if item == 1 else 0.05 }}"},
+            }
+        ],
+        arrayPath="{{ [0, 1, 2] }}",
+        parallel=True,
+        timeout=600,
+        onTimeout="cancel",
         policy={"onPartialFailure": "collect"},
     )
     t0 = time.monotonic()
@@ -196,28 +281,46 @@ def test_loop_timeout_limits_each_item(wf, db, tmp_path):
 def test_policy_collect_and_min_success_rate(wf, db):
     body = [{"id": "w", "type": "python", "call": "fmtasks:always_fail", "errorStrategy": "fail"}]
     cond = {"id": "w", "type": "transform", "expression": "1 / (item % 3)"}
-    doc = loop_doc([cond], arrayPath="{{ list(range(6)) }}", parallel=True,
-                   policy={"onPartialFailure": "collect", "failFast": False})
+    doc = loop_doc(
+        [cond],
+        arrayPath="{{ list(range(6)) }}",
+        parallel=True,
+        policy={"onPartialFailure": "collect", "failFast": False},
+    )
     res = run_wf(wf(doc), db)
     assert res["status"] == "succeeded", res
     out = res["output"]["each"]
     assert out["successCount"] == 4 and out["failureCount"] == 2
-    assert out["results"][0]["success"] is False and out["results"][0]["error"]["code"] == "EXPRESSION_ERROR"
+    assert (
+        out["results"][0]["success"] is False
+        and out["results"][0]["error"]["code"] == "EXPRESSION_ERROR"
+    )
     assert out["results"][1] == {"success": True, "data": 1.0}
-    doc2 = loop_doc([cond], arrayPath="{{ list(range(6)) }}", parallel=True,
-                    policy={"onPartialFailure": "continue", "failFast": False, "minSuccessRate": 0.8})
+    doc2 = loop_doc(
+        [cond],
+        arrayPath="{{ list(range(6)) }}",
+        parallel=True,
+        policy={"onPartialFailure": "continue", "failFast": False, "minSuccessRate": 0.8},
+    )
     res2 = run_wf(wf(doc2), db)
     assert res2["status"] == "failed"
     assert "minSuccessRate" in res2["error"]["message"]
-    doc3 = loop_doc([cond], arrayPath="{{ list(range(6)) }}", parallel=True,
-                    policy={"onPartialFailure": "continue", "failFast": False})
+    doc3 = loop_doc(
+        [cond],
+        arrayPath="{{ list(range(6)) }}",
+        parallel=True,
+        policy={"onPartialFailure": "continue", "failFast": False},
+    )
     assert run_wf(wf(doc3), db)["output"]["each"] == [1.0, 0.5, 1.0, 0.5]
     assert body  # keeps the unused helper honest
 
 
 def test_default_policy_fails_the_execution(wf, db):
-    doc = loop_doc([{"id": "w", "type": "transform", "expression": "1 / (item - 2)"}],
-                   arrayPath="{{ [0, 1, 2, 3] }}", parallel=False)
+    doc = loop_doc(
+        [{"id": "w", "type": "transform", "expression": "1 / (item - 2)"}],
+        arrayPath="{{ [0, 1, 2, 3] }}",
+        parallel=False,
+    )
     res = run_wf(wf(doc), db)
     assert res["status"] == "failed"
     assert res["error"]["code"] == "EXPRESSION_ERROR"
@@ -228,7 +331,9 @@ def test_default_policy_fails_the_execution(wf, db):
 
 def test_hundred_items_with_limits_compose(wf, db, tmp_path):
     mark = tmp_path / "m"
-    doc = loop_doc([sleeper(mark, 0.05)], loopType="count", count=100, parallel=True, maxConcurrency=5)
+    doc = loop_doc(
+        [sleeper(mark, 0.05)], loopType="count", count=100, parallel=True, maxConcurrency=5
+    )
     doc["settings"] = {"maxConcurrency": 3}
     res = run_wf(wf(doc), db, workers=8)
     assert res["status"] == "succeeded"
@@ -236,4 +341,7 @@ def test_hundred_items_with_limits_compose(wf, db, tmp_path):
     assert len(marks) == 100
     assert peak_overlap(marks) == 3
     st = Store(db)
-    assert st.conn.execute("SELECT count(*) FROM node_runs WHERE node_type='item'").fetchone()[0] == 100
+    assert (
+        st.conn.execute("SELECT count(*) FROM node_runs WHERE node_type='item'").fetchone()[0]
+        == 100
+    )
