@@ -21,6 +21,7 @@ from fm_local import __version__, errors
 from fm_local.errors import EXIT_FAILED, EXIT_OK, FmError, UsageError, WorkflowInvalid
 
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+SHOW_LIMIT = 200  # node instances listed before fm show/timeline summarize
 
 
 class Ctx:
@@ -373,8 +374,8 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
 
     row = _execution(ctx, execution)
     store = ctx.store()
-    nodes = store.node_runs(row["id"])
     if ctx.json:
+        nodes = store.node_runs(row["id"])
         _emit_json(
             {
                 "id": row["id"],
@@ -404,11 +405,12 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
         click.echo(f"error      {err.get('code')}: {err.get('message')}")
     counts = store.node_counts(row["id"])
     click.echo("nodes      " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    limit = None if show_all else 200
+    total = sum(counts.values())
+    summarize = total > SHOW_LIMIT and not show_all
+    nodes = store.top_level_runs(row["id"]) if summarize else store.node_runs(row["id"])
     click.echo("")
     click.echo(f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8}  ERROR")
-    shown = nodes if limit is None else nodes[:limit]
-    for n in shown:
+    for n in nodes:
         ms = (
             f"{(n['finished_at'] - n['started_at']) * 1000:.0f}"
             if n["finished_at"] and n["started_at"]
@@ -419,8 +421,19 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
         click.echo(
             f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8}  {etext[:80]}"
         )
-    if limit is not None and len(nodes) > limit:
-        click.echo(f"... {len(nodes) - limit} more node instances (fm show {row['id']} --all)")
+    if summarize:
+        click.echo("")
+        click.echo(f"{'LOOP':<32} {'ITEMS':>8}  BY STATUS")
+        by_loop: dict[str, dict[str, int]] = {}
+        for r in store.loop_summaries(row["id"]):
+            by_loop.setdefault(r["loop"], {})[r["status"]] = r["items"]
+        for lp, st in by_loop.items():
+            parts = ", ".join(f"{v} {k}" for k, v in sorted(st.items()))
+            click.echo(f"{lp[:32]:<32} {sum(st.values()):>8}  {parts}")
+        click.echo(
+            f"({total} node instances; this is a summary: fm show {row['id']} --all lists "
+            f"them all, fm logs/timeline --node PATH narrows)"
+        )
     if row["status"] == "succeeded":
         click.echo("")
         click.echo("output     " + json.dumps(loads(row["output"]))[:2000])
@@ -487,14 +500,27 @@ def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
 @click.argument("execution")
 @click.option("--width", type=int, default=60, show_default=True, help="Bar area width in columns.")
 @click.option("--all", "show_all", is_flag=True, help="One bar per node instance, however many.")
+@click.option("--node", "node_path", help="Only this node path (and what is under it).")
 @json_option
 @pass_ctx
-def timeline(ctx: Ctx, execution: str, width: int, show_all: bool) -> None:
+def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: str | None) -> None:
     """One bar per node instance on a shared time axis."""
-    from fm_local.timeline import render_timeline
+    from fm_local.timeline import render_summary, render_timeline
 
     row = _execution(ctx, execution)
-    nodes = ctx.store().node_runs(row["id"])
+    store = ctx.store()
+    if not ctx.json and not show_all and not node_path:
+        if store.count_node_runs(row["id"]) > SHOW_LIMIT:
+            click.echo(
+                render_summary(
+                    row,
+                    store.top_level_runs(row["id"]),
+                    store.item_intervals(row["id"]),
+                    width=width,
+                )
+            )
+            return
+    nodes = store.node_runs(row["id"], node_path)
     if ctx.json:
         _emit_json(
             [
@@ -509,7 +535,7 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool) -> None:
             ]
         )
         return
-    click.echo(render_timeline(row, nodes, width=width, limit=None if show_all else 200))
+    click.echo(render_timeline(row, nodes, width=width, limit=None if show_all else SHOW_LIMIT))
 
 
 @cli.command()

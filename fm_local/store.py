@@ -550,6 +550,35 @@ class Store:
             (execution_id,),
         )
 
+    def count_node_runs(self, execution_id: str) -> int:
+        return int(
+            self.conn.execute(
+                "SELECT count(*) FROM node_runs WHERE execution_id=?", (execution_id,)
+            ).fetchone()[0]
+        )
+
+    def loop_summaries(self, execution_id: str) -> list[dict[str, Any]]:
+        """Per loop (by path): item counts by status, first start, last end."""
+        return self._all(
+            "SELECT rtrim(rtrim(path, '0123456789]'), '[') AS loop, status, count(*) AS items, "
+            "min(started_at) AS first_start, max(finished_at) AS last_end FROM node_runs "
+            "WHERE execution_id=? AND node_type='item' GROUP BY loop, status ORDER BY loop",
+            (execution_id,),
+        )
+
+    def item_intervals(
+        self, execution_id: str
+    ) -> list[tuple[str, str, float | None, float | None]]:
+        """(path, status, started_at, finished_at) of every loop item."""
+        return self.conn.execute(
+            "SELECT path, status, started_at, finished_at FROM node_runs "
+            "WHERE execution_id=? AND node_type='item'",
+            (execution_id,),
+        ).fetchall()
+
+    def top_level_runs(self, execution_id: str) -> list[dict[str, Any]]:
+        return self.frame_rows(execution_id, "")
+
     def node_counts(self, execution_id: str) -> dict[str, int]:
         rows = self.conn.execute(
             "SELECT status, count(*) FROM node_runs WHERE execution_id=? GROUP BY status",

@@ -213,6 +213,7 @@ class Frame:
         "index",
         "item",
         "gated",
+        "started",
     )
 
     def __init__(
@@ -240,6 +241,7 @@ class Frame:
         self.index: int | None = None
         self.item: Run | None = None  # the item's own record
         self.gated = False  # the item's first start still needs the loop's rate limit
+        self.started = parent is None  # an item starts when its first node does
 
     def path_of(self, node_id: str) -> str:
         return self.prefix + node_id
@@ -665,7 +667,7 @@ class Supervisor:
             elif status in ("cancelled", "skipped", "timed_out"):
                 ls.cancelled += 1
             else:
-                f = self._new_item_frame(ls, idx, started_at or time.time())
+                f = self._new_item_frame(ls, idx, restoring=True, started_at=started_at)
                 self._restore_frame(f)
                 lowest_open = min(lowest_open, idx)
         first_free = next((i for i in range(ls.n) if not ls.started[i]), ls.n)
@@ -782,6 +784,8 @@ class Supervisor:
         run.attempt += 1
         now = time.time()
         run.started_at = now
+        if not run.frame.started:
+            self._item_started(run.frame, now)
         if isinstance(node, DelayNode):
             try:
                 ms = delay.duration_ms(node, self._scope(run))
@@ -1088,6 +1092,8 @@ class Supervisor:
         run.seq += 1
         run.attempt += 1
         run.started_at = time.time()
+        if not run.frame.started:
+            self._item_started(run.frame, run.started_at)
         run.status = "running"
         self._mark(run)
         self._attempt_row(run, "running", None)
@@ -1102,9 +1108,10 @@ class Supervisor:
         if total and ls.run.started_at:
             self._timer(ls.run.started_at + total / 1000.0, "total_timeout", ls)
 
-    def _new_item_frame(self, ls: LoopState, i: int, started_at: float | None = None) -> Frame:
-        """Open item ``i`` (``started_at``: when restoring an item already open)."""
-        restoring = started_at is not None
+    def _new_item_frame(
+        self, ls: LoopState, i: int, *, restoring: bool = False, started_at: float | None = None
+    ) -> Frame:
+        """Open item ``i`` (``restoring``: an item the database says is open)."""
         run = ls.run
         node = ls.node
         item = ls.items[i] if ls.items is not None else i
@@ -1139,15 +1146,29 @@ class Supervisor:
         item.trace_id = f.trace_root
         item.branch = None
         item.status = "running"
-        item.started_at = item.queued_at = started_at or time.time()
+        item.queued_at = time.time()
         f.item = item
         f.gated = ls.limiter is not None and not ls.gate_inline and not restoring
         ls.open[i] = f
         ls.started[i] = 1
         self._mark(item)
-        if node.timeout:
-            self._timer(item.started_at + node.timeout / 1000.0, "item_timeout", f)
+        if restoring and started_at is not None:
+            self._item_started(f, started_at)
         return f
+
+    def _item_started(self, f: Frame, now: float) -> None:
+        """The first node of an item (or of an item it is inside) started: the
+        item's clock starts now, and with it the loop's per-item timeout."""
+        while f is not None and not f.started:
+            f.started = True
+            item = f.item
+            ls = f.loop
+            if item is not None and ls is not None:
+                item.started_at = now
+                self._mark(item)
+                if ls.node.timeout:
+                    self._timer(now + ls.node.timeout / 1000.0, "item_timeout", f)
+            f = f.parent  # type: ignore[assignment]
 
     def _open_items(self, ls: LoopState) -> None:
         """Open as many items as the window, batches and rate allow."""
@@ -1498,6 +1519,8 @@ class Supervisor:
             run.attempt += 1
         run.started_at = time.time()
         run.finished_at = None
+        if not run.frame.started:
+            self._item_started(run.frame, run.started_at)
         try:
             spec = self._task_spec(run)
         except (expr.ExpressionError, errors.NodeError) as exc:
