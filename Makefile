@@ -16,7 +16,8 @@ install: $(STAMP)
 
 # The main job: run an example workflow on the embedded supervisor.
 run: $(STAMP)
-	FM_DB=$${FM_DB:-.fm/example.db} $(BIN)/fm run examples/fan_out_fan_in.json --input '{"count": 6}'
+	FM_DB=$${FM_DB:-.fm/example.db} $(BIN)/fm run examples/fan_out_fan_in.json --input '{"count": 6}' --workers 4
+	@echo "The database is .fm/example.db. Next: FM_DB=.fm/example.db .venv/bin/fm ls  (then fm show ID, fm timeline ID)"
 
 # The whole test suite, crash and slow tests included (what CI runs).
 test: $(STAMP)
@@ -27,9 +28,10 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not crash"
 
 lint: $(STAMP)
-	$(BIN)/ruff check fm_local tui tests benchmarks
-	$(BIN)/ruff format --check fm_local tui tests benchmarks
+	$(BIN)/ruff check fm_local tui tests benchmarks docs
+	$(BIN)/ruff format --check fm_local tui tests benchmarks docs
 	$(BIN)/mypy fm_local tui
+	$(BIN)/python docs/gen_cli_docs.py --check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
