@@ -135,4 +135,10 @@ def process_record(record: dict[str, Any], batch: int, index: int) -> dict[str, 
     """Tiny per-record work: a checksum of the value."""
     value = record["value"]
     digits = sum(int(d) for d in str(value))
-    return {"id": record["id"], "batch": batch, "index": index, "square": value * value, "digits": digits}
+    return {
+        "id": record["id"],
+        "batch": batch,
+        "index": index,
+        "square": value * value,
+        "digits": digits,
+    }

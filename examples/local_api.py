@@ -40,8 +40,7 @@ COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli"]
 
 def make_users(count: int) -> list[dict[str, Any]]:
     return [
-        {"id": i, "name": f"user{i}", "email": f"user{i}@example.com"}
-        for i in range(1, count + 1)
+        {"id": i, "name": f"user{i}", "email": f"user{i}@example.com"} for i in range(1, count + 1)
     ]
 
 
@@ -91,7 +90,7 @@ class Api(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: Api
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the server runs detached
 
     def send_json(self, status: int, value: Any) -> None:

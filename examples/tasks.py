@@ -12,7 +12,12 @@ import time
 
 def get_users(count: int = 6) -> list[dict]:
     return [
-        {"id": i, "name": f"user{i}", "email": f"user{i}@example.com", "region": "eu" if i % 2 else "us"}
+        {
+            "id": i,
+            "name": f"user{i}",
+            "email": f"user{i}@example.com",
+            "region": "eu" if i % 2 else "us",
+        }
         for i in range(1, count + 1)
     ]
 
@@ -20,7 +25,9 @@ def get_users(count: int = 6) -> list[dict]:
 def fetch_region(users: list[dict], region: str, ctx=None) -> dict:
     """Pretend to call a regional API: takes a moment, like real I/O."""
     if ctx is not None:
-        ctx.log(f"branch {ctx.branch['id'] if ctx.branch else '-'} fetching {region} ({ctx.traceId})")
+        ctx.log(
+            f"branch {ctx.branch['id'] if ctx.branch else '-'} fetching {region} ({ctx.traceId})"
+        )
     time.sleep(0.3)
     mine = [u for u in users if u["region"] == region]
     return {"count": len(mine), "emails": [u["email"] for u in mine]}

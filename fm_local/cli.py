@@ -358,6 +358,7 @@ def _node_json(n: dict[str, Any]) -> dict[str, Any]:
         "traceId": n["trace_id"],
         "branch": n["branch_id"],
         "workerPid": n["worker_pid"],
+        "port": n["port"],
         "output": loads(n["output"]),
         "error": loads(n["error"]),
     }

@@ -77,6 +77,9 @@ class CompiledGraph:
     refs: dict[str, frozenset[str]] = field(default_factory=dict)
     # Names the graph reads that none of its nodes provide (scope from outside).
     free_names: frozenset[str] = frozenset()
+    # Merge sections, and the innermost section each node belongs to.
+    sections: dict[str, Section] = field(default_factory=dict)
+    section_owner: dict[str, str] = field(default_factory=dict)
 
 
 def node_expression_names(node: NodeBase) -> frozenset[str]:
@@ -155,6 +158,11 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
     aliases = {n.output_variable: n.id for n in nodes if n.output_variable}
     deps: dict[str, list[Dep]] = {nid: [] for nid in by_id}
     out_edges: dict[str, list[Edge]] = {nid: [] for nid in by_id}
+    edges = list(edges)
+    for n in nodes:
+        # errorStrategy "goto" to a node of this graph is an error edge (SPEC §6).
+        if n.error_strategy == "goto" and n.goto_node_id in by_id:
+            edges.append(Edge(source=n.id, target=n.goto_node_id, source_handle=ERROR_HANDLE))
     for e in edges:
         if e.source in by_id and e.target in by_id:
             deps[e.target].append(Dep(e.source, e.source_handle))
@@ -186,7 +194,7 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
     roots = [nid for nid in by_id if not deps[nid]]
     sinks = [nid for nid in by_id if not dependents[nid]]
     branches = _branches(order, roots, deps, out_edges, by_id)
-    return CompiledGraph(
+    g = CompiledGraph(
         nodes=by_id,
         order=order,
         deps=deps,
@@ -198,6 +206,11 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
         refs=refs,
         free_names=frozenset(free),
     )
+    merges = [nid for nid, n in by_id.items() if getattr(n, "type", None) == "merge"]
+    if merges:
+        g.sections = merge_sections(g, merges)
+        g.section_owner = innermost_sections(g.sections)
+    return g
 
 
 def _topo_order(ids: list[str], deps: Mapping[str, list[Dep]]) -> list[str]:
@@ -313,3 +326,64 @@ def readiness(
         if not taken and dep_taken(d, st, ports.get(d.source)):
             taken = True
     return "run" if taken else "skip"
+
+
+# --- merge sections (SPEC §5) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    """The section of a merge: every node on a path from its fan-out point (the
+    nearest node all its branches start from) to the merge, both excluded.
+    ``branches`` maps each predecessor (a branch, keyed as in the merge output) to
+    the section nodes that lead to it, itself included."""
+
+    merge: str
+    fanout: str | None
+    members: frozenset[str]
+    branches: dict[str, frozenset[str]]
+
+
+def _edge_ancestors(g: CompiledGraph, nid: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [nid]
+    while stack:
+        n = stack.pop()
+        for d in g.deps[n]:
+            if not d.is_ref and d.source not in seen:
+                seen.add(d.source)
+                stack.append(d.source)
+    return seen
+
+
+def merge_sections(g: CompiledGraph, merge_ids: Iterable[str]) -> dict[str, Section]:
+    """The section of each merge in ``merge_ids``."""
+    pos = {nid: i for i, nid in enumerate(g.order)}
+    out: dict[str, Section] = {}
+    for mid in merge_ids:
+        preds = []
+        for d in g.deps[mid]:
+            if not d.is_ref and d.source not in preds:
+                preds.append(d.source)
+        anc = {p: _edge_ancestors(g, p) | {p} for p in preds}
+        common = set.intersection(*anc.values()) if anc else set()
+        # The nearest common ancestor: the latest in topological order.
+        fanout = max(common, key=lambda n: pos[n]) if common else None
+        above = (_edge_ancestors(g, fanout) | {fanout}) if fanout else set()
+        members: set[str] = set()
+        branches: dict[str, frozenset[str]] = {}
+        for p in preds:
+            own = anc[p] - above
+            branches[p] = frozenset(own)
+            members |= own
+        out[mid] = Section(mid, fanout, frozenset(members), branches)
+    return out
+
+
+def innermost_sections(sections: Mapping[str, Section]) -> dict[str, str]:
+    """For each node that is in some section: the merge of the smallest one."""
+    owner: dict[str, str] = {}
+    for mid, sec in sorted(sections.items(), key=lambda kv: -len(kv[1].members)):
+        for n in sec.members:
+            owner[n] = mid
+    return owner

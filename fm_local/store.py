@@ -615,14 +615,16 @@ class Store:
             (execution_id, glob_escape(prefix) + "*", n + 1, n + 1),
         )
 
-    def item_rows(self, execution_id: str, loop_path: str) -> list[tuple[int, str, float]]:
-        """(item_index, status, started_at) of every recorded item of a loop."""
+    def item_rows(
+        self, execution_id: str, loop_path: str
+    ) -> list[tuple[int, str, float | None, float | None]]:
+        """(item_index, status, started_at, finished_at) of every recorded item of a loop."""
         rows = self.conn.execute(
-            "SELECT item_index, status, started_at FROM node_runs WHERE execution_id=? AND path GLOB ? "
+            "SELECT item_index, status, started_at, finished_at FROM node_runs WHERE execution_id=? AND path GLOB ? "
             "AND node_type='item' AND instr(substr(path, ?), '.') = 0",
             (execution_id, glob_escape(loop_path) + "[[]*]", len(loop_path) + 1),
         ).fetchall()
-        return [(int(r[0]), r[1], r[2]) for r in rows]
+        return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
     def loop_results(self, execution_id: str, loop_path: str) -> Iterator[tuple[Any, ...]]:
         """(item_index, status, output, error) of a loop's items, in item order."""

@@ -145,6 +145,9 @@ class Run:
         "held_pool",
         "gate_marks",
         "prefetched",
+        "parent",
+        "extra",
+        "fell_back",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -178,6 +181,9 @@ class Run:
         self.held_pool: Pool | None = None
         self.gate_marks: list[tuple[RateLimiter, float]] | None = None
         self.prefetched = False  # handed to a worker behind another task
+        self.parent: Run | None = None  # the failed node this fallback/handler serves
+        self.extra: dict[str, Any] | None = None  # scope additions (error, signal)
+        self.fell_back = False  # its fallback node already ran
 
     def value(self) -> Any:
         if self._value is _UNSET:
@@ -214,6 +220,7 @@ class Frame:
         "item",
         "gated",
         "started",
+        "sections",
     )
 
     def __init__(
@@ -242,6 +249,7 @@ class Frame:
         self.item: Run | None = None  # the item's own record
         self.gated = False  # the item's first start still needs the loop's rate limit
         self.started = parent is None  # an item starts when its first node does
+        self.sections: dict[str, SectionState] = {}
 
     def path_of(self, node_id: str) -> str:
         return self.prefix + node_id
@@ -318,6 +326,57 @@ class LoopState:
         self.errors: list[dict[str, Any]] = []
         self.timed_out = False
         self.finished = False
+
+
+class SectionState:
+    """A merge's section at run time: its branches' failures, timeouts, winner."""
+
+    __slots__ = (
+        "sec",
+        "node",
+        "policy",
+        "failures",
+        "overrides",
+        "absent",
+        "halted",
+        "first_start",
+        "branch_start",
+        "timed_out",
+        "done",
+    )
+
+    def __init__(self, sec: graph.Section, node: MergeNode, policy: SectionPolicy) -> None:
+        self.sec = sec
+        self.node = node
+        self.policy = policy
+        self.failures: dict[str, dict[str, Any]] = {}  # branch -> error
+        self.overrides: dict[str, Any] = {}  # branch -> value (onTimeout "continue")
+        self.absent: set[str] = set()  # branches cancelled (onTimeout "cancel", losers)
+        self.halted = False  # start nothing new in the section
+        self.first_start: float | None = None
+        self.branch_start: dict[str, float] = {}
+        self.timed_out = False
+        self.done = False
+
+    def contains(self) -> bool:
+        """Whether a failure in this section is the merge's business (not the graph's)."""
+        return (
+            self.node.mode == "first_success"
+            or self.policy.on_partial_failure != "fail"
+            or not self.policy.fail_fast
+        )
+
+
+def _error_list(fails: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "branch": b,
+            "code": e.get("code"),
+            "message": e.get("message"),
+            "attempt": e.get("attempt"),
+        }
+        for b, e in fails.items()
+    ]
 
 
 def _failure_of(run: Run) -> dict[str, Any]:
@@ -628,6 +687,12 @@ class Supervisor:
                 run.status = "queued"
                 self._mark(run)
                 self._enqueue(run)
+        for node in frame.graph.nodes.values():
+            if node.rate_limit is not None:
+                key = ("node", ex.id, id(frame.graph), node.id)
+                if key not in self.limiters:
+                    lim = self._limiter(node.rate_limit, ex, key)
+                    self._seed_limiter(lim, self._recent_starts(ex.id, node.id))
         for run in loops:
             self._restore_loop(run)
         if frame.failure is not None:
@@ -637,6 +702,15 @@ class Supervisor:
             self._final_failure(run, err)
         self._advance_frame(frame)
         self.frames_to_check.append(frame)
+
+    def _recent_starts(self, eid: str, node_id: str) -> list[float]:
+        assert self.store is not None
+        rows = self.store.conn.execute(
+            "SELECT started_at FROM attempts WHERE execution_id=? AND started_at > ? AND "
+            "(path = ? OR path GLOB ?)",
+            (eid, time.time() - 120, node_id, "*." + node_id),
+        ).fetchall()
+        return [r[0] for r in rows]
 
     def _last_attempts(self, eid: str, prefix: str) -> dict[str, tuple[int, str]]:
         """Per node path under ``prefix``: the latest attempt's seq and kind."""
@@ -650,16 +724,30 @@ class Supervisor:
         ).fetchall()
         return {r[0]: (int(r[1] or 0), r[2] or "attempt") for r in rows}
 
+    def _seed_limiter(self, lim: RateLimiter | None, times: list[float]) -> None:
+        """Give a fresh limiter the starts committed before a restart, so the
+        limit holds across it."""
+        if lim is None:
+            return
+        now = time.time()
+        for t in sorted(t for t in times if t and t > now - lim.per - 1.0):
+            lim.starts.append(t)
+            lim.tat = max(lim.tat, t + lim.interval)
+
     def _restore_loop(self, run: Run) -> None:
         assert self.store is not None and isinstance(run.node, LoopNode)
         ls = self._loop_state(run)
         if ls is None:
             return
+        rows = self.store.item_rows(run.ex.id, run.path)
+        self._seed_limiter(ls.limiter, [r[2] for r in rows if r[2] is not None])
         lowest_open = ls.n
-        for idx, status, started_at in self.store.item_rows(run.ex.id, run.path):
+        last_end = 0.0
+        for idx, status, started_at, finished_at in rows:
             if idx >= ls.n:
                 continue
             ls.started[idx] = 1
+            last_end = max(last_end, finished_at or 0.0)
             if status == "succeeded":
                 ls.succeeded += 1
             elif status == "failed":
@@ -671,10 +759,17 @@ class Supervisor:
                 self._restore_frame(f)
                 lowest_open = min(lowest_open, idx)
         first_free = next((i for i in range(ls.n) if not ls.started[i]), ls.n)
-        if ls.batch_size:
-            ls.batch_end = min(
-                ls.n, (min(lowest_open, first_free) // ls.batch_size + 1) * ls.batch_size
-            )
+        bs = ls.batch_size
+        if bs:
+            ls.batch_end = min(ls.n, (min(lowest_open, first_free) // bs + 1) * bs)
+            between = not ls.open and 0 < first_free < ls.n and first_free % bs == 0
+            if between and ls.node.delay_between_batches:
+                # Stopped during the pause between two batches: the pause is a
+                # durable timer, due when the previous batch ended plus the delay.
+                ls.batch_end = first_free
+                ls.batch_wait = True
+                due = last_end + ls.node.delay_between_batches / 1000.0
+                self._timer(due, "batch", ls)
         if ls.failed and ls.policy.fail_fast:
             ls.stopped = True
         self.loops_to_open.append(ls)
@@ -721,9 +816,15 @@ class Supervisor:
         if nid in frame.runs or frame.done or frame.stopped():
             return
         runs = frame.runs
-        deps = frame.graph.deps[nid]
-        verdict = "run"
-        if deps:
+        g = frame.graph
+        deps = g.deps[nid]
+        node = g.nodes[nid]
+        verdict: str | None = "run"
+        if isinstance(node, MergeNode) and nid in g.sections:
+            verdict = self._merge_readiness(frame, nid)
+            if verdict is None:
+                return
+        elif deps:
             taken = False
             for d in deps:
                 r = runs.get(d.source)
@@ -732,8 +833,9 @@ class Supervisor:
                 if not taken and graph.dep_taken(d, r.status, r.port):
                     taken = True
             verdict = "run" if taken else "skip"
+        if verdict == "run" and frame.sections and self._in_halted_section(frame, nid):
+            verdict = "skip"
         ex = frame.ex
-        node = frame.graph.nodes[nid]
         run = Run(ex, frame, node, frame.prefix + nid)
         runs[nid] = run
         now = time.time()
@@ -769,7 +871,15 @@ class Supervisor:
         if b is not None and b.id is not None:
             extra = dict(extra or {})
             extra.setdefault("branch", b.scope())
-        return Scope(run.frame, extra)
+        if run.extra:
+            extra = {**(extra or {}), **run.extra}
+        frame = run.frame
+        for d in frame.graph.deps.get(run.node.id, ()):
+            if d.handle == graph.ERROR_HANDLE:
+                src = frame.runs.get(d.source)
+                if src is not None and src.status == "failed":
+                    extra = {**(extra or {}), "error": src.error}
+        return Scope(frame, extra)
 
     def _log_line(self, run: Run) -> Callable[[str], None]:
         def write(line: str) -> None:
@@ -786,6 +896,8 @@ class Supervisor:
         run.started_at = now
         if not run.frame.started:
             self._item_started(run.frame, now)
+        if run.frame.graph.sections:
+            self._section_started(run, now)
         if isinstance(node, DelayNode):
             try:
                 ms = delay.duration_ms(node, self._scope(run))
@@ -812,7 +924,10 @@ class Supervisor:
             elif isinstance(node, OutputNode):
                 value, port = output.evaluate(node, scope, logger)
             elif isinstance(node, MergeNode):
-                value, port = merge.automatic(self._predecessor_outputs(run))
+                if node.id in run.frame.graph.sections and run.parent is None:
+                    value, port = self._merge_value(run)
+                else:
+                    value, port = merge.automatic(self._predecessor_outputs(run))
             else:
                 raise errors.NodeError(
                     f"node type '{run.ntype}' is not supported by this version of fm_local",
@@ -826,6 +941,8 @@ class Supervisor:
         run.set_output(value, text)
         run.finished_at = time.time()
         self._attempt_row(run, "succeeded", None)
+        if isinstance(node, MergeNode) and node.id in run.frame.graph.sections:
+            self._merge_done(run)
         self._succeeded(run)
 
     def _inline_failed(self, run: Run, exc: Exception) -> None:
@@ -906,6 +1023,27 @@ class Supervisor:
             self._mark(run)
             self._resolved(run)
             return
+        if run.parent is None and not run.fell_back and not frame.stopped():
+            if node.error_strategy == "fallback" and node.fallback_node_id:
+                target = self._aux_node(frame, node.fallback_node_id)
+                if target is not None:
+                    run.fell_back = True
+                    frame.active += 1  # the node waits for its fallback
+                    self._start_aux(run, target, err)
+                    return
+            if (
+                node.error_strategy == "goto"
+                and node.goto_node_id
+                and node.goto_node_id not in frame.graph.nodes
+            ):
+                target = self._aux_node(frame, node.goto_node_id)
+                if target is not None:
+                    run.status = "failed"
+                    run.handled = True
+                    self._mark(run)
+                    self._start_aux(run, target, err)
+                    self._resolved(run)
+                    return
         run.status = "failed"
         g = frame.graph
         has_error_edge = any(
@@ -913,9 +1051,16 @@ class Supervisor:
             for dep in g.dependents[node.id]
             for d in g.deps[dep]
         )
-        run.handled = has_error_edge
+        contained = False
+        owner = g.section_owner.get(node.id)
+        if owner is not None and not has_error_edge and run.parent is None:
+            st = self._section_state(frame, owner)
+            if st.contains():
+                contained = True
+                self._section_failure(frame, st, node.id, err)
+        run.handled = has_error_edge or contained
         self._mark(run)
-        if not has_error_edge and frame.failure is None:
+        if not run.handled and run.parent is None and frame.failure is None:
             frame.failure = _failure_of(run)
             self._halt(frame)
         self._resolved(run)
@@ -972,6 +1117,10 @@ class Supervisor:
     def _resolved(self, run: Run) -> None:
         """``run`` reached a terminal status: wake its dependents, check its frame."""
         frame = run.frame
+        if run.parent is not None:
+            self._aux_done(run)
+            self.frames_to_check.append(frame)
+            return
         frame.resolved += 1
         if not frame.stopped():
             for dep in frame.graph.dependents[run.node.id]:
@@ -1094,6 +1243,8 @@ class Supervisor:
         run.started_at = time.time()
         if not run.frame.started:
             self._item_started(run.frame, run.started_at)
+        if run.frame.graph.sections:
+            self._section_started(run, run.started_at)
         run.status = "running"
         self._mark(run)
         self._attempt_row(run, "running", None)
@@ -1148,7 +1299,8 @@ class Supervisor:
         item.status = "running"
         item.queued_at = time.time()
         f.item = item
-        f.gated = ls.limiter is not None and not ls.gate_inline and not restoring
+        # A restored item's re-run is a start too: it goes through the limiter.
+        f.gated = ls.limiter is not None and not ls.gate_inline
         ls.open[i] = f
         ls.started[i] = 1
         self._mark(item)
@@ -1374,6 +1526,312 @@ class Supervisor:
             self._stop_frame(f, "cancelled", "cancelled: the loop's totalTimeout passed")
         self._loop_check(ls)
 
+    # --- merges: sections, first success, fallbacks ------------------------------------
+
+    def _section_state(self, frame: Frame, mid: str) -> SectionState:
+        st = frame.sections.get(mid)
+        if st is None:
+            node = frame.graph.nodes[mid]
+            assert isinstance(node, MergeNode)
+            policy = self._section_policy(frame.ex, node.policy)
+            st = SectionState(frame.graph.sections[mid], node, policy)
+            frame.sections[mid] = st
+        return st
+
+    def _in_halted_section(self, frame: Frame, nid: str) -> bool:
+        return any(st.halted and nid in st.sec.members for st in frame.sections.values())
+
+    def _merge_readiness(self, frame: Frame, nid: str) -> str | None:
+        """When a merge runs: ``first_success`` as soon as a branch succeeded;
+        otherwise when every branch finished — also if some failed, so that its
+        policy decides (a merge whose branches were all skipped is skipped)."""
+        st = self._section_state(frame, nid)
+        runs = frame.runs
+        deps = [d for d in frame.graph.deps[nid] if not d.is_ref]
+        if st.node.mode == "first_success":
+            for d in deps:
+                r = runs.get(d.source)
+                if r is not None and r.terminal and graph.dep_taken(d, r.status, r.port):
+                    return "run"
+            if any(p in st.overrides for p in st.sec.branches):
+                return "run"
+        taken = False
+        for d in frame.graph.deps[nid]:
+            r = runs.get(d.source)
+            if r is None or not r.terminal:
+                return None
+            if graph.dep_taken(d, r.status, r.port):
+                taken = True
+        if taken or st.failures or st.overrides or st.timed_out:
+            return "run"
+        if any(runs[d.source].status == "failed" for d in deps):
+            return "run"
+        return "skip"
+
+    def _section_started(self, run: Run, now: float) -> None:
+        frame = run.frame
+        nid = run.node.id
+        for mid, sec in frame.graph.sections.items():
+            if nid not in sec.members:
+                continue
+            st = self._section_state(frame, mid)
+            if st.first_start is None:
+                st.first_start = now
+                if st.policy.total_timeout:
+                    due = now + st.policy.total_timeout / 1000.0
+                    self._timer(due, "section_timeout", (frame, mid))
+            if st.node.timeout:
+                for p, members in sec.branches.items():
+                    if nid in members and p not in st.branch_start:
+                        st.branch_start[p] = now
+                        due = now + st.node.timeout / 1000.0
+                        self._timer(due, "branch_timeout", (frame, mid, p))
+
+    def _section_failure(
+        self, frame: Frame, st: SectionState, nid: str, err: dict[str, Any]
+    ) -> None:
+        for p, members in st.sec.branches.items():
+            if nid in members:
+                st.failures.setdefault(p, err)
+        if st.node.mode != "first_success" and st.policy.fail_fast:
+            st.halted = True
+            if st.policy.cancel_on_failure:
+                self._stop_section(frame, st, st.sec.members, "cancelled: another branch failed")
+
+    def _top_node(self, frame: Frame, run: Run) -> str | None:
+        """The id, in ``frame``, of the node ``run`` is (or is inside of)."""
+        f = run.frame
+        nid = run.node.id
+        while f is not frame:
+            if f.loop is None:
+                return None
+            nid = f.loop.run.node.id
+            f = f.loop.run.frame
+        return None if run.parent is not None else nid
+
+    def _stop_section(
+        self, frame: Frame, st: SectionState, targets: frozenset[str] | set[str], reason: str
+    ) -> None:
+        """Stop the section nodes ``targets`` now: running workers too."""
+
+        def hit(r: Run) -> bool:
+            return r.frame.within(frame) and self._top_node(frame, r) in targets
+
+        self._kill_tasks(hit, "cancelled", reason)
+        ex = frame.ex
+        keep: deque[Run] = deque()
+        for r in ex.ready:
+            if hit(r):
+                self._cancel_run(r, reason)
+                self.ready_count -= 1
+            else:
+                keep.append(r)
+        ex.ready = keep
+        for q in self.parked.values():
+            for r in [r for r in q if hit(r)]:
+                q.remove(r)
+                self._cancel_run(r, reason)
+        for _, _, kind, obj in self.timers:
+            if kind in ("retry", "delay") and hit(obj) and not obj.terminal:
+                self._cancel_run(obj, reason)
+        for nid in targets:
+            lr = frame.runs.get(nid)
+            if lr is not None and lr.loop is not None and not lr.terminal:
+                lr.loop.stopped = True
+                for f in list(lr.loop.open.values()):
+                    self._stop_frame(f, "cancelled", reason)
+                self._cancel_run(lr, reason)
+
+    def _section_timeout(self, frame: Frame, mid: str) -> None:
+        st = frame.sections.get(mid)
+        merge_run = frame.runs.get(mid)
+        if st is None or st.done or (merge_run is not None and merge_run.terminal):
+            return
+        st.timed_out = True
+        st.halted = True
+        self._stop_section(
+            frame, st, st.sec.members, "cancelled: the section's totalTimeout passed"
+        )
+        self.work.append((frame, mid))
+
+    def _branch_timeout(self, frame: Frame, mid: str, branch: str) -> None:
+        st = frame.sections.get(mid)
+        r = frame.runs.get(branch)
+        if st is None or st.done or (r is not None and r.terminal):
+            return
+        node = st.node
+        if node.on_timeout == "cancel":
+            st.absent.add(branch)
+        elif node.on_timeout == "continue":
+            st.overrides[branch] = node.output_on_error
+        else:
+            st.failures[branch] = {
+                "code": errors.TIMEOUT,
+                "message": f"branch '{branch}' timed out after {node.timeout} ms",
+                "nodeId": branch,
+                "nodePath": frame.path_of(branch),
+                "attempt": 1,
+                "timestamp": int(time.time() * 1000),
+                "details": None,
+            }
+        members = st.sec.branches[branch]
+        self._stop_section(frame, st, members, f"cancelled: branch '{branch}' timed out")
+        self.work.append((frame, mid))
+
+    def _merge_value(self, run: Run) -> tuple[Any, str | None]:
+        """The merge's output by mode and policy (SPEC §5, §6); raises NodeError."""
+        frame = run.frame
+        node = run.node
+        assert isinstance(node, MergeNode)
+        st = self._section_state(frame, node.id)
+        policy = st.policy
+        oks: dict[str, Any] = {}
+        fails: dict[str, dict[str, Any]] = {}
+        finished: dict[str, float] = {}
+        for d in frame.graph.deps[node.id]:
+            p = d.source
+            if d.is_ref or p in oks or p in fails:
+                continue
+            r = frame.runs.get(p)
+            if p in st.overrides:
+                oks[p] = st.overrides[p]
+                finished[p] = time.time()
+            elif p in st.absent:
+                continue
+            elif r is not None and r.status == "succeeded" and graph.dep_taken(d, r.status, r.port):
+                oks[p] = r.value()
+                finished[p] = r.finished_at or time.time()
+            elif p in st.failures:
+                fails[p] = st.failures[p]
+            elif r is not None and r.status == "failed":
+                fails[p] = r.error or {"code": errors.NODE_ERROR, "message": "failed"}
+            elif st.timed_out:
+                fails[p] = {
+                    "code": errors.TOTAL_TIMEOUT,
+                    "message": "the section's totalTimeout passed first",
+                }
+        name = run.path
+        if node.mode == "first_success":
+            if oks:
+                winner = min(oks, key=lambda k: finished[k])
+                self._log_line(run)(f"winner: branch '{winner}'")
+                return oks[winner], winner
+            first = next(iter(fails.values()), {})
+            raise errors.NodeError(
+                f"all {len(fails)} branches of merge '{name}' failed; first: "
+                f"{first.get('nodePath', '?')}: {first.get('message')}",
+                first.get("code") or errors.NODE_ERROR,
+                {"errors": _error_list(fails)},
+            )
+        total = len(oks) + len(fails)
+        if st.timed_out and policy.on_timeout == "fail":
+            raise errors.NodeError(
+                f"the section of merge '{name}' passed its totalTimeout ({policy.total_timeout} ms)",
+                errors.TOTAL_TIMEOUT,
+            )
+        collect = policy.on_partial_failure == "collect" or st.timed_out
+        if policy.on_partial_failure == "fail" and fails and not st.timed_out:
+            first = next(iter(fails.values()))
+            details: dict[str, Any] = {"failedCount": len(fails), "total": total}
+            if policy.collect_errors:
+                details["errors"] = _error_list(fails)
+            raise errors.NodeError(
+                f"{len(fails)} of {total} branches of merge '{name}' failed; first: "
+                f"{first.get('nodePath', '?')}: {first.get('message')}",
+                first.get("code") or errors.NODE_ERROR,
+                details,
+            )
+        rate = policy.min_success_rate
+        if rate is not None and total and len(oks) / total < rate:
+            raise errors.NodeError(
+                f"only {len(oks)} of {total} branches of merge '{name}' succeeded "
+                f"({len(oks) / total:.0%}); minSuccessRate is {rate:.0%}",
+                "PARTIAL_FAILURE",
+                {"successCount": len(oks), "failureCount": len(fails)},
+            )
+        if collect:
+            results: dict[str, Any] = {}
+            for d in frame.graph.deps[node.id]:
+                p = d.source
+                if p in oks:
+                    results[p] = {"success": True, "data": oks[p]}
+                elif p in fails:
+                    results[p] = {"success": False, "error": fails[p]}
+            out: dict[str, Any] = {
+                "results": results,
+                "successCount": len(oks),
+                "failureCount": len(fails),
+            }
+            if st.timed_out:
+                out["timedOut"] = True
+            if policy.collect_errors:
+                out["errors"] = _error_list(fails)
+            return out, None
+        value: dict[str, Any] = dict(oks)
+        if policy.collect_errors and fails:
+            value["errors"] = _error_list(fails)
+        return value, None
+
+    def _merge_done(self, run: Run) -> None:
+        frame = run.frame
+        st = self._section_state(frame, run.node.id)
+        st.done = True
+        if st.node.mode == "first_success" and run.port is not None:
+            # The others lost the race: stop them now.
+            losers = st.sec.members - st.sec.branches.get(run.port, frozenset())
+            st.halted = True
+            for p in st.sec.branches:
+                if p != run.port:
+                    st.absent.add(p)
+            self._stop_section(frame, st, losers, "cancelled: another branch succeeded first")
+
+    def _aux_node(self, frame: Frame, nid: str) -> NodeBase | None:
+        node = frame.graph.nodes.get(nid)
+        if node is not None:
+            return node
+        for h in frame.ex.workflow.handlers:
+            if h.id == nid:
+                return h
+        return None
+
+    def _start_aux(self, parent: Run, node: NodeBase, err: dict[str, Any]) -> None:
+        """Run a fallback or goto handler node for ``parent`` with ``error`` in scope."""
+        frame = parent.frame
+        aux = Run(frame.ex, frame, node, f"{parent.path}->{node.id}")
+        aux.parent = parent
+        aux.extra = {"error": err}
+        aux.trace_id = parent.trace_id
+        aux.branch = parent.branch
+        aux.queued_at = time.time()
+        frame.active += 1
+        if isinstance(node, WORKER_TYPES):
+            aux.status = "queued"
+            self._mark(aux)
+            self._enqueue(aux)
+        elif isinstance(node, LoopNode):
+            aux.status = "queued"
+            self._inline_failed(
+                aux,
+                errors.NodeError(
+                    "a loop cannot be a fallback or goto target", errors.VALIDATION_ERROR
+                ),
+            )
+        else:
+            self._run_inline(aux)
+
+    def _aux_done(self, aux: Run) -> None:
+        parent = aux.parent
+        assert parent is not None
+        if parent.terminal:
+            return  # a goto handler: the node had already failed (handled)
+        if aux.status == "succeeded":
+            parent.set_output(aux.value())
+            self._succeeded(parent)
+            return
+        parent.frame.active -= 1
+        err = aux.error or parent.error or {"code": errors.NODE_ERROR, "message": "fallback failed"}
+        self._final_failure(parent, err)
+
     # --- workers ------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
@@ -1521,6 +1979,8 @@ class Supervisor:
         run.finished_at = None
         if not run.frame.started:
             self._item_started(run.frame, run.started_at)
+        if run.frame.graph.sections:
+            self._section_started(run, run.started_at)
         try:
             spec = self._task_spec(run)
         except (expr.ExpressionError, errors.NodeError) as exc:
@@ -1812,6 +2272,12 @@ class Supervisor:
                 continue
             if kind == "total_timeout":
                 self._total_timeout(obj)
+                continue
+            if kind == "section_timeout":
+                self._section_timeout(*obj)
+                continue
+            if kind == "branch_timeout":
+                self._branch_timeout(*obj)
                 continue
             run: Run = obj
             if run.terminal or run.ex.status != "running":

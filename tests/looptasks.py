@@ -43,7 +43,5 @@ def work(
     if index == fail_at:
         raise FatalError(f"item {index} is poisoned")
     t_end = time.time()
-    _mark(
-        mark, phase="end", path=ctx.nodePath, index=index, pid=pid, t_start=t_start, t_end=t_end
-    )
+    _mark(mark, phase="end", path=ctx.nodePath, index=index, pid=pid, t_start=t_start, t_end=t_end)
     return {"index": index, "square": index * index, "pid": pid}

@@ -117,9 +117,7 @@ def kill_daemon(d: Any) -> float:
 def assert_db_sane(db: Path, eid: str) -> None:
     assert query(db, "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
     assert not query(db, "SELECT * FROM queue WHERE execution_id=?", (eid,)), "queue not empty"
-    stale = query(
-        db, "SELECT path FROM attempts WHERE execution_id=? AND status='running'", (eid,)
-    )
+    stale = query(db, "SELECT path FROM attempts WHERE execution_id=? AND status='running'", (eid,))
     assert not stale, f"attempt rows left 'running' after the execution ended: {stale}"
 
 
@@ -169,7 +167,6 @@ KILLS = 3
 SEED = 20240612
 
 
-@pytest.mark.slow
 def test_parallel_loop_survives_repeated_kill9(lwf, db, daemon, tmp_path):
     rng = random.Random(SEED)
     mark = tmp_path / "marks"
@@ -202,15 +199,16 @@ def test_parallel_loop_survives_repeated_kill9(lwf, db, daemon, tmp_path):
     eid = api.submit(lwf(doc), {"items": data}, db=db)
 
     kills: list[tuple[float, set[int], set[int]]] = []  # (t_kill, committed done, running)
-    life_start = 0.0
+    committed = 0
     for _ in range(KILLS):
-        # Let this daemon make some progress, then kill it at a random moment.
+        # Let this daemon commit some items of its own, then kill it at a random moment
+        # (short: three lives must not finish the 120 items).
         wait_until(
-            lambda t=life_start: [m for m in ends(mark) if m["t_start"] > t],
+            lambda n=committed: len(items(db, eid, "succeeded")) > n,
             20,
-            "an item to finish after the (re)start",
+            "an item committed after the (re)start",
         )
-        time.sleep(rng.uniform(0.02, 0.25))
+        time.sleep(rng.uniform(0.0, 0.15))
         assert exec_status(db, eid) == "running", "the execution ended before the kill"
         t_kill = kill_daemon(d)
         rows = items(db, eid)
@@ -218,14 +216,12 @@ def test_parallel_loop_survives_repeated_kill9(lwf, db, daemon, tmp_path):
         running = {r["item_index"] for r in rows if r["status"] == "running"}
         assert len(done) < N_WIDE, "the loop finished before the kill"
         kills.append((t_kill, done, running))
-        life_start = time.time()
+        committed = len(done)
         d = daemon(workers=6)
 
     res = api.wait(eid, db=db, timeout=40)
     assert res["status"] == "succeeded", res
-    assert res["output"] == {
-        "each": [{"i": i, "sq": i * i, "twice": 2 * i} for i in range(N_WIDE)]
-    }
+    assert res["output"] == {"each": [{"i": i, "sq": i * i, "twice": 2 * i} for i in range(N_WIDE)]}
 
     rows = query(
         db, "SELECT path, node_type, status, item_index FROM node_runs WHERE execution_id=?", (eid,)
@@ -244,8 +240,13 @@ def test_parallel_loop_survives_repeated_kill9(lwf, db, daemon, tmp_path):
     assert {m["index"] for m in ends(mark)} == set(range(N_WIDE)), "every item ran to its end"
     assert all(done for _, done, _ in kills), "a kill came before any committed item"
     for t_kill, done, _ in kills:
-        rerun = sorted({m["index"] for m in final_starts if m["index"] in done and m["t_start"] > t_kill})
+        rerun = sorted(
+            {m["index"] for m in final_starts if m["index"] in done and m["t_start"] > t_kill}
+        )
         assert not rerun, f"items committed before the kill at {t_kill} were re-run: {rerun}"
+    # Runs cut short by a kill left no end mark; the complete ones never overlap
+    # more than maxConcurrency, before, across or after the restarts.
+    assert peak_overlap(ends(mark)) <= 6
     interrupted = set().union(*(running for _, _, running in kills))
     assert interrupted, "no kill interrupted a running item"
     recovered = query(
@@ -265,11 +266,14 @@ def test_parallel_loop_survives_repeated_kill9(lwf, db, daemon, tmp_path):
 N_LIMITS = 24
 
 
-def test_loop_limits_hold_after_restart(lwf, db, daemon, tmp_path):
+def limits_run(lwf, db, daemon, tmp_path) -> tuple[list[dict], list[float], float]:
+    """A loop under maxConcurrency 3 and rateLimit 5/s, killed once mid-way and
+    restarted; returns the complete runs and the starts that began after the restart,
+    and the restart time."""
     rng = random.Random(SEED + 2)
     mark = tmp_path / "marks"
     # ~0.42 s per item at concurrency 3 would be ~7 starts/s: the rate limit (5/s)
-    # and the concurrency limit both bind.
+    # binds, and the concurrency limit nearly does.
     data = [{"i": i, "secs": round(rng.uniform(0.25, 0.6), 3)} for i in range(N_LIMITS)]
     doc = {
         "name": "limits-loop",
@@ -292,6 +296,7 @@ def test_loop_limits_hold_after_restart(lwf, db, daemon, tmp_path):
     assert exec_status(db, eid) == "running"
     kill_daemon(d)
     open_at_kill = sorted(r["item_index"] for r in items(db, eid, "running"))
+    assert open_at_kill, "no item was running at the kill"
     t_restart = time.time()
     daemon(workers=5)
     res = api.wait(eid, db=db, timeout=40)
@@ -306,46 +311,59 @@ def test_loop_limits_hold_after_restart(lwf, db, daemon, tmp_path):
     after_starts = sorted(m["t_start"] for m in starts(mark) if m["t_start"] > t_restart)
     assert len(after_starts) >= 8, "the kill came too late to test anything"
     assert len(after_runs) == len(after_starts), "every start after the restart finished"
-    overlap = peak_overlap(after_runs)
-    in_window = max_starts_in_window(after_starts, 1.0)
     rel = [round(t - t_restart, 3) for t in after_starts]
     print(
-        f"\nlimits: open at kill {open_at_kill}, {len(after_starts)} starts after the restart "
-        f"at +{rel}; peak overlap {overlap}, most starts in 1 s {in_window}"
+        f"\nlimits: items open at the kill {open_at_kill}; {len(after_starts)} starts after "
+        f"the restart, at +{rel} s; peak overlap {peak_overlap(after_runs)}, most starts "
+        f"in 1 s {max_starts_in_window(after_starts, 1.0)}"
     )
+    return after_runs, after_starts, t_restart
+
+
+def test_loop_max_concurrency_holds_after_restart(lwf, db, daemon, tmp_path):
+    after_runs, _, _ = limits_run(lwf, db, daemon, tmp_path)
+    overlap = peak_overlap(after_runs)
     assert overlap <= 3, f"{overlap} items ran at once after the restart (maxConcurrency 3)"
-    assert in_window <= 5, f"{in_window} starts in one second after the restart: {rel}"
+    assert overlap >= 2, "the limits were never tested: items did not overlap"
+
+
+@pytest.mark.xfail(
+    reason="BUG: a loop's rateLimit is not applied to the items restored at restart: "
+    "Supervisor._new_item_frame sets frame.gated = False when restoring, so the items "
+    "that were open at the kill re-run at once, outside the limiter, and the new "
+    "RateLimiter (in memory, empty after the restart) then allows a full 'rate' of "
+    "new starts in the same second",
+    strict=True,
+)
+def test_loop_rate_limit_holds_after_restart(lwf, db, daemon, tmp_path):
+    _, after_starts, t_restart = limits_run(lwf, db, daemon, tmp_path)
+    in_window = max_starts_in_window(after_starts, 1.0)
+    rel = [round(t - t_restart, 3) for t in after_starts]
+    assert in_window <= 5, f"{in_window} starts in one second after the restart: +{rel} s"
 
 
 # --- 3. batches and their delay across a restart -------------------------------------------
+#
+# What the code does at a restart (read from supervisor.py): the delay between batches
+# is an in-memory timer only. Supervisor._open_items arms a 'batch' timer when a batch
+# is over and writes nothing; at restart Supervisor._restore_loop recomputes
+# ``batch_end`` as the end of the batch holding the first unstarted item (here batch 1)
+# and arms no timer at all, so the restarted daemon opens batch 1 at once. The delay is
+# neither kept (due = batch 0's end + delay) nor re-armed from the restart. With
+# delayBetweenBatches 500 the daemon's own start-up (0.4-0.8 s here) plus the time to
+# notice batch 0's commit and kill usually hides that, so a 500 ms test passes or fails
+# by chance (both seen: gaps of 0.82 s and 0.44 s). 3000 ms cannot be hidden that way.
 
 N_BATCH = 12
 BATCH = 4
+DELAY_MS = 3000
 
 
-@pytest.mark.parametrize(
-    "delay_ms",
-    [
-        500,
-        pytest.param(
-            3000,
-            marks=pytest.mark.xfail(
-                reason="BUG: the delay between batches is not durable: Supervisor."
-                "_restore_loop sets batch_end to the end of the batch after the last "
-                "finished one and arms no 'batch' timer, so the next batch starts at "
-                "restart, before the previous batch's end + delayBetweenBatches",
-                strict=True,
-            ),
-        ),
-    ],
-)
-def test_batch_delay_holds_across_restart(lwf, db, daemon, tmp_path, delay_ms):
-    """Kill -9 during the delay after batch 0, restart. The batch timer is in memory
-    only (Supervisor._open_items arms a 'batch' timer; nothing is written), and
-    _restore_loop recomputes batch_end past the finished batch without re-arming a
-    delay: batch 1 is opened at once by the restarted daemon. With 500 ms the restart
-    itself usually takes longer than the delay, so only the 3000 ms case, where it
-    cannot hide the missing timer, shows it."""
+def batch_run(lwf, db, daemon, tmp_path) -> tuple[list[float], float, float]:
+    """batchSize 4, 12 items; kill -9 in the delay after batch 0 (all four of its items
+    committed succeeded, none of batch 1 started), restart, wait for the end. Returns
+    the gaps between batches (first start of batch b - last end of batch b-1), the
+    kill time and the restart time."""
     mark = tmp_path / "marks"
     doc = {
         "name": "batch-loop",
@@ -357,38 +375,61 @@ def test_batch_delay_holds_across_restart(lwf, db, daemon, tmp_path, delay_ms):
                 count=N_BATCH,
                 parallel=True,
                 batchSize=BATCH,
-                delayBetweenBatches=delay_ms,
+                delayBetweenBatches=DELAY_MS,
             )
         ],
     }
     d = daemon(workers=4)
     eid = api.submit(lwf(doc), db=db)
-    wait_until(
-        lambda: len(items(db, eid, "succeeded")) >= BATCH, 20, "batch 0 committed succeeded"
-    )
+    wait_until(lambda: len(items(db, eid, "succeeded")) >= BATCH, 20, "batch 0 committed succeeded")
     t_kill = kill_daemon(d)
     at_kill = items(db, eid)
     assert sorted((r["item_index"], r["status"]) for r in at_kill) == [
         (i, "succeeded") for i in range(BATCH)
     ], "the kill must fall in the delay after batch 0"
+    t_restart = time.time()
     daemon(workers=4)
     res = api.wait(eid, db=db, timeout=40)
 
     assert res["status"] == "succeeded", res
     assert [r["index"] for r in res["output"]["each"]] == list(range(N_BATCH))
+    assert {r["item_index"] for r in items(db, eid, "succeeded")} == set(range(N_BATCH))
     assert_db_sane(db, eid)
     done = {m["index"]: m for m in ends(mark)}
     assert sorted(done) == list(range(N_BATCH))
     assert len(starts(mark)) == N_BATCH, "no item ran twice"
-    delay = delay_ms / 1000.0
+    batch0_end = max(done[i]["t_end"] for i in range(BATCH))
     gaps = []
     for b in range(1, N_BATCH // BATCH):
         prev_end = max(done[i]["t_end"] for i in range((b - 1) * BATCH, b * BATCH))
         first = min(done[i]["t_start"] for i in range(b * BATCH, (b + 1) * BATCH))
         gaps.append(round(first - prev_end, 3))
-    print(f"\nbatches ({delay_ms} ms): gaps {gaps}; killed {t_kill - prev_end:.3f} s before")
-    assert min(done[i]["t_start"] for i in range(BATCH, 2 * BATCH)) > t_kill
-    assert all(g >= delay for g in gaps), f"gaps between batches {gaps} < {delay} s"
+    print(
+        f"\nbatches ({DELAY_MS} ms): gaps between batches {gaps} s; killed "
+        f"{t_kill - batch0_end:.3f} s after batch 0 ended, restarted "
+        f"{t_restart - batch0_end:.3f} s after"
+    )
+    return gaps, t_kill, t_restart
+
+
+def test_batches_resume_after_restart(lwf, db, daemon, tmp_path):
+    """Everything but the delay that spans the restart (see the next test)."""
+    gaps, _, _ = batch_run(lwf, db, daemon, tmp_path)
+    assert gaps[0] > 0, "batch 1 started before batch 0 ended"
+    assert gaps[1] >= DELAY_MS / 1000, f"the delay after batch 1 (no restart) {gaps}"
+
+
+@pytest.mark.xfail(
+    reason="BUG: the delay between batches is not durable: Supervisor._restore_loop sets "
+    "batch_end past the finished batch and arms no 'batch' timer, so the restarted "
+    "daemon starts the next batch at once, before the previous batch's end + "
+    "delayBetweenBatches",
+    strict=True,
+)
+def test_batch_delay_holds_across_restart(lwf, db, daemon, tmp_path):
+    gaps, _, _ = batch_run(lwf, db, daemon, tmp_path)
+    delay = DELAY_MS / 1000
+    assert gaps[0] >= delay, f"batch 1 started {gaps[0]} s after batch 0 ended (delay {delay})"
     assert gaps[0] <= delay + 10, "batch 1 was held back far too long"
 
 
@@ -509,10 +550,7 @@ def test_sequential_loop_fail_fast_across_restart(lwf, db, daemon, tmp_path):
     assert [m["index"] for m in ran] == [0, 1, 2, 2, 3], ran
     assert ran[3]["t_start"] > t_kill
     assert not [m for m in ran if m["index"] >= 4], "item 4 started after item 3 failed"
-    rows = {
-        r["path"]: r
-        for r in query(db, "SELECT * FROM node_runs WHERE execution_id=?", (eid,))
-    }
+    rows = {r["path"]: r for r in query(db, "SELECT * FROM node_runs WHERE execution_id=?", (eid,))}
     st = {p: r["status"] for p, r in rows.items()}
     assert st["each"] == "failed"
     assert [st.get(f"each[{i}]") for i in range(4)] == [
