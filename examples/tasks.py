@@ -62,3 +62,12 @@ def process_order(order: dict, ctx=None) -> dict:
 def reject_order(order: dict, inventory: dict, payment: dict, shipping: dict) -> dict:
     failed = [c["check"] for c in (inventory, payment, shipping) if not c["ok"]]
     return {"orderId": order["id"], "status": "rejected", "failedChecks": failed}
+
+
+def prepare_release(version: str) -> dict:
+    time.sleep(0.3)
+    return {"version": version, "artifacts": [f"app-{version}.tar.gz"]}
+
+
+def release(plan: dict, approver: str | None = None) -> dict:
+    return {"released": True, "version": plan["version"], "approvedBy": approver}

@@ -399,6 +399,8 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
     click.echo(f"workflow   {row['workflow']}")
     click.echo(f"status     {row['status']}")
     click.echo(f"trace      {row['trace_id']}")
+    if row["priority"]:
+        click.echo(f"priority   {row['priority']}")
     click.echo(
         f"started    {_fmt_time(row['started_at'])}   finished {_fmt_time(row['finished_at'])}   ({_duration(row)} s)"
     )
@@ -579,6 +581,116 @@ def queue(ctx: Ctx) -> None:
     click.echo(f"{'STATE':<12} {'PRIORITY':>8} {'TASKS':>8}")
     for r in rows:
         click.echo(f"{r['status']:<12} {r['priority']:>8} {r['tasks']:>8}")
+
+
+def _send_signal(
+    ctx: Ctx, execution: str, type_: str, reason: str | None, data_text: str | None, wait: float
+) -> None:
+    """Write a signal row; refuse at once what the supervisor would refuse; report
+    the outcome once a supervisor applied it (SPEC §8)."""
+    from fm_local import signals as sigs
+    from fm_local.lock import is_served
+    from fm_local.model import Workflow
+
+    data = _load_json_option(data_text, None, "data")
+    row = _execution(ctx, execution)
+    eid = row["id"]
+    if row["status"] in TERMINAL:
+        raise FmError(
+            f"execution {eid} is already {row['status']}: signal '{type_}' refused", EXIT_FAILED
+        )
+    store = ctx.store()
+    wrow = store.get_workflow(row["workflow_id"])
+    workflow = Workflow.model_validate(json.loads(wrow["document"]))
+    why = sigs.refusal(workflow, type_)
+    if why is not None:
+        raise FmError(f"execution {eid}: {why}", errors.EXIT_USAGE)
+    sid = store.add_signal(eid, type_, reason, data)
+    if not is_served(ctx.db):
+        msg = f"signal {sid} ({type_}) queued for execution {eid}; it is applied when a supervisor serves {ctx.db}"
+        _say(
+            ctx,
+            {"id": sid, "execution": eid, "type": type_, "status": "pending", "outcome": None},
+            msg,
+        )
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        sig = store.get_signal(sid)
+        if sig["status"] != "pending" or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    out = {
+        "id": sid,
+        "execution": eid,
+        "type": type_,
+        "status": sig["status"],
+        "outcome": sig["outcome"],
+    }
+    if sig["status"] == "refused":
+        if ctx.json:
+            _emit_json(out)
+        raise FmError(f"signal '{type_}' refused: {sig['outcome']}", EXIT_FAILED)
+    if sig["status"] == "pending":
+        _say(ctx, out, f"signal {sid} ({type_}) sent; not applied yet")
+    else:
+        _say(ctx, out, f"execution {eid}: {sig['outcome']}")
+
+
+def _say(ctx: Ctx, value: Any, line: str) -> None:
+    if ctx.json:
+        _emit_json(value)
+    else:
+        click.echo(line)
+
+
+SIGNAL_OPTIONS = [
+    click.option("--reason", help="Why (recorded with the signal)."),
+    click.option("--data", "data_text", help="Signal data as JSON (e.g. for resume)."),
+    click.option(
+        "--wait",
+        type=float,
+        default=10.0,
+        show_default=True,
+        help="Seconds to wait for the outcome.",
+    ),
+]
+
+
+def signal_options(f: Any) -> Any:
+    for opt in reversed(SIGNAL_OPTIONS):
+        f = opt(f)
+    return f
+
+
+@cli.command(name="signal")
+@click.argument("execution")
+@click.argument("type_", metavar="TYPE")
+@signal_options
+@json_option
+@pass_ctx
+def signal_cmd(
+    ctx: Ctx, execution: str, type_: str, reason: str | None, data_text: str | None, wait: float
+) -> None:
+    """Send a signal (pause, resume, cancel, or a type the workflow handles)."""
+    _send_signal(ctx, execution, type_, reason, data_text, wait)
+
+
+def _shorthand(type_: str, doc: str) -> None:
+    @cli.command(name=type_, help=doc)
+    @click.argument("execution")
+    @signal_options
+    @json_option
+    @pass_ctx
+    def cmd(
+        ctx: Ctx, execution: str, reason: str | None, data_text: str | None, wait: float
+    ) -> None:
+        _send_signal(ctx, execution, type_, reason, data_text, wait)
+
+
+_shorthand("pause", "Pause an execution: nothing new starts; running nodes finish.")
+_shorthand("resume", "Resume a paused execution (--data is readable as signals.resume.data).")
+_shorthand("cancel", "Cancel an execution: running nodes are stopped, nothing new starts.")
 
 
 @cli.command()

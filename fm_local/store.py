@@ -126,7 +126,8 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','applied','refused')),
         applied_at REAL,
-        outcome TEXT
+        outcome TEXT,
+        result TEXT
     );
     CREATE INDEX signals_pending ON signals(status, id);
     CREATE TABLE events (
@@ -255,7 +256,7 @@ class Batch:
     node_runs: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     attempts: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
     queue: dict[tuple[str, str], tuple[Any, ...] | None] = field(default_factory=dict)
-    signals: list[tuple[str, str | None, float, int]] = field(default_factory=list)
+    signals: list[tuple[str, str | None, float, str | None, int]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     logs: list[tuple[Any, ...]] = field(default_factory=list)
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
@@ -669,6 +670,15 @@ class Store:
         )
         return [r for r in rows if r["id"] not in known]
 
+    def applied_signals(self, execution_id: str) -> list[dict[str, Any]]:
+        return self._all(
+            "SELECT * FROM signals WHERE execution_id=? AND status='applied' ORDER BY id",
+            (execution_id,),
+        )
+
+    def signals_of(self, execution_id: str) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM signals WHERE execution_id=? ORDER BY id", (execution_id,))
+
     def pending_signals(self, after_id: int) -> list[dict[str, Any]]:
         return self._all(
             "SELECT * FROM signals WHERE status='pending' AND id>? ORDER BY id", (after_id,)
@@ -692,7 +702,8 @@ class Store:
                     c.executemany(_QUEUE_UPSERT, upserts)
             if b.signals:
                 c.executemany(
-                    "UPDATE signals SET status=?, outcome=?, applied_at=? WHERE id=?", b.signals
+                    "UPDATE signals SET status=?, outcome=?, applied_at=?, result=? WHERE id=?",
+                    b.signals,
                 )
             if b.events:
                 c.executemany(

@@ -19,6 +19,7 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fm_local import errors, expr, graph, retries
+from fm_local import signals as sigs
 from fm_local.graph import CompiledGraph
 from fm_local.limits import Pool, RateLimiter, rate_spec
 from fm_local.lock import SupervisorLock
@@ -44,6 +46,7 @@ from fm_local.model import (
     ShellNode,
     SwitchNode,
     TransformNode,
+    WaitNode,
     Workflow,
 )
 from fm_local.nodes import condition, delay, loop, merge, output, switch, transform
@@ -148,6 +151,7 @@ class Run:
         "parent",
         "extra",
         "fell_back",
+        "aux_kind",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -184,6 +188,7 @@ class Run:
         self.parent: Run | None = None  # the failed node this fallback/handler serves
         self.extra: dict[str, Any] | None = None  # scope additions (error, signal)
         self.fell_back = False  # its fallback node already ran
+        self.aux_kind: str | None = None  # fallback, goto, compensate, handler
 
     def value(self) -> Any:
         if self._value is _UNSET:
@@ -268,7 +273,7 @@ class Frame:
             if f.halted:
                 return True
             f = f.parent
-        return self.ex.status != "running"
+        return self.ex.status not in ("running", "paused")
 
 
 class LoopState:
@@ -414,6 +419,12 @@ class Exec:
         self.ready: deque[Run] = deque()
         self.max_concurrency = workflow.settings.max_concurrency
         self.default_retry = workflow.settings.retry
+        self.cancel_error: dict[str, Any] | None = None  # set by a cancel signal
+        self.deferred_work: list[tuple[Frame, str]] = []  # held while paused
+        self.deferred_loops: list[LoopState] = []
+        self.waits: dict[str, list[Run]] = {}  # signal type -> waiting wait nodes
+        self.unconsumed: dict[str, Any] = {}  # signal data no wait node took yet
+        self.compensations: deque[Run] = deque()
 
 
 class Supervisor:
@@ -616,6 +627,7 @@ class Supervisor:
                 self._start_execution(ex)
                 continue
             self._event(ex, None, "recovered", None)
+            self._rebuild_signal_scope(ex)
             self._restore_frame(ex.top)
             self._settle()
         self.last_poll = time.monotonic()
@@ -661,6 +673,8 @@ class Supervisor:
                 loops.append(run)
             elif isinstance(node, DelayNode) and run.status == "running":
                 self._timer(run.next_attempt_at or now, "delay", run)
+            elif isinstance(node, WaitNode) and run.status == "running":
+                self._start_wait(run, restoring=True)
             elif run.status == "running":
                 # The supervisor died while this node ran: an infrastructure
                 # interruption, re-run without spending an attempt.
@@ -791,6 +805,7 @@ class Supervisor:
             ex = self._admit(row)
             if ex is not None:
                 self._start_execution(ex)
+        self._poll_signals()
 
     def _start_execution(self, ex: Exec) -> None:
         now = time.time()
@@ -814,6 +829,9 @@ class Supervisor:
     def _consider(self, frame: Frame, nid: str) -> None:
         """Start or skip ``nid`` if all its dependencies are finished."""
         if nid in frame.runs or frame.done or frame.stopped():
+            return
+        if frame.ex.status == "paused":
+            frame.ex.deferred_work.append((frame, nid))
             return
         runs = frame.runs
         g = frame.graph
@@ -898,6 +916,9 @@ class Supervisor:
             self._item_started(run.frame, now)
         if run.frame.graph.sections:
             self._section_started(run, now)
+        if isinstance(node, WaitNode):
+            self._start_wait(run)
+            return
         if isinstance(node, DelayNode):
             try:
                 ms = delay.duration_ms(node, self._scope(run))
@@ -924,7 +945,7 @@ class Supervisor:
             elif isinstance(node, OutputNode):
                 value, port = output.evaluate(node, scope, logger)
             elif isinstance(node, MergeNode):
-                if node.id in run.frame.graph.sections and run.parent is None:
+                if node.id in run.frame.graph.sections and run.aux_kind is None:
                     value, port = self._merge_value(run)
                 else:
                     value, port = merge.automatic(self._predecessor_outputs(run))
@@ -1023,13 +1044,13 @@ class Supervisor:
             self._mark(run)
             self._resolved(run)
             return
-        if run.parent is None and not run.fell_back and not frame.stopped():
+        if run.aux_kind is None and not run.fell_back and not frame.stopped():
             if node.error_strategy == "fallback" and node.fallback_node_id:
                 target = self._aux_node(frame, node.fallback_node_id)
                 if target is not None:
                     run.fell_back = True
                     frame.active += 1  # the node waits for its fallback
-                    self._start_aux(run, target, err)
+                    self._start_aux(run, target, {"error": err}, "fallback")
                     return
             if (
                 node.error_strategy == "goto"
@@ -1041,7 +1062,7 @@ class Supervisor:
                     run.status = "failed"
                     run.handled = True
                     self._mark(run)
-                    self._start_aux(run, target, err)
+                    self._start_aux(run, target, {"error": err}, "goto")
                     self._resolved(run)
                     return
         run.status = "failed"
@@ -1053,14 +1074,14 @@ class Supervisor:
         )
         contained = False
         owner = g.section_owner.get(node.id)
-        if owner is not None and not has_error_edge and run.parent is None:
+        if owner is not None and not has_error_edge and run.aux_kind is None:
             st = self._section_state(frame, owner)
             if st.contains():
                 contained = True
                 self._section_failure(frame, st, node.id, err)
         run.handled = has_error_edge or contained
         self._mark(run)
-        if not run.handled and run.parent is None and frame.failure is None:
+        if not run.handled and run.aux_kind is None and frame.failure is None:
             frame.failure = _failure_of(run)
             self._halt(frame)
         self._resolved(run)
@@ -1117,7 +1138,7 @@ class Supervisor:
     def _resolved(self, run: Run) -> None:
         """``run`` reached a terminal status: wake its dependents, check its frame."""
         frame = run.frame
-        if run.parent is not None:
+        if run.aux_kind is not None:
             self._aux_done(run)
             self.frames_to_check.append(frame)
             return
@@ -1143,7 +1164,9 @@ class Supervisor:
         if ex.status != "running":
             return
         top = ex.top
-        if top.failure is not None:
+        if ex.cancel_error is not None:
+            self._finish_execution(ex, "cancelled", None, ex.cancel_error)
+        elif top.failure is not None:
             self._finish_execution(ex, "failed", None, top.failure)
         else:
             self._finish_execution(ex, "succeeded", self._execution_output(ex), None)
@@ -1330,6 +1353,9 @@ class Supervisor:
         if ls.stopped or run.frame.stopped():
             self._loop_check(ls)
             return
+        if run.ex.status == "paused":
+            run.ex.deferred_loops.append(ls)
+            return
         now = time.time()
         while len(ls.open) < ls.window and ls.next_index < ls.n:
             i = ls.next_index
@@ -1435,6 +1461,9 @@ class Supervisor:
         run = ls.run
         if run.terminal:
             return
+        if run.frame.stopped() and not ls.timed_out and not all(ls.started):
+            self._cancel_run(run, "stopped before all its items ran")
+            return
         self.flush()  # the item records are what the output is assembled from
         assert self.store is not None
         text, ok, err = loop.assemble(
@@ -1482,6 +1511,10 @@ class Supervisor:
         for _, _, kind, obj in self.timers:
             if kind in ("retry", "delay") and obj.frame.within(f) and not obj.terminal:
                 self._cancel_run(obj, reason, status)
+        for waiting in list(ex.waits.values()):
+            for w in [w for w in waiting if w.frame.within(f)]:
+                waiting.remove(w)
+                self._cancel_run(w, reason, status)
         self._recheck_up(f)
 
     def _item_timed_out(self, f: Frame) -> None:
@@ -1525,6 +1558,263 @@ class Supervisor:
                 }
             self._stop_frame(f, "cancelled", "cancelled: the loop's totalTimeout passed")
         self._loop_check(ls)
+
+    # --- signals (SPEC §8) --------------------------------------------------------------
+
+    def _poll_signals(self) -> None:
+        assert self.store is not None
+        for row in self.store.pending_signals(0):
+            if self.only_execution and row["execution_id"] != self.only_execution:
+                continue
+            ex = self.execs.get(row["execution_id"])
+            try:
+                self._apply_signal(row, ex)
+            except Exception as exc:  # noqa: BLE001 - a bad signal must not stop the daemon
+                log.exception("signal %s: internal error", row["id"])
+                self.batch.signals.append(
+                    (
+                        "refused",
+                        f"internal error: {type(exc).__name__}: {exc}",
+                        time.time(),
+                        None,
+                        row["id"],
+                    )
+                )
+            self._settle()
+        # Applied signals are acknowledged only once committed.
+        if self.batch.signals:
+            self.flush()
+
+    def _refuse(self, row: dict[str, Any], why: str) -> None:
+        self.batch.signals.append(("refused", why, time.time(), None, row["id"]))
+
+    def _apply_signal(self, row: dict[str, Any], ex: Exec | None) -> None:
+        assert self.store is not None
+        sid, eid, typ = row["id"], row["execution_id"], row["type"]
+        if ex is None:
+            st = self.store.get_execution(eid)
+            if st is None:
+                self._refuse(row, f"no execution '{eid}'")
+            elif st["status"] in ("succeeded", "failed", "cancelled", "timed_out"):
+                self._refuse(row, f"execution {eid} is already {st['status']}")
+            return  # queued, not admitted yet: it waits for the next poll
+        why = sigs.refusal(ex.workflow, typ)
+        if why is not None:
+            self._refuse(row, why)
+            return
+        data = loads(row["data"])
+        now = time.time()
+        ex.signal_scope[typ] = {
+            "data": data,
+            "reason": row["reason"],
+            "receivedAt": int(row["created_at"] * 1000),
+            "result": None,
+        }
+        handler = sigs.handler_for(ex.workflow, typ)
+        outcome: list[str] = []
+        waiting = ex.waits.pop(typ, [])
+        for w in waiting:
+            self._complete_wait(w, data)
+            outcome.append(f"completed wait node '{w.path}'")
+        if handler is None:
+            if not waiting:
+                ex.unconsumed[typ] = data
+                outcome.append("kept for the wait node that will ask for it")
+        elif handler.action == "pause":
+            outcome.append(self._pause(ex, handler.cleanup))
+        elif handler.action == "resume":
+            outcome.append(self._resume(ex))
+        elif handler.action == "cancel":
+            outcome.append(self._cancel(ex, handler, row))
+        elif handler.action == "set_priority":
+            prio = data.get("priority") if isinstance(data, dict) else data
+            if isinstance(prio, bool) or not isinstance(prio, int):
+                self._refuse(row, 'set_priority needs data {"priority": <integer>}')
+                return
+            ex.priority = prio
+            self._mark_exec(ex)
+            outcome.append(f"priority set to {prio}")
+        elif handler.action == "custom":
+            node = sigs.handler_node(ex.workflow, handler)
+            if node is None:
+                self._refuse(row, f"handler '{handler.handler}' is not in the workflow's handlers")
+                return
+            sig = {"id": sid, "type": typ, "data": data, "reason": row["reason"]}
+            self._start_aux(
+                None,
+                node,
+                {"signal": sig},
+                "handler",
+                frame=ex.top,
+                path=f"signal:{typ}#{sid}->{node.id}",
+            )
+            outcome.append(f"handler '{node.id}' started")
+        self.batch.signals.append(("applied", "; ".join(outcome) or "applied", now, None, sid))
+        self._event(ex, None, f"signal:{typ}", {"signal": sid, "outcome": outcome})
+
+    def _rebuild_signal_scope(self, ex: Exec) -> None:
+        """After a restart: ``signals.<type>`` from the signals already applied."""
+        assert self.store is not None
+        for row in self.store.applied_signals(ex.id):
+            ex.signal_scope[row["type"]] = {
+                "data": loads(row["data"]),
+                "reason": row["reason"],
+                "receivedAt": int(row["created_at"] * 1000),
+                "result": loads(row["result"]) if row.get("result") else None,
+            }
+
+    def _pause(self, ex: Exec, cleanup: bool) -> str:
+        if ex.status == "paused":
+            return "already paused"
+        ex.status = "paused"
+        self._mark_exec(ex)
+        if cleanup:
+            n = self._interrupt_tasks(lambda r: r.ex is ex)
+            return f"paused; {n} running nodes stopped, to run again on resume"
+        return "paused; running nodes finish, nothing new starts"
+
+    def _resume(self, ex: Exec) -> str:
+        if ex.status != "paused":
+            return f"not paused ({ex.status})"
+        ex.status = "running"
+        self._mark_exec(ex)
+        self.work.extend(ex.deferred_work)
+        self.loops_to_open.extend(ex.deferred_loops)
+        ex.deferred_work = []
+        ex.deferred_loops = []
+        if ex.ready and ex.id not in self.rr:
+            self.rr.append(ex.id)
+        return "resumed"
+
+    def _interrupt_tasks(self, pred: Callable[[Run], bool]) -> int:
+        """Stop the workers running selected tasks; the tasks go back to the queue
+        without spending an attempt (pause with cleanup)."""
+        pool = self.pool
+        assert pool is not None
+        count = 0
+        for slot in list(pool.slots):
+            if not any(
+                (r := self.tasks.get(t["id"])) is not None and pred(r) for t in slot.inflight
+            ):
+                continue
+            for i, r in enumerate(self._take_back(pool.stop_slot(slot))):
+                if r.terminal:
+                    continue
+                if i == 0 and pred(r):
+                    count += 1
+                    r.finished_at = time.time()
+                    self._attempt_row(r, "interrupted", None)
+                self._requeue(r)
+        return count
+
+    def _cancel(self, ex: Exec, handler: Any, row: dict[str, Any]) -> str:
+        reason = row["reason"]
+        ex.cancel_error = {
+            "code": errors.CANCELLED,
+            "message": "cancelled" + (f": {reason}" if reason else " by a signal"),
+        }
+        if ex.status == "paused":
+            ex.status = "running"
+            ex.deferred_work = []
+            ex.deferred_loops = []
+        top = ex.top
+        top.failure = top.failure or ex.cancel_error
+        done = [
+            r
+            for r in top.runs.values()
+            if r.status == "succeeded" and r.node.compensate is not None
+        ]
+        self._stop_frame(top, "cancelled", "stopped: the execution was cancelled")
+        notes = []
+        for who in handler.notify:
+            self.batch.notifications.append(
+                (ex.id, row["id"], who, ex.cancel_error["message"], time.time())
+            )
+            self._notify(ex, who, ex.cancel_error["message"])
+        if handler.notify:
+            notes.append(f"{len(handler.notify)} notifications")
+        if handler.rollback and done:
+            done.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
+            ex.compensations = deque(done)
+            self._next_compensation(ex)
+            notes.append(f"compensating {len(done)} nodes, newest first")
+        self.frames_to_check.append(top)
+        return "cancelled" + (f" ({', '.join(notes)})" if notes else "")
+
+    def _next_compensation(self, ex: Exec) -> None:
+        """Run the next compensation of a cancelled execution (one at a time)."""
+        while ex.compensations:
+            run = ex.compensations.popleft()
+            node = run.node.compensate
+            if node is None:
+                continue
+            extra = {
+                "compensated": {"nodeId": run.node.id, "path": run.path, "output": run.value()}
+            }
+            self._start_aux(run, node, extra, "compensate", path=f"{run.path}->compensate")
+            return
+
+    def _notify(self, ex: Exec, recipient: str, message: str) -> None:
+        cmd = ex.workflow.settings.notify_command
+        if not cmd:
+            return
+        import subprocess
+
+        env = dict(
+            os.environ,
+            FM_EXECUTION_ID=ex.id,
+            FM_WORKFLOW=ex.workflow.name,
+            FM_RECIPIENT=recipient,
+            FM_MESSAGE=message,
+        )
+        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        try:
+            subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ex.folder,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("execution %s: notifyCommand failed: %s", ex.id, exc)
+
+    def _start_wait(self, run: Run, restoring: bool = False) -> None:
+        node = run.node
+        assert isinstance(node, WaitNode)
+        ex = run.ex
+        if not restoring:
+            run.status = "running"
+            self._mark(run)
+            self._attempt_row(run, "running", None)
+        if node.signal in ex.unconsumed:
+            self._complete_wait(run, ex.unconsumed.pop(node.signal))
+            return
+        ex.waits.setdefault(node.signal, []).append(run)
+        if node.timeout:
+            self._timer(
+                (run.started_at or time.time()) + node.timeout / 1000.0, "wait_timeout", run
+            )
+
+    def _complete_wait(self, run: Run, data: Any) -> None:
+        if run.terminal:
+            return
+        run.set_output(data)
+        run.finished_at = time.time()
+        self._attempt_row(run, "succeeded", None)
+        self._succeeded(run)
+
+    def _wait_timed_out(self, run: Run) -> None:
+        if run.terminal:
+            return
+        ex = run.ex
+        waiting = ex.waits.get(run.node.signal, [])  # type: ignore[attr-defined]
+        if run in waiting:
+            waiting.remove(run)
+        run.finished_at = time.time()
+        self._timed_out(run)
 
     # --- merges: sections, first success, fallbacks ------------------------------------
 
@@ -1607,7 +1897,7 @@ class Supervisor:
                 return None
             nid = f.loop.run.node.id
             f = f.loop.run.frame
-        return None if run.parent is not None else nid
+        return None if run.aux_kind is not None else nid
 
     def _stop_section(
         self, frame: Frame, st: SectionState, targets: frozenset[str] | set[str], reason: str
@@ -1794,14 +2084,27 @@ class Supervisor:
                 return h
         return None
 
-    def _start_aux(self, parent: Run, node: NodeBase, err: dict[str, Any]) -> None:
-        """Run a fallback or goto handler node for ``parent`` with ``error`` in scope."""
-        frame = parent.frame
-        aux = Run(frame.ex, frame, node, f"{parent.path}->{node.id}")
+    def _start_aux(
+        self,
+        parent: Run | None,
+        node: NodeBase,
+        extra: dict[str, Any],
+        kind: str,
+        frame: Frame | None = None,
+        path: str | None = None,
+    ) -> Run:
+        """Run a node outside the graph: a fallback or goto target (``error`` in
+        scope), a compensation, or a signal handler (``signal`` in scope)."""
+        if frame is None:
+            assert parent is not None
+            frame = parent.frame
+        aux = Run(frame.ex, frame, node, path or f"{parent.path if parent else ''}->{node.id}")
         aux.parent = parent
-        aux.extra = {"error": err}
-        aux.trace_id = parent.trace_id
-        aux.branch = parent.branch
+        aux.aux_kind = kind
+        aux.extra = extra
+        if parent is not None:
+            aux.trace_id = parent.trace_id
+            aux.branch = parent.branch
         aux.queued_at = time.time()
         frame.active += 1
         if isinstance(node, WORKER_TYPES):
@@ -1818,8 +2121,31 @@ class Supervisor:
             )
         else:
             self._run_inline(aux)
+        return aux
 
     def _aux_done(self, aux: Run) -> None:
+        kind = aux.aux_kind
+        ex = aux.ex
+        if kind == "handler":
+            sig = (aux.extra or {}).get("signal") or {}
+            entry = ex.signal_scope.get(str(sig.get("type")))
+            if entry is not None:
+                entry["result"] = aux.value() if aux.status == "succeeded" else None
+                if sig.get("id"):
+                    result = entry["result"] if aux.status == "succeeded" else {"error": aux.error}
+                    self.batch.signals.append(
+                        (
+                            "applied",
+                            f"handler '{aux.node.id}' {aux.status}",
+                            time.time(),
+                            dumps(result),
+                            sig["id"],
+                        )
+                    )
+            return
+        if kind == "compensate":
+            self._next_compensation(ex)
+            return
         parent = aux.parent
         assert parent is not None
         if parent.terminal:
@@ -2279,8 +2605,11 @@ class Supervisor:
             if kind == "branch_timeout":
                 self._branch_timeout(*obj)
                 continue
+            if kind == "wait_timeout":
+                self._wait_timed_out(obj)
+                continue
             run: Run = obj
-            if run.terminal or run.ex.status != "running":
+            if run.terminal or run.ex.status not in ("running", "paused"):
                 continue
             if kind == "retry" and run.status == "retry_wait":
                 run.status = "queued"
