@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -98,8 +99,17 @@ def _exit_for(status: str) -> int:
 
 
 def _wait_for(ctx: Ctx, eid: str, timeout: float | None = None) -> dict[str, Any]:
+    from fm_local.lock import is_served
+
     store = ctx.store()
     delay = 0.01
+    row = store.get_execution(eid)
+    if row is not None and row["status"] not in TERMINAL and not is_served(ctx.db):
+        click.echo(
+            f"note: no supervisor serves {ctx.db}; execution {eid} waits until one does "
+            "(start one with: fm daemon)",
+            err=True,
+        )
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         row = store.get_execution(eid)
@@ -250,16 +260,46 @@ def run(
     "--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file."
 )
 @click.option("--priority", type=int, default=0, help="Execution priority (higher first).")
+@click.option(
+    "--wait-for-room",
+    is_flag=True,
+    help="When settings.queue.maxSize executions are already queued, wait instead of failing.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="With --wait-for-room: give up after this many seconds.",
+)
 @pass_ctx
 def submit(
-    ctx: Ctx, file: str, input_text: str | None, input_file: str | None, priority: int
+    ctx: Ctx,
+    file: str,
+    input_text: str | None,
+    input_file: str | None,
+    priority: int,
+    wait_for_room: bool,
+    timeout: float | None,
 ) -> None:
     """Queue an execution; prints its id."""
+    from fm_local.errors import QueueFull
+
     input_value = _load_json_option(input_text, input_file, "input")
     if input_value is None:
         input_value = {}
     loaded, wid = _prepare(ctx, file, input_value)
-    eid = ctx.store().create_execution(wid, loaded.workflow.name, input_value, priority=priority)
+    max_queued = loaded.workflow.settings.queue.max_size
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            eid = ctx.store().create_execution(
+                wid, loaded.workflow.name, input_value, priority=priority, max_queued=max_queued
+            )
+            break
+        except QueueFull:
+            if not wait_for_room or (deadline is not None and time.monotonic() > deadline):
+                raise
+            time.sleep(0.1)
     click.echo(eid)
 
 
@@ -276,19 +316,43 @@ def submit(
     default="full",
     help="SQLite synchronous mode.",
 )
+@click.option(
+    "--http",
+    "http_bind",
+    metavar="HOST:PORT",
+    help="Also serve the signal API on this address (loopback unless you say otherwise).",
+)
 @pass_ctx
-def daemon(ctx: Ctx, workers: int | None, durability: str) -> None:
+def daemon(ctx: Ctx, workers: int | None, durability: str, http_bind: str | None) -> None:
     """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
     from fm_local.supervisor import Supervisor
 
     n = workers or os.cpu_count() or 2
+    if http_bind is not None and not re.match(r"^(\[[^\]]+\]|[^:]*):\d{1,5}$", http_bind):
+        raise UsageError(f"--http {http_bind!r}: expected HOST:PORT, e.g. 127.0.0.1:8765")
     sup = Supervisor(ctx.db, workers=n, durability=durability)
     sup.open()
-    sup.install_signal_handlers()
-    click.echo(f"fm daemon: serving {ctx.db} with {n} workers (pid {os.getpid()})", err=True)
+    server = None
     try:
+        if http_bind is not None:
+            from fm_local import httpapi
+
+            try:
+                server = httpapi.start(ctx.db, http_bind)
+            except OSError as exc:
+                raise FmError(f"--http {http_bind}: cannot listen: {exc.strerror or exc}") from None
+            host, port = str(server.server_address[0]), server.server_address[1]
+            click.echo(
+                f"fm daemon: signal API on http://{host}:{port}/api "
+                f"(token: fm token, file {httpapi.token_path(ctx.db)})",
+                err=True,
+            )
+        sup.install_signal_handlers()
+        click.echo(f"fm daemon: serving {ctx.db} with {n} workers (pid {os.getpid()})", err=True)
         sup.serve()
     finally:
+        if server is not None:
+            server.shutdown()
         sup.close()
     click.echo(f"fm daemon: stopped ({sup.stop_reason})", err=True)
 
@@ -570,17 +634,124 @@ def trace(ctx: Ctx, execution: str, fmt: str, out: str | None) -> None:
 @json_option
 @pass_ctx
 def queue(ctx: Ctx) -> None:
-    """Queue depth by state and priority."""
-    rows = ctx.store().queue_depth()
+    """Queue depth by state and priority, queued executions, dead letters."""
+    store = ctx.store()
+    rows = store.queue_depth()
+    waiting = store.conn.execute(
+        "SELECT count(*) FROM executions WHERE status='queued'"
+    ).fetchone()[0]
+    dead = store.dead_letter_count()
     if ctx.json:
-        _emit_json(rows)
+        _emit_json({"tasks": rows, "queuedExecutions": waiting, "deadLetters": dead})
         return
     if not rows:
-        click.echo("queue empty")
+        click.echo("no tasks queued or running")
+    else:
+        click.echo(f"{'STATE':<12} {'PRIORITY':>8} {'TASKS':>8}")
+        for r in rows:
+            click.echo(f"{r['status']:<12} {r['priority']:>8} {r['tasks']:>8}")
+    click.echo(f"executions waiting to start: {waiting}; dead letters: {dead} (fm dlq ls)")
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter queue: node instances that failed for good."""
+
+
+@dlq.command(name="ls")
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+@pass_ctx
+def dlq_ls(ctx: Ctx, limit: int) -> None:
+    """List dead letters, newest first."""
+    from fm_local.store import loads
+
+    rows = ctx.store().dead_letters(limit)
+    if ctx.json:
+        _emit_json([_dead_json(r) for r in rows])
         return
-    click.echo(f"{'STATE':<12} {'PRIORITY':>8} {'TASKS':>8}")
+    if not rows:
+        click.echo("no dead letters")
+        return
+    click.echo(f"{'ID':>5} {'EXECUTION':<13} {'PATH':<28} {'ATT':>3} {'REPLAYED':<13} ERROR")
     for r in rows:
-        click.echo(f"{r['status']:<12} {r['priority']:>8} {r['tasks']:>8}")
+        err = loads(r["error"]) or {}
+        etext = f"{err.get('code')}: {err.get('message')}"[:60]
+        click.echo(
+            f"{r['id']:>5} {r['execution_id']:<13} {r['path'][:28]:<28} {r['attempts']:>3} "
+            f"{r['replayed_as'] or '-':<13} {etext}"
+        )
+
+
+def _dead_json(r: dict[str, Any]) -> dict[str, Any]:
+    from fm_local.store import loads
+
+    return {
+        "id": r["id"],
+        "executionId": r["execution_id"],
+        "path": r["path"],
+        "nodeId": r["node_id"],
+        "input": loads(r["input"]),
+        "error": loads(r["error"]),
+        "attempts": r["attempts"],
+        "createdAt": r["created_at"],
+        "replayedAs": r["replayed_as"],
+    }
+
+
+def _dead_letter(ctx: Ctx, dl_id: int) -> dict[str, Any]:
+    row = ctx.store().dead_letter(dl_id)
+    if row is None:
+        raise UsageError(f"no dead letter {dl_id} (see: fm dlq ls)")
+    return row
+
+
+@dlq.command(name="show")
+@click.argument("dead_letter_id", type=int)
+@pass_ctx
+def dlq_show(ctx: Ctx, dead_letter_id: int) -> None:
+    """One dead letter: its input, error and attempts, as JSON."""
+    _emit_json(_dead_json(_dead_letter(ctx, dead_letter_id)))
+
+
+@dlq.command(name="replay")
+@click.argument("dead_letter_id", type=int)
+@pass_ctx
+def dlq_replay(ctx: Ctx, dead_letter_id: int) -> None:
+    """Run that node instance again, with its recorded input, in a new execution."""
+    from fm_local.replay import replay_document
+    from fm_local.store import loads
+
+    row = _dead_letter(ctx, dead_letter_id)
+    store = ctx.store()
+    ex = store.get_execution(row["execution_id"])
+    if ex is None:
+        raise FmError(f"dead letter {dead_letter_id}: its execution {row['execution_id']} is gone")
+    wrow = store.get_workflow(ex["workflow_id"])
+    try:
+        doc = replay_document(json.loads(wrow["document"]), row)
+    except ValueError as exc:
+        raise FmError(f"dead letter {dead_letter_id}: {exc}") from None
+    wid = store.save_workflow(doc["name"], doc, wrow["path"], wrow["folder"])
+    input_value = loads(ex["input"])
+    eid = store.create_execution(wid, doc["name"], {} if input_value is None else input_value)
+    store.mark_replayed(dead_letter_id, eid)
+    click.echo(eid)
+
+
+@dlq.command(name="purge")
+@click.argument("dead_letter_ids", type=int, nargs=-1)
+@click.option("--yes", is_flag=True, help="Do not ask (needed without a terminal).")
+@pass_ctx
+def dlq_purge(ctx: Ctx, dead_letter_ids: tuple[int, ...], yes: bool) -> None:
+    """Delete dead letters (all, or the given ids)."""
+    what = f"dead letters {list(dead_letter_ids)}" if dead_letter_ids else "all dead letters"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"refusing to delete {what} without --yes")
+        click.confirm(f"Delete {what}?", abort=True)
+    n = ctx.store().purge_dead_letters(list(dead_letter_ids) or None)
+    click.echo(f"deleted {n} dead letters")
 
 
 def _send_signal(
@@ -691,6 +862,15 @@ def _shorthand(type_: str, doc: str) -> None:
 _shorthand("pause", "Pause an execution: nothing new starts; running nodes finish.")
 _shorthand("resume", "Resume a paused execution (--data is readable as signals.resume.data).")
 _shorthand("cancel", "Cancel an execution: running nodes are stopped, nothing new starts.")
+
+
+@cli.command()
+@pass_ctx
+def token(ctx: Ctx) -> None:
+    """Print the HTTP API's bearer token (created on first use, mode 0600)."""
+    from fm_local.httpapi import ensure_token
+
+    click.echo(ensure_token(ctx.db))
 
 
 @cli.command()

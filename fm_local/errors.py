@@ -70,6 +70,12 @@ class StorageError(FmError):
     exit_code = EXIT_ENGINE
 
 
+class QueueFull(FmError):
+    """``settings.queue.maxSize`` executions of this workflow are already queued."""
+
+    exit_code = EXIT_FAILED
+
+
 class NodeError(Exception):
     """Raised by node code to fail with a specific error code (retry rules apply)."""
 

@@ -60,8 +60,9 @@ class SectionPolicy(Base):
 class QueueSettings(Base):
     max_size: Annotated[int, Field(gt=0)] = 1000
     priority: Literal["fifo", "lifo", "priority"] = "fifo"
-    timeout: Annotated[int, Field(gt=0)] | None = 300000
-    dead_letter_queue: bool = False
+    # No default wait limit: a loop of slow items legitimately queues (docs/semantics.md).
+    timeout: Annotated[int, Field(gt=0)] | None = None
+    dead_letter_queue: bool = True
 
 
 class SignalHandler(Base):

@@ -23,7 +23,7 @@ from typing import Any
 
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from fm_local.errors import StorageError
+from fm_local.errors import QueueFull, StorageError
 
 SCHEMA_VERSION = 1
 
@@ -466,7 +466,7 @@ class Store:
                     (workflow_name,),
                 ).fetchone()[0]
                 if n >= max_queued:
-                    raise StorageError(
+                    raise QueueFull(
                         f"queue full: workflow '{workflow_name}' already has {n} queued "
                         f"executions (settings.queue.maxSize={max_queued}); retry later "
                         "or pass --wait-for-room"
@@ -637,6 +637,31 @@ class Store:
                 (execution_id, glob_escape(loop_path) + "[[]*]", len(loop_path) + 1),
             )
         )
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,))
+
+    def dead_letter(self, dl_id: int) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM dead_letters WHERE id=?", (dl_id,))
+
+    @client_retry
+    def mark_replayed(self, dl_id: int, execution_id: str) -> None:
+        with self.atomic() as c:
+            c.execute("UPDATE dead_letters SET replayed_as=? WHERE id=?", (execution_id, dl_id))
+
+    @client_retry
+    def purge_dead_letters(self, ids: list[int] | None = None) -> int:
+        with self.atomic() as c:
+            if ids:
+                cur = c.execute(
+                    f"DELETE FROM dead_letters WHERE id IN ({','.join('?' * len(ids))})", ids
+                )
+            else:
+                cur = c.execute("DELETE FROM dead_letters")
+            return cur.rowcount
+
+    def dead_letter_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
 
     def queue_depth(self) -> list[dict[str, Any]]:
         return self._all(

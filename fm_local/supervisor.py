@@ -152,6 +152,8 @@ class Run:
         "extra",
         "fell_back",
         "aux_kind",
+        "ready_at",
+        "last_input",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -189,6 +191,8 @@ class Run:
         self.extra: dict[str, Any] | None = None  # scope additions (error, signal)
         self.fell_back = False  # its fallback node already ran
         self.aux_kind: str | None = None  # fallback, goto, compensate, handler
+        self.ready_at = 0.0  # when it last entered the ready queue
+        self.last_input: Any = None  # resolved task input, kept for the dead-letter queue
 
     def value(self) -> Any:
         if self._value is _UNSET:
@@ -372,6 +376,20 @@ class SectionState:
         )
 
 
+def _priority(run: Run) -> int:
+    p = run.node.priority
+    return p if p is not None else run.ex.priority
+
+
+def _exec_order(ex: Exec) -> tuple[float, float]:
+    """Sort key of a workflow's executions by its queue policy."""
+    if ex.policy == "lifo":
+        return (0.0, -ex.created_at)
+    if ex.policy == "priority":
+        return (-float(ex.priority), ex.created_at)
+    return (0.0, ex.created_at)
+
+
 def _error_list(fails: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
@@ -419,6 +437,10 @@ class Exec:
         self.ready: deque[Run] = deque()
         self.max_concurrency = workflow.settings.max_concurrency
         self.default_retry = workflow.settings.retry
+        self.wf_key: int = row["workflow_id"]
+        self.created_at: float = row["created_at"]
+        self.policy = workflow.settings.queue.priority
+        self.queued = False  # listed among its workflow's executions with ready tasks
         self.cancel_error: dict[str, Any] | None = None  # set by a cancel signal
         self.deferred_work: list[tuple[Frame, str]] = []  # held while paused
         self.deferred_loops: list[LoopState] = []
@@ -448,7 +470,10 @@ class Supervisor:
         self.store: Store | None = None
         self.pool: ProcessPool | None = None
         self.execs: dict[str, Exec] = {}
-        self.rr: deque[str] = deque()  # executions with ready tasks, round robin
+        # Workflows with ready tasks, served round robin (fair sharing between
+        # workflows); within a workflow, executions in queue-policy order.
+        self.rr: deque[int] = deque()
+        self.wf_execs: dict[int, list[Exec]] = {}
         self.tasks: dict[int, Run] = {}
         self.task_ids = itertools.count(1)
         self.timers: list[tuple[float, int, str, Any]] = []
@@ -543,6 +568,7 @@ class Supervisor:
         self._settle()
         if time.monotonic() - self.last_poll >= DB_POLL_INTERVAL:
             self._poll_db()
+            self._check_queue_timeouts(now)
             self._settle()
         self._dispatch()
         self._settle()
@@ -875,14 +901,48 @@ class Supervisor:
             self._run_inline(run)
 
     def _enqueue(self, run: Run, front: bool = False) -> None:
+        """Put ``run`` in its execution's ready queue, in queue-policy order."""
         ex = run.ex
-        if not ex.ready and ex.id not in self.rr:
-            self.rr.append(ex.id)
-        if front:
-            ex.ready.appendleft(run)
+        run.ready_at = time.time()
+        if not ex.queued:
+            self._list_ready(ex)
+        ready = ex.ready
+        policy = ex.policy
+        if front or policy == "lifo":
+            ready.appendleft(run)
+        elif policy == "priority" and ready:
+            p = _priority(run)
+            if _priority(ready[-1]) >= p:
+                ready.append(run)
+            else:
+                i = 0
+                while _priority(ready[i]) >= p:
+                    i += 1
+                ready.insert(i, run)
         else:
-            ex.ready.append(run)
+            ready.append(run)
         self.ready_count += 1
+
+    def _list_ready(self, ex: Exec) -> None:
+        ex.queued = True
+        execs = self.wf_execs.get(ex.wf_key)
+        if execs is None:
+            execs = self.wf_execs[ex.wf_key] = []
+        execs.append(ex)
+        if len(execs) == 1:
+            self.rr.append(ex.wf_key)
+
+    def _unlist_ready(self, ex: Exec) -> None:
+        if not ex.queued:
+            return
+        ex.queued = False
+        execs = self.wf_execs.get(ex.wf_key)
+        if execs is not None and ex in execs:
+            execs.remove(ex)
+            if not execs:
+                del self.wf_execs[ex.wf_key]
+                if ex.wf_key in self.rr:
+                    self.rr.remove(ex.wf_key)
 
     def _scope(self, run: Run, extra: dict[str, Any] | None = None) -> Scope:
         b = run.branch
@@ -1034,9 +1094,17 @@ class Supervisor:
         run.finished_at = run.finished_at or time.time()
         ex = run.ex
         frame = run.frame
-        if ex.workflow.settings.queue.dead_letter_queue:
+        if ex.workflow.settings.queue.dead_letter_queue and run.aux_kind is None:
             self.batch.dead_letters.append(
-                (ex.id, run.path, node.id, None, dumps(err), run.attempt, time.time())
+                (
+                    ex.id,
+                    run.path,
+                    node.id,
+                    None if run.last_input is None else dumps(run.last_input),
+                    dumps(err),
+                    run.attempt,
+                    time.time(),
+                )
             )
         if node.error_strategy == "continue":
             run.status = "succeeded"
@@ -1200,8 +1268,7 @@ class Supervisor:
         self.flush()
         self.finished.add(ex.id)
         self.execs.pop(ex.id, None)
-        if ex.id in self.rr:
-            self.rr.remove(ex.id)
+        self._unlist_ready(ex)
         self.ready_count -= len(ex.ready)
         ex.ready.clear()
 
@@ -1682,8 +1749,8 @@ class Supervisor:
         self.loops_to_open.extend(ex.deferred_loops)
         ex.deferred_work = []
         ex.deferred_loops = []
-        if ex.ready and ex.id not in self.rr:
-            self.rr.append(ex.id)
+        if ex.ready and not ex.queued:
+            self._list_ready(ex)
         return "resumed"
 
     def _interrupt_tasks(self, pred: Callable[[Run], bool]) -> int:
@@ -2201,35 +2268,39 @@ class Supervisor:
         )
 
     def _next_ready(self, now: float, allow_limited: bool) -> Run | None:
-        """The next task in fair round-robin order across executions, within limits."""
+        """The next task: workflows in turn (fair sharing), within a workflow the
+        executions in queue-policy order, within an execution its ready queue."""
         for _ in range(len(self.rr)):
-            eid = self.rr[0]
+            key = self.rr[0]
             self.rr.rotate(-1)
-            ex = self.execs.get(eid)
-            if ex is None or not ex.ready:
-                if eid in self.rr:
-                    self.rr.remove(eid)
+            execs = self.wf_execs.get(key)
+            if not execs:
                 continue
-            if ex.status != "running":
-                continue
-            if ex.max_concurrency is not None and ex.running >= ex.max_concurrency:
-                continue
-            while ex.ready:
-                run = ex.ready[0]
-                if self._limited(run):
-                    if not allow_limited:
-                        break
-                    if not self._gate(run, now):
-                        ex.ready.popleft()
-                        self.ready_count -= 1
-                        continue  # parked until its limiter allows it
-                ex.ready.popleft()
-                self.ready_count -= 1
-                if not ex.ready and eid in self.rr:
-                    self.rr.remove(eid)
-                return run
-            if not ex.ready and eid in self.rr:
-                self.rr.remove(eid)
+            order = execs if len(execs) == 1 else sorted(execs, key=_exec_order)
+            for ex in order:
+                if not ex.ready:
+                    self._unlist_ready(ex)
+                    continue
+                if ex.status != "running":
+                    continue
+                if ex.max_concurrency is not None and ex.running >= ex.max_concurrency:
+                    continue
+                while ex.ready:
+                    run = ex.ready[0]
+                    if self._limited(run):
+                        if not allow_limited:
+                            break
+                        if not self._gate(run, now):
+                            ex.ready.popleft()
+                            self.ready_count -= 1
+                            continue  # parked until its limiter allows it
+                    ex.ready.popleft()
+                    self.ready_count -= 1
+                    if not ex.ready:
+                        self._unlist_ready(ex)
+                    return run
+                if not ex.ready:
+                    self._unlist_ready(ex)
         return None
 
     def _gate(self, run: Run, now: float) -> bool:
@@ -2313,6 +2384,8 @@ class Supervisor:
             self._release(run)
             self._inline_failed(run, exc)
             return None
+        if ex.workflow.settings.queue.dead_letter_queue:
+            run.last_input = spec
         tid = next(self.task_ids)
         run.task_id = tid
         run.status = "running" if head else "queued"
@@ -2525,6 +2598,42 @@ class Supervisor:
         for ex in list(self.execs.values()):
             if ex.deadline_at is not None and now >= ex.deadline_at and ex.status == "running":
                 self._execution_timed_out(ex)
+
+    def _check_queue_timeouts(self, now: float) -> None:
+        """A task waiting in the queue longer than ``settings.queue.timeout`` fails
+        with QUEUE_TIMEOUT (then retries and error handling apply as usual)."""
+        late: list[Run] = []
+        for ex in self.execs.values():
+            limit = ex.workflow.settings.queue.timeout
+            if limit is None or ex.status != "running":
+                continue
+            horizon = now - limit / 1000.0
+            if any(r.ready_at < horizon for r in ex.ready):
+                keep: deque[Run] = deque()
+                for r in ex.ready:
+                    (late if r.ready_at < horizon else keep).append(r)
+                self.ready_count -= len(ex.ready) - len(keep)
+                ex.ready = keep
+        for q in self.parked.values():
+            for r in [r for r in q if r.ex.status == "running"]:
+                limit = r.ex.workflow.settings.queue.timeout
+                if limit is not None and r.ready_at < now - limit / 1000.0:
+                    q.remove(r)
+                    late.append(r)
+        for r in late:
+            if r.terminal:
+                continue
+            limit = r.ex.workflow.settings.queue.timeout
+            r.seq += 1
+            r.attempt += 1
+            r.started_at = r.finished_at = now
+            err = self._error(
+                r,
+                errors.QUEUE_TIMEOUT,
+                f"waited in the queue over {limit} ms (settings.queue.timeout)",
+            )
+            self._attempt_row(r, "failed", err)
+            self._attempt_failed(r, err)
 
     def _timed_out(self, run: Run) -> None:
         node = run.node

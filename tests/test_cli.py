@@ -509,11 +509,13 @@ def test_trace_chrome_file(wf, db, tmp_path):
 def test_queue_shows_running_task_with_daemon(wf, db, daemon):
     doc = {"name": "q", "nodes": [py("zz", "sleep", args={"seconds": 3})]}
     eid = fm(db, "submit", str(wf(doc))).stdout.strip()
-    assert fm(db, "queue").stdout.strip() == "queue empty"
+    before = json.loads(fm(db, "queue", "--json").stdout)
+    assert before == {"tasks": [], "queuedExecutions": 1, "deadLetters": 0}
+    assert "executions waiting to start: 1" in fm(db, "queue").stdout
     daemon()
 
     def running_rows() -> Any:
-        rows = json.loads(fm(db, "queue", "--json").stdout)
+        rows = json.loads(fm(db, "queue", "--json").stdout)["tasks"]
         return [r for r in rows if r["status"] == "running"]
 
     rows = wait_until(running_rows, 15, "a running task in fm queue")
@@ -521,7 +523,7 @@ def test_queue_shows_running_task_with_daemon(wf, db, daemon):
     human = fm(db, "queue")
     assert re.search(r"running\s+0\s+1", human.stdout), human.stdout
     assert fm(db, "wait", eid, timeout=30).returncode == 0
-    assert wait_until(lambda: json.loads(fm(db, "queue", "--json").stdout) == [], 10)
+    assert wait_until(lambda: json.loads(fm(db, "queue", "--json").stdout)["tasks"] == [], 10)
 
 
 def test_schema_is_json_schema():
