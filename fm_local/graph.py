@@ -80,6 +80,8 @@ class CompiledGraph:
     # Merge sections, and the innermost section each node belongs to.
     sections: dict[str, Section] = field(default_factory=dict)
     section_owner: dict[str, str] = field(default_factory=dict)
+    # Whether a node has explicit incoming edges (then they alone decide if it runs).
+    has_edges: dict[str, bool] = field(default_factory=dict)
 
 
 def node_expression_names(node: NodeBase) -> frozenset[str]:
@@ -206,6 +208,7 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
         refs=refs,
         free_names=frozenset(free),
     )
+    g.has_edges = {nid: any(not d.is_ref for d in deps[nid]) for nid in by_id}
     merges = [nid for nid, n in by_id.items() if getattr(n, "type", None) == "merge"]
     if merges:
         g.sections = merge_sections(g, merges)
@@ -315,15 +318,18 @@ def readiness(
 ) -> str | None:
     """``"run"``, ``"skip"``, or None when some dependency is not finished.
 
+    Explicit edges decide whether a node runs; references only order it, unless
+    the node has no edges (then a succeeded reference lets it run).
     ``ports`` maps a finished condition/switch id to the port it chose."""
     if not deps:
         return "run"
+    explicit = any(not d.is_ref for d in deps)
     taken = False
     for d in deps:
         st = statuses.get(d.source)
         if st is None or st not in TERMINAL:
             return None
-        if not taken and dep_taken(d, st, ports.get(d.source)):
+        if not taken and (not explicit or not d.is_ref) and dep_taken(d, st, ports.get(d.source)):
             taken = True
     return "run" if taken else "skip"
 

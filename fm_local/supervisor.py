@@ -368,12 +368,9 @@ class SectionState:
         self.done = False
 
     def contains(self) -> bool:
-        """Whether a failure in this section is the merge's business (not the graph's)."""
-        return (
-            self.node.mode == "first_success"
-            or self.policy.on_partial_failure != "fail"
-            or not self.policy.fail_fast
-        )
+        """A failure in a merge's section is the merge's business: its policy
+        decides, and the merge fails (then the graph) when the policy says so."""
+        return True
 
 
 def _priority(run: Run) -> int:
@@ -869,12 +866,19 @@ class Supervisor:
             if verdict is None:
                 return
         elif deps:
+            # Explicit edges decide whether a node runs; a reference only orders it
+            # (unless the node has no edges at all). SPEC §2, docs/semantics.md.
+            explicit = g.has_edges[nid]
             taken = False
             for d in deps:
                 r = runs.get(d.source)
                 if r is None or not r.terminal:
                     return
-                if not taken and graph.dep_taken(d, r.status, r.port):
+                if (
+                    not taken
+                    and (not explicit or not d.is_ref)
+                    and graph.dep_taken(d, r.status, r.port)
+                ):
                     taken = True
             verdict = "run" if taken else "skip"
         if verdict == "run" and frame.sections and self._in_halted_section(frame, nid):
@@ -1032,7 +1036,7 @@ class Supervisor:
             msg = f"expression {src!r} failed: {exc}" if src else f"expression failed: {exc}"
             err = self._error(run, errors.EXPRESSION_ERROR, msg)
         elif isinstance(exc, errors.NodeError):
-            err = self._error(run, exc.code, str(exc))
+            err = self._error(run, exc.code, str(exc), exc.details)
         else:
             err = self._error(run, errors.OUTPUT_NOT_SERIALIZABLE, f"value is not JSON: {exc}")
         run.finished_at = time.time()
@@ -1133,6 +1137,17 @@ class Supervisor:
                     self._start_aux(run, target, {"error": err}, "goto")
                     self._resolved(run)
                     return
+        if run.aux_kind is not None:
+            # A node outside the graph failed: a fallback (its node fails, see
+            # _aux_done), a goto handler (an unhandled failure of the execution), a
+            # compensation or a signal handler (recorded; cancelling goes on).
+            run.status = "failed"
+            self._mark(run)
+            if run.aux_kind == "goto" and frame.failure is None:
+                frame.failure = _failure_of(run)
+                self._halt(frame)
+            self._resolved(run)
+            return
         run.status = "failed"
         g = frame.graph
         has_error_edge = any(
@@ -1151,8 +1166,15 @@ class Supervisor:
         self._mark(run)
         if not run.handled and run.aux_kind is None and frame.failure is None:
             frame.failure = _failure_of(run)
+            default = ex.workflow.settings.parallel
+            if default.fail_fast is not False and default.cancel_on_failure:
+                self._cancel_running(frame, "cancelled: another node failed")
             self._halt(frame)
         self._resolved(run)
+
+    def _cancel_running(self, frame: Frame, reason: str) -> None:
+        """Stop the nodes of ``frame`` (and below) that are running now."""
+        self._kill_tasks(lambda r: r.frame.within(frame), "cancelled", reason)
 
     def _halt(self, frame: Frame) -> None:
         """Fail-fast in ``frame`` (and below): nothing new starts; queued and waiting
@@ -1277,10 +1299,11 @@ class Supervisor:
     def _section_policy(self, ex: Exec, own: SectionPolicy | None) -> SectionPolicy:
         """A loop's or merge's policy: its own keys over ``settings.parallel``."""
         base = ex.workflow.settings.parallel
-        if own is None:
-            return base
         merged = base.model_dump()
-        merged.update(own.model_dump(include=own.model_fields_set))
+        if own is not None:
+            merged.update(own.model_dump(include=own.model_fields_set))
+        if merged.get("fail_fast") is None:
+            merged["fail_fast"] = True  # the execution default (SPEC §6)
         return SectionPolicy.model_validate(merged)
 
     def _limiter(self, spec: Any, ex: Exec, key: Any) -> RateLimiter | None:
@@ -1466,7 +1489,7 @@ class Supervisor:
             if f.failure is not None:
                 item.status = "failed"
                 item.error = f.failure
-            elif f.resolved < len(f.graph.nodes):
+            elif f.halted or f.resolved < len(f.graph.nodes):
                 item.status = "cancelled"
                 item.error = item.error or {
                     "code": errors.CANCELLED,
@@ -1917,7 +1940,7 @@ class Supervisor:
             r = runs.get(d.source)
             if r is None or not r.terminal:
                 return None
-            if graph.dep_taken(d, r.status, r.port):
+            if not d.is_ref and graph.dep_taken(d, r.status, r.port):
                 taken = True
         if taken or st.failures or st.overrides or st.timed_out:
             return "run"
@@ -2066,6 +2089,13 @@ class Supervisor:
                 fails[p] = {
                     "code": errors.TOTAL_TIMEOUT,
                     "message": "the section's totalTimeout passed first",
+                }
+            elif st.halted and r is not None and r.status in ("skipped", "cancelled"):
+                fails[p] = r.error or {
+                    "code": errors.CANCELLED,
+                    "message": "not run: failFast stopped the section after a failure",
+                    "nodeId": p,
+                    "nodePath": frame.path_of(p),
                 }
         name = run.path
         if node.mode == "first_success":

@@ -184,15 +184,15 @@ def node_error(nid: str, message: str, code: str, attempt: int = 1) -> dict[str,
 
 
 def test_merge_default_policy_fails_the_execution(fwf, db):
-    """Default policy (fail, failFast): the execution fails with the branch's error;
-    the siblings already running finish and are recorded."""
+    """Default policy (fail, failFast): the section fails, so its merge fails with
+    the branch's code and names it; the execution fails with that error; the
+    siblings already running finish and are recorded."""
     res = run_wf(fwf(four_branches()), db, workers=4)
     assert res["status"] == "failed"
     err = res["error"]
-    assert (err["code"], err["nodePath"], err["message"]) == (
-        "BAD",
-        "b",
-        "node 'b' failed: b failed",
+    assert (err["code"], err["nodePath"]) == ("BAD", "m")
+    assert (
+        err["message"] == "node 'm' failed: 1 of 4 branches of merge 'm' failed; first: b: b failed"
     )
     nodes = nodes_of(db, res["id"])
     assert {p: nodes[p]["status"] for p in "abcd"} == {
@@ -218,11 +218,6 @@ def test_merge_on_partial_failure_fail(fwf, db):
     assert [nodes[p]["status"] for p in "acd"] == ["succeeded"] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Supervisor._inline_failed drops NodeError.details, so a merge's error "
-    "loses details (collectErrors' errors list, failedCount/total, first_success errors)",
-)
 @pytest.mark.parametrize(
     "merge_fields,details",
     [
@@ -248,12 +243,6 @@ def test_merge_error_keeps_its_details(fwf, db, merge_fields, details):
     assert res["error"]["details"]["details"] == details
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SectionState.contains() is False for onPartialFailure 'fail' + failFast "
-    "(the default), so _final_failure sends a branch failure straight to the frame "
-    "(_halt): the merge never runs, and its error edge cannot handle the section failure",
-)
 def test_merge_section_failure_reaches_the_merges_error_edge(fwf, db):
     doc = four_branches(policy={"collectErrors": True})
     doc["nodes"].append({"id": "h", "type": "transform", "expression": "error"})
@@ -366,16 +355,11 @@ def test_merge_fail_fast_starts_no_new_section_node(fwf, db, mark, policy, secon
         assert out["results"]["a"] == {"success": True, "data": {"tag": "a"}}
         assert out["results"]["b"]["success"] is False
     else:
-        assert res["status"] == "failed" and res["error"]["nodePath"] == "b"
+        # The section fails, so its merge does: it names the first failed branch.
+        assert res["status"] == "failed" and res["error"]["nodePath"] == "m"
+        assert "first: b:" in res["error"]["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Supervisor._merge_value leaves out a branch whose nodes were skipped "
-    "(failFast) or cancelled (cancelOnFailure): the collect results lose it, and "
-    "successCount + failureCount is not the number of branches (loops report such "
-    "items as {success: false, error: {code: CANCELLED}})",
-)
 def test_merge_collect_reports_branch_stopped_by_fail_fast(fwf, db):
     doc = fan(
         [
@@ -424,13 +408,6 @@ def test_merge_cancel_on_failure_stops_sibling_now(fwf, db, mark, daemon):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with the seed's Fail-Fast spelling (failFast + cancelOnFailure, "
-    "onPartialFailure left at 'fail') cancelOnFailure is ignored: SectionState.contains() "
-    "is False, so _section_failure (which applies cancelOnFailure) is never called and "
-    "_halt lets the sibling run to its end",
-)
 def test_merge_cancel_on_failure_seed_spelling(fwf, db, mark):
     doc = fan(
         [
@@ -585,11 +562,6 @@ def test_first_success_fails_when_every_branch_failed(fwf, db):
     assert [nodes[p]["status"] for p in "abc"] == ["failed"] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Supervisor._inline_failed drops NodeError.details: the first_success "
-    "merge's error has no details.errors, so only the first failed branch is named",
-)
 def test_first_success_error_names_every_branch(fwf, db):
     doc = fan(
         [
@@ -786,12 +758,6 @@ def test_loop_cancel_on_failure_stops_running_items(fwf, db, mark, daemon):
     assert nodes["each[0].w"]["finishedAt"] - nodes["each[1].w"]["finishedAt"] < 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Supervisor._item_done records an item stopped by cancelOnFailure as "
-    "'succeeded' with data null: its cancelled body node counts as resolved, so "
-    "f.resolved == len(nodes); collect then reports {success: true, data: null}",
-)
 def test_loop_item_stopped_by_cancel_on_failure_is_cancelled(fwf, db):
     body = {"seconds": "{{ 0.3 if item == 1 else 30 }}", "fail": "{{ item == 1 }}"}
     policy = {"onPartialFailure": "collect", "failFast": True, "cancelOnFailure": True}
@@ -963,12 +929,6 @@ def test_fallback_gets_error_scope_and_replaces_the_output(fwf, db):
     assert nodes["f"]["error"]["code"] == "BAD"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a failing fallback/goto handler crashes the execution with "
-    "INTERNAL_ERROR KeyError: Supervisor._final_failure looks up "
-    "g.dependents[node.id] for the handler's run, and a handler is not a graph node",
-)
 @pytest.mark.parametrize(
     "strategy,handler",
     [
@@ -1129,11 +1089,6 @@ def test_execution_default_unhandled_failure(fwf, db, mark):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: settings.parallel.cancelOnFailure is ignored for the execution as a "
-    "whole: Supervisor._halt never reads it and always lets running nodes finish",
-)
 def test_execution_cancel_on_failure_setting(fwf, db, mark):
     doc = {
         "name": "exec-cancel",
