@@ -874,6 +874,38 @@ def token(ctx: Ctx) -> None:
 
 
 @cli.command()
+@json_option
+@pass_ctx
+def workers(ctx: Ctx) -> None:
+    """The supervisor, its workers and the machine: CPU, RSS, current node."""
+    rows = ctx.store().latest_samples()
+    if ctx.json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"no recent resource samples: no supervisor serves {ctx.db}")
+        return
+    click.echo(f"{'ROLE':<11} {'PID':>7} {'CPU%':>6} {'RSS MB':>8}  NODE")
+    for r in rows:
+        node = f"{r['execution_id']} {r['node_path']}" if r["node_path"] else "-"
+        pid = r["pid"] if r["pid"] is not None else "-"
+        click.echo(
+            f"{r['role']:<11} {pid:>7} {r['cpu_percent']:>6.1f} {r['rss_bytes'] / 2**20:>8.1f}  {node}"
+        )
+
+
+@cli.command()
+@pass_ctx
+def tui(ctx: Ctx) -> None:
+    """The terminal UI: executions, timelines, queue, resources; sends signals."""
+    try:
+        from tui.app import main as tui_main
+    except ImportError as exc:
+        raise FmError(f"the TUI is not available: {exc} (pip install textual)") from None
+    tui_main(ctx.db)
+
+
+@cli.command()
 def schema() -> None:
     """Print the workflow JSON Schema."""
     from fm_local.model import workflow_json_schema

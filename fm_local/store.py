@@ -663,6 +663,18 @@ class Store:
     def dead_letter_count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
 
+    def prune_samples(self, before: float) -> None:
+        with self.atomic() as c:
+            c.execute("DELETE FROM resource_samples WHERE ts < ?", (before,))
+
+    def latest_samples(self, max_age: float = 5.0) -> list[dict[str, Any]]:
+        """The newest resource sample of each process (and the machine), if recent."""
+        return self._all(
+            "SELECT * FROM resource_samples WHERE ts = (SELECT max(ts) FROM resource_samples) "
+            "AND ts > ? ORDER BY role DESC, pid",
+            (time.time() - max_age,),
+        )
+
     def queue_depth(self) -> list[dict[str, Any]]:
         return self._all(
             "SELECT status, priority, count(*) AS tasks FROM queue GROUP BY status, priority "
@@ -727,7 +739,8 @@ class Store:
                     c.executemany(_QUEUE_UPSERT, upserts)
             if b.signals:
                 c.executemany(
-                    "UPDATE signals SET status=?, outcome=?, applied_at=?, result=? WHERE id=?",
+                    "UPDATE signals SET status=?, outcome=?, applied_at=?, "
+                    "result=coalesce(?, result) WHERE id=?",
                     b.signals,
                 )
             if b.events:

@@ -50,6 +50,7 @@ from fm_local.model import (
     Workflow,
 )
 from fm_local.nodes import condition, delay, loop, merge, output, switch, transform
+from fm_local.resources import KEEP_SECONDS, Sampler
 from fm_local.store import Batch, Store, dumps, loads
 from fm_local.workers import ProcessPool, Slot
 
@@ -443,6 +444,7 @@ class Exec:
         self.deferred_loops: list[LoopState] = []
         self.waits: dict[str, list[Run]] = {}  # signal type -> waiting wait nodes
         self.unconsumed: dict[str, Any] = {}  # signal data no wait node took yet
+        self.signal_latest: dict[str, int] = {}  # type -> id of the newest signal
         self.compensations: deque[Run] = deque()
 
 
@@ -493,6 +495,8 @@ class Supervisor:
         self.pools: dict[str, Pool] = {}
         self.parked: dict[int, deque[Run]] = {}
         self.parked_loops: dict[int, set[LoopState]] = {}
+        self.signals_in_progress: set[int] = set()  # custom handlers still running
+        self.sampler: Sampler | None = None
         self.wake_pending: set[int] = set()
         self.on_tick: Callable[[], None] | None = None
 
@@ -505,6 +509,7 @@ class Supervisor:
             self.pool = ProcessPool(self.n_workers)
             self.pool.start()
             self.pool.wait_ready(WORKER_START_TIMEOUT)
+            self.sampler = Sampler()
             self._recover()
         except BaseException:
             self.close()
@@ -571,6 +576,8 @@ class Supervisor:
         self._settle()
         if self.on_tick is not None:
             self.on_tick()
+        if self.sampler is not None and self.sampler.due():
+            self._sample_resources()
         self._maybe_flush()
 
     def _settle(self) -> None:
@@ -652,7 +659,12 @@ class Supervisor:
             self._event(ex, None, "recovered", None)
             self._rebuild_signal_scope(ex)
             self._restore_frame(ex.top)
-            self._settle()
+            err = loads(row["error"])
+            if isinstance(err, dict) and err.get("code") == errors.CANCELLED:
+                self._resume_cancelling(ex, err)
+        # Signals sent while no supervisor ran apply before anything is dispatched.
+        self._poll_signals()
+        self._settle()
         self.last_poll = time.monotonic()
 
     def _restore_frame(self, frame: Frame) -> None:
@@ -1172,6 +1184,20 @@ class Supervisor:
             self._halt(frame)
         self._resolved(run)
 
+    def _drop_prefetched(self, pred: Callable[[Run], bool]) -> None:
+        """Ask workers to hand back the selected tasks they hold but have not
+        started (a task queued behind another on the same worker)."""
+        pool = self.pool
+        assert pool is not None
+        for slot in pool.slots:
+            ids = [
+                t["id"]
+                for t in list(slot.inflight)[1:]
+                if (r := self.tasks.get(t["id"])) is not None and r.prefetched and pred(r)
+            ]
+            if ids:
+                pool.drop(slot, ids)
+
     def _cancel_running(self, frame: Frame, reason: str) -> None:
         """Stop the nodes of ``frame`` (and below) that are running now."""
         self._kill_tasks(lambda r: r.frame.within(frame), "cancelled", reason)
@@ -1180,6 +1206,7 @@ class Supervisor:
         """Fail-fast in ``frame`` (and below): nothing new starts; queued and waiting
         nodes are cancelled; running nodes finish and record."""
         frame.halted = True
+        self._drop_prefetched(lambda r: r.frame.within(frame))
         ex = frame.ex
         keep: deque[Run] = deque()
         for run in ex.ready:
@@ -1656,6 +1683,8 @@ class Supervisor:
         for row in self.store.pending_signals(0):
             if self.only_execution and row["execution_id"] != self.only_execution:
                 continue
+            if row["id"] in self.signals_in_progress:
+                continue
             ex = self.execs.get(row["execution_id"])
             try:
                 self._apply_signal(row, ex)
@@ -1700,6 +1729,7 @@ class Supervisor:
             "receivedAt": int(row["created_at"] * 1000),
             "result": None,
         }
+        ex.signal_latest[typ] = sid
         handler = sigs.handler_for(ex.workflow, typ)
         outcome: list[str] = []
         waiting = ex.waits.pop(typ, [])
@@ -1730,6 +1760,8 @@ class Supervisor:
                 self._refuse(row, f"handler '{handler.handler}' is not in the workflow's handlers")
                 return
             sig = {"id": sid, "type": typ, "data": data, "reason": row["reason"]}
+            # Applied when the handler has run (a crash before re-runs it).
+            self.signals_in_progress.add(sid)
             self._start_aux(
                 None,
                 node,
@@ -1738,7 +1770,8 @@ class Supervisor:
                 frame=ex.top,
                 path=f"signal:{typ}#{sid}->{node.id}",
             )
-            outcome.append(f"handler '{node.id}' started")
+            self._event(ex, None, f"signal:{typ}", {"signal": sid, "outcome": ["handler started"]})
+            return
         self.batch.signals.append(("applied", "; ".join(outcome) or "applied", now, None, sid))
         self._event(ex, None, f"signal:{typ}", {"signal": sid, "outcome": outcome})
 
@@ -1746,6 +1779,7 @@ class Supervisor:
         """After a restart: ``signals.<type>`` from the signals already applied."""
         assert self.store is not None
         for row in self.store.applied_signals(ex.id):
+            ex.signal_latest[row["type"]] = row["id"]
             ex.signal_scope[row["type"]] = {
                 "data": loads(row["data"]),
                 "reason": row["reason"],
@@ -1758,6 +1792,7 @@ class Supervisor:
             return "already paused"
         ex.status = "paused"
         self._mark_exec(ex)
+        self._drop_prefetched(lambda r: r.ex is ex)
         if cleanup:
             n = self._interrupt_tasks(lambda r: r.ex is ex)
             return f"paused; {n} running nodes stopped, to run again on resume"
@@ -1807,6 +1842,10 @@ class Supervisor:
             ex.status = "running"
             ex.deferred_work = []
             ex.deferred_loops = []
+        # Recorded now (status still running while compensations run), so a
+        # restart knows the execution is being cancelled.
+        ex.error = ex.cancel_error
+        self._mark_exec(ex)
         top = ex.top
         top.failure = top.failure or ex.cancel_error
         done = [
@@ -1830,6 +1869,34 @@ class Supervisor:
             notes.append(f"compensating {len(done)} nodes, newest first")
         self.frames_to_check.append(top)
         return "cancelled" + (f" ({', '.join(notes)})" if notes else "")
+
+    def _resume_cancelling(self, ex: Exec, err: dict[str, Any]) -> None:
+        """After a restart: an execution that was being cancelled goes on with the
+        compensations that had not finished, newest first."""
+        assert self.store is not None
+        ex.cancel_error = err
+        top = ex.top
+        top.failure = top.failure or err
+        self._halt(top)
+        done = {
+            row[0]
+            for row in self.store.conn.execute(
+                "SELECT path FROM node_runs WHERE execution_id=? AND status='succeeded' "
+                "AND path LIKE '%->compensate'",
+                (ex.id,),
+            ).fetchall()
+        }
+        todo = [
+            r
+            for r in top.runs.values()
+            if r.status == "succeeded"
+            and r.node.compensate is not None
+            and f"{r.path}->compensate" not in done
+        ]
+        todo.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
+        ex.compensations = deque(todo)
+        self._next_compensation(ex)
+        self.frames_to_check.append(top)
 
     def _next_compensation(self, ex: Exec) -> None:
         """Run the next compensation of a cancelled execution (one at a time)."""
@@ -2225,20 +2292,24 @@ class Supervisor:
         ex = aux.ex
         if kind == "handler":
             sig = (aux.extra or {}).get("signal") or {}
-            entry = ex.signal_scope.get(str(sig.get("type")))
-            if entry is not None:
-                entry["result"] = aux.value() if aux.status == "succeeded" else None
-                if sig.get("id"):
-                    result = entry["result"] if aux.status == "succeeded" else {"error": aux.error}
-                    self.batch.signals.append(
-                        (
-                            "applied",
-                            f"handler '{aux.node.id}' {aux.status}",
-                            time.time(),
-                            dumps(result),
-                            sig["id"],
-                        )
+            typ, sid = str(sig.get("type")), sig.get("id")
+            ok = aux.status == "succeeded"
+            value = aux.value() if ok else None
+            entry = ex.signal_scope.get(typ)
+            if entry is not None and ex.signal_latest.get(typ) == sid:
+                entry["result"] = value  # only the newest signal of a type shows
+            if sid is not None:
+                self.signals_in_progress.discard(sid)
+                result = value if ok else {"error": aux.error}
+                self.batch.signals.append(
+                    (
+                        "applied",
+                        f"handler '{aux.node.id}' {aux.status}",
+                        time.time(),
+                        dumps(result),
+                        sid,
                     )
+                )
             return
         if kind == "compensate":
             self._next_compensation(ex)
@@ -2511,11 +2582,24 @@ class Supervisor:
 
     def _on_result(self, run: Run, result: tuple[Any, ...]) -> None:
         run.task_id = None
-        run.prefetched = False
         _, ok, out, err, logs, started, finished = result
         ex = run.ex
         ex.running -= 1
         self._release(run)
+        if ok is None:
+            # Handed back unstarted (pause, fail-fast): nothing was spent.
+            if run.gate_marks is not None:
+                run.gate_marks = None
+            if run.terminal:
+                return
+            if run.frame.stopped():
+                run.prefetched = False
+                self._cancel_run(run, "not started: an earlier node failed")
+            else:
+                self._requeue(run)
+                run.prefetched = False
+            return
+        run.prefetched = False
         if run.gate_marks is not None:
             for lim, recorded in run.gate_marks:
                 lim.correct(recorded, started)
@@ -2712,6 +2796,22 @@ class Supervisor:
                 run.status = status
                 run.finished_at = time.time()
                 self._mark(run)
+
+    def _sample_resources(self) -> None:
+        """About once a second: CPU and RSS of the supervisor, workers, machine."""
+        assert self.pool is not None and self.sampler is not None and self.store is not None
+        workers = []
+        for slot in self.pool.slots:
+            run = self.tasks.get(slot.inflight[0]["id"]) if slot.inflight else None
+            workers.append((slot.pid, run.ex.id if run else None, run.path if run else None))
+        try:
+            self.batch.samples.extend(self.sampler.sample(workers))
+        except Exception:  # noqa: BLE001 - sampling must never stop the engine
+            log.exception("resource sampling failed")
+        if time.monotonic() - self.sampler.last_prune > 60:
+            self.sampler.last_prune = time.monotonic()
+            self.flush()
+            self.store.prune_samples(time.time() - KEEP_SECONDS)
 
     # --- timers -------------------------------------------------------------------------
 

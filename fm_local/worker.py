@@ -13,6 +13,7 @@ import pickle
 import signal
 import sys
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -56,23 +57,34 @@ def main(argv: list[str]) -> int:
 
     outbox.send_bytes(pickle.dumps(("ready", os.getpid())))
     pending: list[tuple[Any, ...]] = []
+    queue: deque[dict[str, Any]] = deque()
+    dropped: set[int] = set()
+    last_flush = time.monotonic()
     while True:
-        try:
-            data = inbox.recv_bytes()
-        except (EOFError, OSError):
-            return 0
-        msg = pickle.loads(data)
-        if msg[0] == "stop":
-            return 0
-        tasks: list[dict[str, Any]] = msg[1]
-        last_flush = time.monotonic()
-        for i, task in enumerate(tasks):
+        # Take every message waiting; block only when there is nothing to run.
+        while not queue or inbox.poll(0):
+            try:
+                msg = pickle.loads(inbox.recv_bytes())
+            except (EOFError, OSError):
+                return 0
+            if msg[0] == "stop":
+                return 0
+            if msg[0] == "drop":  # tasks the supervisor wants back before they start
+                dropped.update(msg[1])
+            else:
+                queue.extend(msg[1])
+        task = queue.popleft()
+        if task["id"] in dropped:
+            dropped.discard(task["id"])
+            now = time.time()
+            pending.append((task["id"], None, None, None, [], now, now))
+        else:
             pending.append(runners.run_task(task))
-            now = time.monotonic()
-            if i == len(tasks) - 1 or now - last_flush >= FLUSH_INTERVAL:
-                outbox.send_bytes(pickle.dumps(("results", pending), protocol=5))
-                pending = []
-                last_flush = now
+        mono = time.monotonic()
+        if not queue or mono - last_flush >= FLUSH_INTERVAL:
+            outbox.send_bytes(pickle.dumps(("results", pending), protocol=5))
+            pending = []
+            last_flush = mono
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class Executor(Protocol):
     def submit(self, slot: Slot, tasks: list[dict[str, Any]]) -> None: ...
     def poll(self, timeout: float) -> list[tuple[str, Slot, Any]]: ...
     def stop_slot(self, slot: Slot) -> list[dict[str, Any]]: ...
+    def drop(self, slot: Slot, task_ids: list[int]) -> None: ...
     def wait_ready(self, timeout: float) -> None: ...
     def shutdown(self) -> None: ...
 
@@ -185,6 +186,14 @@ class ProcessPool:
                 self._replace(slot, kill=False)
                 events.append(("died", slot, held))
         return events
+
+    def drop(self, slot: Slot, task_ids: list[int]) -> None:
+        """Ask a worker to hand back tasks it holds but has not started (they come
+        back as results with ``ok`` None)."""
+        try:
+            slot.inbox.send_bytes(pickle.dumps(("drop", task_ids)))
+        except OSError:
+            pass  # the death shows up in poll()
 
     def stop_slot(self, slot: Slot) -> list[dict[str, Any]]:
         """Stop the worker (and its process group) now; return the tasks it held."""

@@ -265,12 +265,6 @@ def test_timers_falling_due_while_paused_start_nothing_until_resume(
     assert by_path(final)["r"]["attempts"] == 2
 
 
-@pytest.mark.xfail(
-    reason="BUG: tasks prefetched onto a worker (Supervisor._dispatch, PREFETCH when the "
-    "backlog is deep) still run while paused; _pause neither takes them back nor do "
-    "workers check the pause",
-    strict=True,
-)
 def test_tasks_already_handed_to_a_worker_do_not_start_while_paused(
     swf: Callable[..., Path], db: Path, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
@@ -390,15 +384,7 @@ def test_resume_data_is_readable_by_later_nodes(
     "decision",
     [
         "approve",
-        pytest.param(
-            "reject",
-            marks=pytest.mark.xfail(
-                reason="BUG in examples/approval.json: 'release' references {{prepare}} "
-                "and {{approval.approver}}, and a reference is a dependency that lets a "
-                "node run (SPEC §2, docs/semantics.md), so release runs on reject too",
-                strict=True,
-            ),
-        ),
+        "reject",
     ],
 )
 def test_approval_example_waits_for_the_approver(
@@ -572,13 +558,6 @@ def test_cancel_with_rollback_compensates_newest_first_and_notifies(
 
 
 @pytest.mark.crash
-@pytest.mark.xfail(
-    reason="BUG: a cancel with rollback is applied and committed, but the execution stays "
-    "'running' (Exec.cancel_error and the compensation deque live only in memory) until the "
-    "compensations end; after a kill -9, _recover/_restore_frame resume it as a normal "
-    "execution: it ends 'succeeded', the running compensation stays 'running', the rest never run",
-    strict=True,
-)
 def test_cancel_with_rollback_survives_a_daemon_kill_during_compensation(
     swf: Callable[..., Path], db: Path, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
@@ -662,12 +641,6 @@ def test_custom_signal_runs_its_handler_and_keeps_the_result_in_scope(
 
 
 @pytest.mark.crash
-@pytest.mark.xfail(
-    reason="BUG: an inline (transform) signal handler's result is overwritten with NULL "
-    "in signals.result (_apply_signal appends its own ('applied', .., None) row update "
-    "after _aux_done's), so _rebuild_signal_scope loses it after a restart",
-    strict=True,
-)
 def test_custom_signal_result_survives_a_daemon_restart(
     swf: Callable[..., Path], db: Path, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
@@ -883,13 +856,6 @@ def test_signals_sent_without_a_daemon_are_queued_then_applied_in_order(
         assert len(signal_events(db, eid, r["id"])) == 1
 
 
-@pytest.mark.xfail(
-    reason="BUG: at start-up Supervisor._recover starts queued executions and the first "
-    "tick dispatches their nodes before _poll_db/_poll_signals reads the pending signals "
-    "(_recover sets last_poll=now), so a pause sent before the daemon started is applied "
-    "only after nodes started (or refused: 'already succeeded')",
-    strict=True,
-)
 def test_a_pause_queued_before_the_daemon_starts_holds_the_execution(
     swf: Callable[..., Path], db: Path, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
@@ -1016,12 +982,6 @@ def test_rapid_custom_signals_each_run_their_handler_and_the_latest_result_wins(
     assert by_path(final)["b"]["output"] == {"n": 4, "signal": rows[-1]["id"]}
 
 
-@pytest.mark.xfail(
-    reason="BUG: Supervisor._aux_done writes a handler's output into ex.signal_scope[type], "
-    "which by then is the entry of the newest signal of that type: an older handler that "
-    "finishes last overwrites the newest signal's result",
-    strict=True,
-)
 def test_the_latest_custom_signal_result_wins_when_handlers_finish_out_of_order(
     swf: Callable[..., Path], db: Path, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
@@ -1099,13 +1059,6 @@ def test_custom_signals_survive_a_daemon_kill_between_them(
 
 
 @pytest.mark.crash
-@pytest.mark.xfail(
-    reason="BUG: a custom signal's handler run is not durable: the signal row is committed "
-    "'applied' when the handler starts, and _restore_frame only restores nodes of the graph "
-    "(the handler's node_runs row 'signal:<type>#<id>-><handler>' is skipped), so a handler "
-    "interrupted by a daemon kill never runs again and its result is never recorded",
-    strict=True,
-)
 def test_a_handler_interrupted_by_a_daemon_kill_runs_again(
     swf: Callable[..., Path], db: Path, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
@@ -1119,8 +1072,10 @@ def test_a_handler_interrupted_by_a_daemon_kill_runs_again(
     wait_until(lambda: events(mark, "start", "h"), 30, "the handler to start")
     d.kill9()
     hgate.touch()
-    gate.touch()
     daemon()
+    # b reads the handler's result: let a (and so b) go only once the re-run ended.
+    wait_until(lambda: events(mark, "end", "h"), 30, "the handler to run again")
+    gate.touch()
     rc, final = finish(db, eid)
     assert rc == 0 and final["status"] == "succeeded", final
     assert len(events(mark, "end", "h")) == 1, "the interrupted handler did not run again"
