@@ -476,7 +476,8 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
     summarize = total > SHOW_LIMIT and not show_all
     nodes = store.top_level_runs(row["id"]) if summarize else store.node_runs(row["id"])
     click.echo("")
-    click.echo(f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8}  ERROR")
+    click.echo(f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8} {'TRACE':<9} ERROR")
+    root = row["trace_id"]
     for n in nodes:
         ms = (
             f"{(n['finished_at'] - n['started_at']) * 1000:.0f}"
@@ -485,8 +486,11 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
         )
         e = loads(n["error"])
         etext = f"{e.get('code')}: {e.get('message')}" if e else ""
+        # The node's trace id is the execution's plus its branch suffix (SPEC §9).
+        trace = (n["trace_id"] or "")[len(root) :] if (n["trace_id"] or "").startswith(root) else ""
         click.echo(
-            f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8}  {etext[:80]}"
+            f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8} "
+            f"{trace or '-':<9} {etext[:80]}"
         )
     if summarize:
         click.echo("")
