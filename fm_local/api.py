@@ -56,20 +56,42 @@ def wait(
     """Block until the execution ends; return ``{id, status, output, error}``."""
     st = Store(db or default_db_path(), create=False)
     try:
-        delay = 0.01
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            row = st.get_execution(execution_id)
-            if row is None:
-                raise FmError(f"no execution '{execution_id}'")
-            if row["status"] in TERMINAL:
-                return result_of(row)
-            if deadline is not None and time.monotonic() > deadline:
-                raise FmError(f"execution {execution_id} still {row['status']} after {timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
+        return result_of(wait_row(st, execution_id, timeout))
     finally:
         st.close()
+
+
+def execution_record(row: dict[str, Any]) -> dict[str, Any]:
+    """An execution as JSON (``fm show --json``, ``GET /api/executions/{id}``)."""
+    return {
+        "id": row["id"],
+        "workflow": row["workflow"],
+        "status": row["status"],
+        "traceId": row["trace_id"],
+        "priority": row["priority"],
+        "input": loads(row["input"]),
+        "output": loads(row["output"]),
+        "error": loads(row["error"]),
+        "createdAt": row["created_at"],
+        "startedAt": row["started_at"],
+        "finishedAt": row["finished_at"],
+    }
+
+
+def wait_row(store: Store, execution_id: str, timeout: float | None = None) -> dict[str, Any]:
+    """Poll committed state until the execution ends; return its row."""
+    delay = 0.01
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        row = store.get_execution(execution_id)
+        if row is None:
+            raise FmError(f"no execution '{execution_id}'")
+        if row["status"] in TERMINAL:
+            return row
+        if deadline is not None and time.monotonic() > deadline:
+            raise FmError(f"execution {execution_id} still {row['status']} after {timeout} s", 1)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
 
 
 def result_of(row: dict[str, Any]) -> dict[str, Any]:

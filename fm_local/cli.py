@@ -99,10 +99,10 @@ def _exit_for(status: str) -> int:
 
 
 def _wait_for(ctx: Ctx, eid: str, timeout: float | None = None) -> dict[str, Any]:
+    from fm_local.api import wait_row
     from fm_local.lock import is_served
 
     store = ctx.store()
-    delay = 0.01
     row = store.get_execution(eid)
     if row is not None and row["status"] not in TERMINAL and not is_served(ctx.db):
         click.echo(
@@ -110,17 +110,7 @@ def _wait_for(ctx: Ctx, eid: str, timeout: float | None = None) -> dict[str, Any
             "(start one with: fm daemon)",
             err=True,
         )
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        row = store.get_execution(eid)
-        if row is None:
-            raise FmError(f"execution {eid} disappeared from {ctx.db}")
-        if row["status"] in TERMINAL:
-            return row
-        if deadline is not None and time.monotonic() > deadline:
-            raise FmError(f"execution {eid} still {row['status']} after {timeout} s", EXIT_FAILED)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+    return wait_row(store, eid, timeout)
 
 
 def _report(ctx: Ctx, row: dict[str, Any]) -> int:
@@ -440,20 +430,12 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
     row = _execution(ctx, execution)
     store = ctx.store()
     if ctx.json:
+        from fm_local.api import execution_record
+
         nodes = store.node_runs(row["id"])
         _emit_json(
             {
-                "id": row["id"],
-                "workflow": row["workflow"],
-                "status": row["status"],
-                "traceId": row["trace_id"],
-                "priority": row["priority"],
-                "input": loads(row["input"]),
-                "output": loads(row["output"]),
-                "error": loads(row["error"]),
-                "createdAt": row["created_at"],
-                "startedAt": row["started_at"],
-                "finishedAt": row["finished_at"],
+                **execution_record(row),
                 "nodes": [_node_json(n) for n in nodes],
             }
         )

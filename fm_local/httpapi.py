@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from fm_local import signals as sigs
+from fm_local.api import execution_record
 from fm_local.model import Workflow
-from fm_local.store import Store, loads
+from fm_local.store import Store
 
 MAX_BODY = 1024 * 1024
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
@@ -55,20 +56,7 @@ def ensure_token(db: Path) -> str:
 
 
 def execution_json(store: Store, row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "workflow": row["workflow"],
-        "status": row["status"],
-        "traceId": row["trace_id"],
-        "priority": row["priority"],
-        "input": loads(row["input"]),
-        "output": loads(row["output"]),
-        "error": loads(row["error"]),
-        "createdAt": row["created_at"],
-        "startedAt": row["started_at"],
-        "finishedAt": row["finished_at"],
-        "nodeCounts": store.node_counts(row["id"]),
-    }
+    return {**execution_record(row), "nodeCounts": store.node_counts(row["id"])}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1207,23 +1207,35 @@ class Supervisor:
         nodes are cancelled; running nodes finish and record."""
         frame.halted = True
         self._drop_prefetched(lambda r: r.frame.within(frame))
-        ex = frame.ex
+        self._cancel_pending(
+            frame.ex, lambda r: r.frame.within(frame), "not started: an earlier node failed"
+        )
+        self._recheck_up(frame)
+
+    def _cancel_pending(
+        self, ex: Exec, pred: Callable[[Run], bool], reason: str, status: str = "cancelled"
+    ) -> None:
+        """Cancel the selected runs of ``ex`` that wait to start or to finish
+        without a worker: ready, parked by a limiter, timers, wait nodes."""
         keep: deque[Run] = deque()
         for run in ex.ready:
-            if run.frame.within(frame):
-                self._cancel_run(run, "not started: an earlier node failed")
+            if pred(run):
+                self._cancel_run(run, reason, status)
                 self.ready_count -= 1
             else:
                 keep.append(run)
         ex.ready = keep
         for q in self.parked.values():
-            for run in [r for r in q if r.frame.within(frame)]:
+            for run in [r for r in q if pred(r)]:
                 q.remove(run)
-                self._cancel_run(run, "not started: an earlier node failed")
+                self._cancel_run(run, reason, status)
         for _, _, kind, obj in self.timers:
-            if kind in ("retry", "delay") and obj.frame.within(frame) and not obj.terminal:
-                self._cancel_run(obj, "not started: an earlier node failed")
-        self._recheck_up(frame)
+            if kind in ("retry", "delay") and not obj.terminal and pred(obj):
+                self._cancel_run(obj, reason, status)
+        for waiting in list(ex.waits.values()):
+            for w in [w for w in waiting if pred(w)]:
+                waiting.remove(w)
+                self._cancel_run(w, reason, status)
 
     def _recheck_up(self, frame: Frame) -> None:
         """A frame and its open descendants may be done now."""
@@ -1612,26 +1624,7 @@ class Supervisor:
         """Stop everything in ``f`` now, running workers included."""
         f.halted = True
         self._kill_tasks(lambda r: r.frame.within(f), status, reason)
-        ex = f.ex
-        keep: deque[Run] = deque()
-        for run in ex.ready:
-            if run.frame.within(f):
-                self._cancel_run(run, reason, status)
-                self.ready_count -= 1
-            else:
-                keep.append(run)
-        ex.ready = keep
-        for q in self.parked.values():
-            for run in [r for r in q if r.frame.within(f)]:
-                q.remove(run)
-                self._cancel_run(run, reason, status)
-        for _, _, kind, obj in self.timers:
-            if kind in ("retry", "delay") and obj.frame.within(f) and not obj.terminal:
-                self._cancel_run(obj, reason, status)
-        for waiting in list(ex.waits.values()):
-            for w in [w for w in waiting if w.frame.within(f)]:
-                waiting.remove(w)
-                self._cancel_run(w, reason, status)
+        self._cancel_pending(f.ex, lambda r: r.frame.within(f), reason, status)
         self._recheck_up(f)
 
     def _item_timed_out(self, f: Frame) -> None:
@@ -2065,22 +2058,7 @@ class Supervisor:
             return r.frame.within(frame) and self._top_node(frame, r) in targets
 
         self._kill_tasks(hit, "cancelled", reason)
-        ex = frame.ex
-        keep: deque[Run] = deque()
-        for r in ex.ready:
-            if hit(r):
-                self._cancel_run(r, reason)
-                self.ready_count -= 1
-            else:
-                keep.append(r)
-        ex.ready = keep
-        for q in self.parked.values():
-            for r in [r for r in q if hit(r)]:
-                q.remove(r)
-                self._cancel_run(r, reason)
-        for _, _, kind, obj in self.timers:
-            if kind in ("retry", "delay") and hit(obj) and not obj.terminal:
-                self._cancel_run(obj, reason)
+        self._cancel_pending(frame.ex, hit, reason)
         for nid in targets:
             lr = frame.runs.get(nid)
             if lr is not None and lr.loop is not None and not lr.terminal:
