@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sys
 import time
 import traceback
@@ -318,8 +319,13 @@ def daemon(ctx: Ctx, workers: int | None, durability: str, http_bind: str | None
     from fm_local.supervisor import Supervisor
 
     n = workers or os.cpu_count() or 2
-    if http_bind is not None and not re.match(r"^(\[[^\]]+\]|[^:]*):\d{1,5}$", http_bind):
-        raise UsageError(f"--http {http_bind!r}: expected HOST:PORT, e.g. 127.0.0.1:8765")
+    if http_bind is not None and (
+        not re.match(r"^(\[[^\]]+\]|[^:]*):\d{1,5}$", http_bind)
+        or int(http_bind.rpartition(":")[2]) > 65535
+    ):
+        raise UsageError(
+            f"--http {http_bind!r}: expected HOST:PORT with a port 0-65535, e.g. 127.0.0.1:8765"
+        )
     sup = Supervisor(ctx.db, workers=n, durability=durability)
     sup.open()
     server = None
@@ -329,8 +335,13 @@ def daemon(ctx: Ctx, workers: int | None, durability: str, http_bind: str | None
 
             try:
                 server = httpapi.start(ctx.db, http_bind)
-            except OSError as exc:
-                raise FmError(f"--http {http_bind}: cannot listen: {exc.strerror or exc}") from None
+            except socket.gaierror as exc:
+                raise UsageError(
+                    f"--http {http_bind}: unknown host: {exc.strerror or exc}"
+                ) from None
+            except (OSError, OverflowError) as exc:
+                msg = getattr(exc, "strerror", None) or exc
+                raise FmError(f"--http {http_bind}: cannot listen: {msg}") from None
             host, port = str(server.server_address[0]), server.server_address[1]
             click.echo(
                 f"fm daemon: signal API on http://{host}:{port}/api "

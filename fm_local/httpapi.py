@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -183,6 +184,8 @@ class ApiServer(ThreadingHTTPServer):
     def __init__(self, host: str, port: int, db: Path, token: str) -> None:
         self.db = db
         self.token = token
+        if ":" in host:
+            self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
 
 

@@ -439,6 +439,13 @@ class Exec:
         self.created_at: float = row["created_at"]
         self.policy = workflow.settings.queue.priority
         self.queued = False  # listed among its workflow's executions with ready tasks
+        # Tasks are handed to a busy worker ahead of time only where that cannot
+        # break an order or a limit (fifo, no wait limit, no concurrency cap).
+        self.no_prefetch = (
+            self.policy != "fifo"
+            or workflow.settings.queue.timeout is not None
+            or workflow.settings.max_concurrency is not None
+        )
         self.cancel_error: dict[str, Any] | None = None  # set by a cancel signal
         self.deferred_work: list[tuple[Frame, str]] = []  # held while paused
         self.deferred_loops: list[LoopState] = []
@@ -2343,7 +2350,7 @@ class Supervisor:
             node.rate_limit is not None
             or node.pool is not None
             or run.frame.gated
-            or run.ex.max_concurrency is not None
+            or run.ex.no_prefetch
         )
 
     def _next_ready(self, now: float, allow_limited: bool) -> Run | None:
