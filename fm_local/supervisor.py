@@ -1117,7 +1117,12 @@ class Supervisor:
         run.finished_at = run.finished_at or time.time()
         ex = run.ex
         frame = run.frame
-        if ex.workflow.settings.queue.dead_letter_queue and run.aux_kind is None:
+        if (
+            ex.workflow.settings.queue.dead_letter_queue
+            and run.aux_kind is None
+            and not run.fell_back
+            and isinstance(node, WORKER_TYPES)
+        ):
             self.batch.dead_letters.append(
                 (
                     ex.id,
@@ -1736,17 +1741,20 @@ class Supervisor:
         for w in waiting:
             self._complete_wait(w, data)
             outcome.append(f"completed wait node '{w.path}'")
+        if not waiting and typ in sigs.wait_types(ex.workflow):
+            # No wait node of this type is waiting yet: keep it for the one that will.
+            ex.unconsumed[typ] = data
+            outcome.append("kept for the wait node that will ask for it")
+        action = handler.action if handler is not None else None
         if handler is None:
-            if not waiting:
-                ex.unconsumed[typ] = data
-                outcome.append("kept for the wait node that will ask for it")
-        elif handler.action == "pause":
+            pass  # a wait node's type: handled above
+        elif action == "pause":
             outcome.append(self._pause(ex, handler.cleanup))
-        elif handler.action == "resume":
+        elif action == "resume":
             outcome.append(self._resume(ex))
-        elif handler.action == "cancel":
+        elif action == "cancel":
             outcome.append(self._cancel(ex, handler, row))
-        elif handler.action == "set_priority":
+        elif action == "set_priority":
             prio = data.get("priority") if isinstance(data, dict) else data
             if isinstance(prio, bool) or not isinstance(prio, int):
                 self._refuse(row, 'set_priority needs data {"priority": <integer>}')
@@ -1754,7 +1762,7 @@ class Supervisor:
             ex.priority = prio
             self._mark_exec(ex)
             outcome.append(f"priority set to {prio}")
-        elif handler.action == "custom":
+        elif action == "custom":
             node = sigs.handler_node(ex.workflow, handler)
             if node is None:
                 self._refuse(row, f"handler '{handler.handler}' is not in the workflow's handlers")

@@ -64,7 +64,9 @@ __all__ = [
 ]
 
 # Names every expression may read besides node outputs (SPEC §6–§8).
-SCOPE_NAMES = frozenset({"input", "execution", "signals", "error", "branch", "signal"})
+SCOPE_NAMES = frozenset(
+    {"input", "execution", "signals", "error", "branch", "signal", "compensated"}
+)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
