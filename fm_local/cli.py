@@ -724,6 +724,24 @@ def dlq_replay(ctx: Ctx, dead_letter_id: int) -> None:
     ex = store.get_execution(row["execution_id"])
     if ex is None:
         raise FmError(f"dead letter {dead_letter_id}: its execution {row['execution_id']} is gone")
+    if ex["status"] in ("queued", "running", "paused"):
+        # Still running: the node runs again inside it (SPEC §8).
+        from fm_local.signals import REPLAY
+
+        store.add_signal(
+            ex["id"],
+            REPLAY,
+            f"fm dlq replay {dead_letter_id}",
+            {"deadLetter": dead_letter_id, "path": row["path"], "input": loads(row["input"])},
+        )
+        store.mark_replayed(dead_letter_id, ex["id"])
+        click.echo(ex["id"])
+        click.echo(
+            f"replaying {row['path']} inside execution {ex['id']} (still {ex['status']}) "
+            f"as {row['path']}->replay#{dead_letter_id}",
+            err=True,
+        )
+        return
     wrow = store.get_workflow(ex["workflow_id"])
     try:
         doc = replay_document(json.loads(wrow["document"]), row)

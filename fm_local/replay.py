@@ -77,3 +77,45 @@ def replay_document(doc: dict[str, Any], dead: dict[str, Any]) -> dict[str, Any]
         "nodes": [spec],
         "edges": [],
     }
+
+
+# Model fields a recorded task input replaces, per node type.
+RECORDED_FIELDS = {
+    "python": {"args": "args"},
+    "http": {
+        "method": "method",
+        "url": "url",
+        "headers": "headers",
+        "query": "query",
+        "json": "json_body",
+        "body": "body",
+    },
+    "shell": {"command": "command", "env": "env", "cwd": "cwd"},
+}
+
+
+def node_with_input(node: Any, recorded: Any) -> Any:
+    """A copy of a node model whose templated fields hold the recorded values."""
+    fields = RECORDED_FIELDS.get(getattr(node, "type", ""), {})
+    update: dict[str, Any] = {}
+    if isinstance(recorded, dict):
+        for key, attr in fields.items():
+            if recorded.get(key) is not None:
+                update[attr] = _escape(recorded[key])
+    update["error_strategy"] = "fail"
+    update["compensate"] = None
+    return node.model_copy(update=update)
+
+
+def model_node(nodes: list[Any], path: str) -> Any:
+    """The node model at a node path (``each[3].enrich``), or None."""
+    parts = _INDEX.sub("", path).split(".")
+    node = None
+    for i, part in enumerate(parts):
+        node = next((n for n in nodes if n.id == part), None)
+        if node is None:
+            return None
+        if i < len(parts) - 1:
+            body = getattr(node, "body", None)
+            nodes = body.nodes if body is not None else []
+    return node

@@ -11,6 +11,8 @@ from typing import Any
 from fm_local.model import LoopNode, NodeBase, SignalHandler, WaitNode, Workflow
 
 BUILT_IN = ("pause", "resume", "cancel")
+# Internal: `fm dlq replay` of a node whose execution still runs (SPEC §8).
+REPLAY = "__replay"
 
 
 def _wait_types(nodes: list[Any]) -> set[str]:
@@ -43,6 +45,8 @@ def accepted_types(workflow: Workflow) -> list[str]:
 
 def refusal(workflow: Workflow, type_: str) -> str | None:
     """Why ``type_`` is refused for this workflow, or None if it is accepted."""
+    if type_ == REPLAY:
+        return None
     if handler_for(workflow, type_) is not None or type_ in wait_types(workflow):
         return None
     return (

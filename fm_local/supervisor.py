@@ -1727,6 +1727,9 @@ class Supervisor:
             self._refuse(row, why)
             return
         data = loads(row["data"])
+        if typ == sigs.REPLAY:
+            self._replay_in_place(ex, row, data)
+            return
         now = time.time()
         ex.signal_scope[typ] = {
             "data": data,
@@ -1782,6 +1785,27 @@ class Supervisor:
             return
         self.batch.signals.append(("applied", "; ".join(outcome) or "applied", now, None, sid))
         self._event(ex, None, f"signal:{typ}", {"signal": sid, "outcome": outcome})
+
+    def _replay_in_place(self, ex: Exec, row: dict[str, Any], data: Any) -> None:
+        """``fm dlq replay`` of a node whose execution still runs: run it again,
+        with its recorded input, as ``<path>->replay#<dead letter>`` there."""
+        from fm_local import replay
+
+        data = data if isinstance(data, dict) else {}
+        path = str(data.get("path") or "")
+        node = replay.model_node(list(ex.workflow.nodes), path)
+        if node is None or not isinstance(node, WORKER_TYPES):
+            self._refuse(
+                row, f"no python/http/shell node at '{path}' in workflow '{ex.workflow.name}'"
+            )
+            return
+        copy = replay.node_with_input(node, data.get("input"))
+        run = self._start_aux(
+            None, copy, {}, "replay", frame=ex.top, path=f"{path}->replay#{data.get('deadLetter')}"
+        )
+        self.batch.signals.append(
+            ("applied", f"replaying {path} as {run.path}", time.time(), None, row["id"])
+        )
 
     def _rebuild_signal_scope(self, ex: Exec) -> None:
         """After a restart: ``signals.<type>`` from the signals already applied."""

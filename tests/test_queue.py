@@ -567,11 +567,6 @@ def test_no_dead_letter_when_the_queue_has_none(
     assert json.loads(fm(db, "dlq", "ls", "--json").stdout) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="departure from SPEC §8, documented in docs/queue.md: fm dlq replay always runs "
-    "the node in a new one-node execution, never inside the original while it runs",
-)
 def test_dead_letter_replay_into_its_still_running_execution(
     qwf: Callable[..., Path], db: Path, tmp_path: Path, daemon: Callable[..., Any]
 ) -> None:
