@@ -1,5 +1,9 @@
-"""The Textual terminal UI for fm_local (``fm tui``): not built yet (issue 6).
+"""The Textual terminal UI of fm_local (``fm tui``).
 
-The engine (``fm_local``) never imports this package; the UI reads the SQLite
-file and writes signal rows, like every other client.
+It is a client like any other: it reads the SQLite file (read-only connections,
+in background threads) and sends signals by inserting ``signals`` rows. The
+engine (``fm_local``) never imports this package or Textual.
+
+Layout: ``data`` reads, ``control`` writes signals, ``records`` are the values
+read, ``messages`` carry them to the UI, ``screens/`` and ``widgets/`` draw them.
 """

@@ -1,0 +1,141 @@
+"""The TUI application: four screens (executions, detail, queue, resources) as
+Textual modes, switched with 1-4 or the tabs; ``main(db)`` runs it (``fm tui``).
+
+The app itself only watches whether a daemon serves the database (the lock)
+and routes "open this execution"; each screen reads its own data.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+from textual.screen import ModalScreen
+from textual.worker import get_current_worker
+
+from fm_local.errors import StorageError
+from fm_local.lock import is_served
+from fm_local.store import SCHEMA_VERSION, Store
+from tui.data import connect_readonly
+from tui.messages import DaemonChanged, ExecutionChosen
+from tui.screens.base import PollingScreen
+from tui.screens.detail import DetailScreen
+from tui.screens.executions import ExecutionsScreen
+from tui.screens.help import HelpScreen
+from tui.screens.queue import QueueScreen
+from tui.screens.resources import ResourcesScreen
+from tui.session import Session
+
+SCREENS: dict[str, type[PollingScreen]] = {
+    "executions": ExecutionsScreen,
+    "detail": DetailScreen,
+    "queue": QueueScreen,
+    "resources": ResourcesScreen,
+}
+
+
+class FmApp(App[None]):
+    TITLE = "fm"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "show('executions')", "Executions", show=False),
+        Binding("2", "show('detail')", "Detail", show=False),
+        Binding("3", "show('queue')", "Queue", show=False),
+        Binding("4", "show('resources')", "Resources", show=False),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    daemon_pid: reactive[int | None] = reactive(None)
+
+    def __init__(
+        self,
+        db: Path,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        watch_daemon: bool = True,
+    ) -> None:
+        super().__init__()
+        self.session = Session(Path(db), interval, clock)
+        self.watch_daemon = watch_daemon
+        for mode, screen in SCREENS.items():
+            self.add_mode(mode, partial(screen, self.session))
+
+    def on_mount(self) -> None:
+        self.switch_mode("executions")
+        if self.watch_daemon:
+            self.run_worker(self._watch_daemon, thread=True, group="daemon", exit_on_error=False)
+
+    def _watch_daemon(self) -> None:
+        """Poll the supervisor lock (a cheap flock test) in a thread."""
+        worker = get_current_worker()
+        last: int | None | str = "unknown"
+        while not worker.is_cancelled:
+            try:
+                holder = is_served(self.session.db)
+            except OSError:
+                holder = None
+            pid = int(holder["pid"]) if holder else None
+            if pid != last:
+                self.post_message(DaemonChanged(pid))
+                last = pid
+            worker.cancelled_event.wait(max(self.session.interval, 0.5))
+
+    def on_daemon_changed(self, message: DaemonChanged) -> None:
+        self.daemon_pid = message.pid
+
+    def on_execution_chosen(self, message: ExecutionChosen) -> None:
+        self.session.execution_id = message.execution_id
+        self.switch_mode("detail")
+
+    def action_show(self, mode: str) -> None:
+        if isinstance(self.screen, ModalScreen):
+            return  # answer the dialog first
+        if mode == "detail" and self.session.execution_id is None:
+            self.notify(
+                "no execution chosen yet: press Enter on one in the executions screen",
+                severity="warning",
+            )
+            return
+        self.switch_mode(mode)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+
+def check_database(db: Path) -> None:
+    """Refuse a missing, foreign or newer file; migrate an older one (as every fm
+    process does)."""
+    if not db.exists():
+        raise StorageError(f"no database at {db}: run a workflow first, or pass --db PATH")
+    try:
+        conn = connect_readonly(db)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"{db}: not an fm_local database ({exc})") from None
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{db} has schema version {version}, newer than this fm_local "
+            f"({SCHEMA_VERSION}): upgrade fm_local"
+        )
+    if version < SCHEMA_VERSION:
+        Store(db, create=False).close()
+
+
+def main(db: Path) -> None:
+    """Run the TUI on ``db`` until the user quits."""
+    db = Path(db)
+    check_database(db)
+    FmApp(db).run()

@@ -1,0 +1,550 @@
+"""Every database read of the TUI.
+
+A :class:`Reader` owns one read-only SQLite connection and is used by one
+background thread only (the UI thread never queries). Each snapshot is read in
+one short read transaction, with indexed queries and LIMITs, so the supervisor's
+group commits are never held up and the WAL can always be checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tui.records import (
+    ACTIVE_EXEC,
+    EXEC_STATUSES,
+    TERMINAL_EXEC,
+    TERMINAL_NODE,
+    AttemptRow,
+    DetailSnapshot,
+    ExecutionInfo,
+    ExecutionRow,
+    ExecutionsSnapshot,
+    LogLine,
+    LoopStats,
+    NodeDetail,
+    QueuedExecution,
+    QueueSnapshot,
+    ResourceSnapshot,
+    Sample,
+    TimelineRow,
+)
+
+EXECUTIONS_LIMIT = 200
+ITEMS_LIMIT = 300  # items listed when a loop is expanded
+ROWS_LIMIT = 3000  # timeline rows in all
+LOG_LIMIT = 200  # newest log lines of the selected node
+JSON_LIMIT = 20_000  # characters of an output/error/input shown
+THROUGHPUT_SECONDS = 60
+HISTORY_SECONDS = 120
+RECENT_SAMPLE = 5.0  # a sample older than this means no daemon is sampling
+
+_TERMINAL_NODE_SQL = "('" + "','".join(TERMINAL_NODE) + "')"
+
+
+def connect_readonly(db: Path) -> sqlite3.Connection:
+    """A read-only connection (``mode=ro``, ``query_only``) with a short busy timeout."""
+    uri = Path(db).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
+    conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+def glob_escape(text: str) -> str:
+    """Escape GLOB's special characters so ``text`` matches itself."""
+    return "".join(f"[{c}]" if c in "[*?" else c for c in text)
+
+
+def _json(text: str | None, truncated: bool = False) -> Any:
+    if text is None:
+        return None
+    if truncated:
+        return text + " …"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def find_definition(nodes: Sequence[Any], node_id: str) -> dict[str, Any] | None:
+    """The node ``node_id`` in a workflow document's node lists, depth first."""
+    for node in nodes:
+        if not isinstance(node, dict):
+            continue
+        if node.get("id") == node_id:
+            return node
+        body = node.get("body")
+        if isinstance(body, dict):
+            found = find_definition(body.get("nodes", []), node_id)
+            if found is not None:
+                return found
+    return None
+
+
+class Reader:
+    """One read-only connection and the queries of every screen."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = Path(db)
+        self.conn = connect_readonly(self.db)
+        self._version: int | None = None
+        self._progress: dict[str, tuple[int, int]] = {}  # finished executions only
+        self._documents: dict[int, dict[str, Any]] = {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def changed(self) -> bool:
+        """True if another connection committed since the last call (or at the first)."""
+        version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        changed = version != self._version
+        self._version = version
+        return changed
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One short read transaction, so a snapshot is consistent."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("COMMIT")
+
+    # --- executions ----------------------------------------------------------------
+
+    def executions(self, status_filter: str | None, now: float) -> ExecutionsSnapshot:
+        if status_filter == "active":
+            statuses: tuple[str, ...] = ACTIVE_EXEC
+        elif status_filter:
+            statuses = (status_filter,)
+        else:
+            statuses = EXEC_STATUSES
+        # One range of the (status, created_at) index per status, merged: the
+        # newest rows without sorting the whole table.
+        newest = " UNION ALL ".join(
+            "SELECT * FROM (SELECT id, workflow, status, priority, created_at, started_at, "
+            "finished_at FROM executions WHERE status=? ORDER BY created_at DESC LIMIT ?)"
+            for _ in statuses
+        )
+        args = [x for s in statuses for x in (s, EXECUTIONS_LIMIT)]
+        with self._snapshot() as c:
+            rows = c.execute(
+                f"{newest} ORDER BY created_at DESC LIMIT ?", (*args, EXECUTIONS_LIMIT)
+            ).fetchall()
+            finished = {r[0] for r in rows if r[2] in TERMINAL_EXEC}
+            todo = [r[0] for r in rows if r[0] not in self._progress or r[0] not in finished]
+            fresh = self._progress_of(c, todo)
+        for eid, value in fresh.items():
+            if eid in finished:
+                self._progress[eid] = value  # a finished execution's counts never change
+        out = []
+        for r in rows:
+            done, total = self._progress.get(r[0]) or fresh.get(r[0], (0, 0))
+            out.append(
+                ExecutionRow(
+                    id=r[0],
+                    workflow=r[1],
+                    status=r[2],
+                    priority=r[3],
+                    created_at=r[4],
+                    started_at=r[5],
+                    finished_at=r[6],
+                    done=done,
+                    total=total,
+                )
+            )
+        return ExecutionsSnapshot(out, status_filter, now)
+
+    def _progress_of(self, c: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = {eid: (0, 0) for eid in ids}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for eid, total, done in c.execute(
+                f"SELECT execution_id, count(*), sum(status IN {_TERMINAL_NODE_SQL}) "
+                f"FROM node_runs WHERE execution_id IN ({','.join('?' * len(chunk))}) "
+                "GROUP BY execution_id",
+                chunk,
+            ):
+                found[eid] = (int(done or 0), int(total))
+        return found
+
+    # --- one execution ---------------------------------------------------------------
+
+    def detail(
+        self,
+        execution_id: str,
+        *,
+        expanded: frozenset[str],
+        selected: str | None,
+        width: int,
+        now: float,
+    ) -> DetailSnapshot:
+        with self._snapshot() as c:
+            row = c.execute(
+                "SELECT id, workflow, status, priority, input, output, error, created_at, "
+                "started_at, finished_at, workflow_id FROM executions WHERE id=?",
+                (execution_id,),
+            ).fetchone()
+            if row is None:
+                return DetailSnapshot(None, [], None, None, width, None, now)
+            done, total = self._progress_of(c, [execution_id])[execution_id]
+            info = ExecutionInfo(
+                id=row[0],
+                workflow=row[1],
+                status=row[2],
+                priority=row[3],
+                input=_json(row[4]),
+                output=_json(row[5]),
+                error=_json(row[6]),
+                created_at=row[7],
+                started_at=row[8],
+                finished_at=row[9],
+                done=done,
+                total=total,
+            )
+            t0 = info.started_at
+            t1 = max(info.finished_at or now, (t0 or now) + 1e-3) if t0 is not None else None
+            rows: list[TimelineRow] = []
+            timeline = _Timeline(c, execution_id, expanded, t0, t1, width, rows)
+            timeline.frame("", 0)
+            node = None
+            if selected is not None and not selected.startswith("more:"):
+                node = self._node(c, execution_id, selected, row[10])
+        return DetailSnapshot(info, rows, t0, t1, width, node, now, timeline.truncated)
+
+    def _document(self, c: sqlite3.Connection, workflow_id: int) -> dict[str, Any]:
+        doc = self._documents.get(workflow_id)
+        if doc is None:
+            text = c.execute("SELECT document FROM workflows WHERE id=?", (workflow_id,))
+            found = text.fetchone()
+            doc = json.loads(found[0]) if found else {}
+            self._documents[workflow_id] = doc
+        return doc
+
+    def _node(
+        self, c: sqlite3.Connection, execution_id: str, path: str, workflow_id: int
+    ) -> NodeDetail | None:
+        r = c.execute(
+            "SELECT node_id, node_type, status, attempts, recoveries, worker_pid, queued_at, "
+            "started_at, finished_at, substr(output, 1, ?), length(output) > ?, "
+            "substr(error, 1, ?), length(error) > ? FROM node_runs "
+            "WHERE execution_id=? AND path=?",
+            (JSON_LIMIT, JSON_LIMIT, JSON_LIMIT, JSON_LIMIT, execution_id, path),
+        ).fetchone()
+        if r is None:
+            return None
+        doc = self._document(c, workflow_id)
+        definition = find_definition(
+            list(doc.get("nodes", [])) + list(doc.get("handlers", [])), r[0]
+        )
+        if definition is not None and "body" in definition:
+            definition = dict(
+                definition, body=f"<{len(definition['body'].get('nodes', []))} nodes>"
+            )
+        attempts = [
+            AttemptRow(a[0], a[1], a[2], a[3], _json(a[4]), a[5], a[6], a[7])
+            for a in c.execute(
+                "SELECT seq, attempt, kind, status, error, worker_pid, started_at, finished_at "
+                "FROM attempts WHERE execution_id=? AND path=? ORDER BY seq LIMIT 100",
+                (execution_id, path),
+            )
+        ]
+        logs = [
+            LogLine(*x)
+            for x in c.execute(
+                "SELECT attempt, ts, stream, line FROM logs WHERE execution_id=? AND path=? "
+                "ORDER BY id DESC LIMIT ?",
+                (execution_id, path, LOG_LIMIT + 1),
+            )
+        ]
+        dropped = 0
+        if len(logs) > LOG_LIMIT:
+            logs = logs[:LOG_LIMIT]
+            count = c.execute(
+                "SELECT count(*) FROM logs WHERE execution_id=? AND path=?", (execution_id, path)
+            ).fetchone()[0]
+            dropped = int(count) - LOG_LIMIT
+        return NodeDetail(
+            path=path,
+            node_id=r[0],
+            node_type=r[1],
+            status=r[2],
+            attempts_spent=r[3],
+            recoveries=r[4],
+            worker_pid=r[5],
+            queued_at=r[6],
+            started_at=r[7],
+            finished_at=r[8],
+            output=_json(r[9], bool(r[10])),
+            error=_json(r[11], bool(r[12])),
+            definition=definition,
+            attempts=attempts,
+            logs=list(reversed(logs)),
+            logs_dropped=dropped,
+        )
+
+    # --- queue -----------------------------------------------------------------------
+
+    def queue(self, now: float) -> QueueSnapshot:
+        since = int(now) - THROUGHPUT_SECONDS + 1
+        with self._snapshot() as c:
+            depth = [
+                (s, int(p), int(n))
+                for s, p, n in c.execute(
+                    "SELECT status, priority, count(*) FROM queue GROUP BY status, priority "
+                    "ORDER BY status, priority DESC"
+                )
+            ]
+            queued = [
+                QueuedExecution(*r)
+                for r in c.execute(
+                    "SELECT id, workflow, priority, created_at FROM executions "
+                    "WHERE status='queued' ORDER BY priority DESC, created_at LIMIT 100"
+                )
+            ]
+            dead = int(c.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
+            # Completions of the window come from executions that ran in it: the
+            # node_runs lookups then go through the (execution_id, path) index.
+            per_second = dict(
+                c.execute(
+                    "SELECT CAST(finished_at AS INTEGER) AS sec, count(*) FROM node_runs "
+                    "WHERE execution_id IN (SELECT id FROM executions WHERE status IN "
+                    "('running','paused') OR finished_at >= ?) "
+                    f"AND finished_at >= ? AND status IN {_TERMINAL_NODE_SQL} GROUP BY sec",
+                    (since, since),
+                ).fetchall()
+            )
+        throughput = [int(per_second.get(since + i, 0)) for i in range(THROUGHPUT_SECONDS)]
+        return QueueSnapshot(depth, queued, throughput, dead, now)
+
+    # --- resources -------------------------------------------------------------------
+
+    def resources(self, now: float) -> ResourceSnapshot:
+        since = now - HISTORY_SECONDS
+        with self._snapshot() as c:
+            rows = [
+                Sample(r[0], r[1], r[2], float(r[3] or 0.0), int(r[4] or 0), r[5], r[6])
+                for r in c.execute(
+                    "SELECT ts, pid, role, cpu_percent, rss_bytes, execution_id, node_path "
+                    "FROM resource_samples WHERE ts >= ? AND ts <= ? ORDER BY ts, id",
+                    (since, now + 1),
+                )
+            ]
+            newest = rows[-1].ts if rows else None
+            if newest is None:
+                newest = c.execute("SELECT max(ts) FROM resource_samples").fetchone()[0]
+        latest = [s for s in rows if s.ts == newest]
+        latest.sort(key=lambda s: ({"supervisor": 0, "worker": 1}.get(s.role, 2), s.pid or 0))
+        return ResourceSnapshot(
+            latest, newest, now, history_of(rows, now, HISTORY_SECONDS), RECENT_SAMPLE
+        )
+
+
+def history_of(samples: list[Sample], now: float, seconds: int) -> dict[str, list[float]]:
+    """One value per second of the last ``seconds`` (0 where nothing was sampled),
+    oldest first: machine, supervisor, and workers summed."""
+    first = int(now) - seconds + 1
+    groups: dict[int, dict[float, list[Sample]]] = {}
+    for s in samples:
+        groups.setdefault(int(s.ts) - first, {}).setdefault(s.ts, []).append(s)
+    keys = ("machine_cpu", "machine_mem", "supervisor_cpu", "supervisor_rss")
+    series = {k: [0.0] * seconds for k in (*keys, "workers_cpu", "workers_rss")}
+    # Samples come about once a second, so a second may have none: it takes the
+    # previous second's sample (short gaps, and the second now under way;
+    # longer gaps stay empty: no supervisor was sampling).
+    for i in range(seconds):
+        ahead = i == seconds - 1 or any(j in groups for j in (i + 1, i + 2))
+        if i not in groups and i - 1 in groups and ahead:
+            groups[i] = groups[i - 1]
+    for i, by_ts in groups.items():
+        if not 0 <= i < seconds:
+            continue
+        group = by_ts[max(by_ts)]  # the newest sample of that second
+        for s in group:
+            if s.role == "machine":
+                series["machine_cpu"][i] = s.cpu_percent
+                series["machine_mem"][i] = float(s.rss_bytes)
+            elif s.role == "supervisor":
+                series["supervisor_cpu"][i] = s.cpu_percent
+                series["supervisor_rss"][i] = float(s.rss_bytes)
+        workers = [s for s in group if s.role == "worker"]
+        series["workers_cpu"][i] = sum(s.cpu_percent for s in workers)
+        series["workers_rss"][i] = float(sum(s.rss_bytes for s in workers))
+    return series
+
+
+class _Timeline:
+    """Builds the timeline rows of one execution: frames, loops (one aggregated
+    row each) and the items of expanded loops, depth first."""
+
+    def __init__(
+        self,
+        c: sqlite3.Connection,
+        execution_id: str,
+        expanded: frozenset[str],
+        t0: float | None,
+        t1: float | None,
+        width: int,
+        out: list[TimelineRow],
+    ) -> None:
+        self.c = c
+        self.eid = execution_id
+        self.expanded = expanded
+        self.t0 = t0
+        self.t1 = t1
+        self.width = max(1, width)
+        self.out = out
+        self.truncated = False
+
+    def _full(self) -> bool:
+        if len(self.out) >= ROWS_LIMIT:
+            self.truncated = True
+            return True
+        return False
+
+    def frame(self, prefix: str, depth: int) -> None:
+        """The direct children of a frame (``""`` = top level, ``"loop[3]."`` = an item)."""
+        n = len(prefix)
+        rows = self.c.execute(
+            "SELECT path, node_type, status, attempts, started_at, finished_at FROM node_runs "
+            "WHERE execution_id=? AND path GLOB ? AND node_type != 'item' "
+            "AND instr(substr(path, ?), '.') = 0 AND instr(substr(path, ?), '[') = 0 "
+            "ORDER BY coalesce(started_at, queued_at, finished_at), id",
+            (self.eid, glob_escape(prefix) + "*", n + 1, n + 1),
+        ).fetchall()
+        for path, node_type, status, attempts, started, finished in rows:
+            if self._full():
+                return
+            if node_type == "loop":
+                open_ = path in self.expanded
+                self.out.append(
+                    TimelineRow(
+                        key=path,
+                        path=path,
+                        kind="loop",
+                        depth=depth,
+                        node_type=node_type,
+                        status=status,
+                        started_at=started,
+                        finished_at=finished,
+                        attempts=attempts,
+                        expanded=open_,
+                        loop=self._loop_stats(path),
+                    )
+                )
+                if open_:
+                    self.items(path, depth + 1)
+            else:
+                self.out.append(
+                    TimelineRow(
+                        key=path,
+                        path=path,
+                        kind="node",
+                        depth=depth,
+                        node_type=node_type,
+                        status=status,
+                        started_at=started,
+                        finished_at=finished,
+                        attempts=attempts,
+                    )
+                )
+
+    def _item_filter(self, loop_path: str) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "execution_id=? AND path GLOB ? AND node_type='item' "
+            "AND instr(substr(path, ?), '.') = 0",
+            (self.eid, glob_escape(loop_path) + "[[]*]", len(loop_path) + 1),
+        )
+
+    def _loop_stats(self, loop_path: str) -> LoopStats:
+        """Counts by status, and the number of items running in each column,
+        aggregated in SQL (at most width² groups come back)."""
+        where, args = self._item_filter(loop_path)
+        counts: dict[str, int] = {}
+        density = [0] * self.width
+        if self.t0 is None or self.t1 is None:
+            for status, n in self.c.execute(
+                f"SELECT status, count(*) FROM node_runs WHERE {where} GROUP BY status", args
+            ):
+                counts[status] = n
+            return LoopStats(counts, tuple(density))
+        span = max(self.t1 - self.t0, 1e-6)
+        w = self.width
+        diff = [0] * (w + 1)
+        for a, b, status, n in self._density_rows(where, args, span):
+            counts[status] = counts.get(status, 0) + n
+            if a is not None:
+                diff[a] += n
+                diff[max(a, b) + 1] -= n
+        level = 0
+        for col in range(w):
+            level += diff[col]
+            density[col] = level
+        return LoopStats(counts, tuple(density))
+
+    def _density_rows(
+        self, where: str, args: tuple[Any, ...], span: float
+    ) -> list[tuple[int | None, int, str, int]]:
+        assert self.t0 is not None and self.t1 is not None
+        w = self.width
+        sql = (
+            "SELECT CASE WHEN started_at IS NULL THEN NULL ELSE "
+            "min(? - 1, max(0, CAST((started_at - ?) / ? * ? AS INTEGER))) END AS a, "
+            "min(? - 1, max(0, CAST((coalesce(finished_at, ?) - ?) / ? * ? AS INTEGER))) AS b, "
+            f"status, count(*) FROM node_runs WHERE {where} GROUP BY a, b, status"
+        )
+        params = (w, self.t0, span, w, w, self.t1, self.t0, span, w, *args)
+        return [(a, int(b), s, int(n)) for a, b, s, n in self.c.execute(sql, params)]
+
+    def items(self, loop_path: str, depth: int) -> None:
+        where, args = self._item_filter(loop_path)
+        rows = self.c.execute(
+            "SELECT path, status, attempts, started_at, finished_at FROM node_runs "
+            f"WHERE {where} ORDER BY item_index LIMIT ?",
+            (*args, ITEMS_LIMIT + 1),
+        ).fetchall()
+        for path, status, attempts, started, finished in rows[:ITEMS_LIMIT]:
+            if self._full():
+                return
+            open_ = path in self.expanded
+            self.out.append(
+                TimelineRow(
+                    key=path,
+                    path=path,
+                    kind="item",
+                    depth=depth,
+                    node_type="item",
+                    status=status,
+                    started_at=started,
+                    finished_at=finished,
+                    attempts=attempts,
+                    expanded=open_,
+                )
+            )
+            if open_:
+                self.frame(path + ".", depth + 1)
+        if len(rows) > ITEMS_LIMIT:
+            total = self.c.execute(f"SELECT count(*) FROM node_runs WHERE {where}", args)
+            hidden = int(total.fetchone()[0]) - ITEMS_LIMIT
+            self.out.append(
+                TimelineRow(
+                    key=f"more:{loop_path}",
+                    path=loop_path,
+                    kind="more",
+                    depth=depth,
+                    node_type="item",
+                    status="",
+                    hidden=hidden,
+                )
+            )

@@ -1,0 +1,107 @@
+"""The queue screen's areas: depth by state and priority, throughput sparkline,
+queued executions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Label, Sparkline, Static
+
+from tui import format as fmt
+from tui.records import QUEUE_STATES, QueueSnapshot
+from tui.widgets.table_sync import sync_rows
+
+
+def depth_line(snapshot: QueueSnapshot) -> Text:
+    text = Text()
+    for state, n in snapshot.by_state().items():
+        text.append(f"{state} ", style=fmt.STATUS_STYLE.get(state, ""))
+        text.append(f"{n}", style="bold")
+        text.append("   ")
+    text.append("dead letters ", style="red" if snapshot.dead_letters else "")
+    text.append(str(snapshot.dead_letters), style="bold")
+    if snapshot.dead_letters:
+        text.append(" (fm dlq ls)", style="dim")
+    return text
+
+
+class DepthSummary(Static):
+    DEFAULT_CSS = "DepthSummary { height: 1; padding: 0 1; }"
+
+    def show(self, snapshot: QueueSnapshot) -> None:
+        self.update(depth_line(snapshot))
+
+
+class DepthTable(DataTable[Any]):
+    """One row per (state, priority) with its number of tasks."""
+
+    DEFAULT_CSS = "DepthTable { width: 40; height: 1fr; }"
+
+    def on_mount(self) -> None:
+        self.cursor_type = "none"
+        for name in ("state", "priority", "tasks"):
+            self.add_column(name, key=name)
+
+    def show(self, snapshot: QueueSnapshot) -> None:
+        order = {s: i for i, s in enumerate(QUEUE_STATES)}
+        rows = sorted(snapshot.depth, key=lambda r: (order.get(r[0], 9), -r[1]))
+        sync_rows(
+            self,
+            [(f"{s}:{p}", (fmt.status_text(s), str(p), str(n))) for s, p, n in rows],
+        )
+
+
+class Throughput(Vertical):
+    """Node completions per second over the last minute."""
+
+    DEFAULT_CSS = """
+    Throughput { height: 1fr; padding: 0 1; }
+    Throughput Sparkline { height: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Label("throughput", id="throughput-label")
+        yield Sparkline([], id="throughput")
+
+    def show(self, snapshot: QueueSnapshot) -> None:
+        data = snapshot.throughput
+        now = data[-1] if data else 0
+        peak = max(data, default=0)
+        total = sum(data)
+        self.query_one("#throughput-label", Label).update(
+            f"node completions per second, last {len(data)} s: "
+            f"now {now}/s, peak {peak}/s, {total} in all"
+        )
+        self.query_one(Sparkline).data = [float(x) for x in data]
+
+
+class QueuedTable(DataTable[Any]):
+    """Executions waiting for a supervisor to start them, first to start first."""
+
+    DEFAULT_CSS = "QueuedTable { height: 1fr; }"
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        for name in ("id", "workflow", "priority", "submitted", "waiting"):
+            self.add_column(name, key=name)
+
+    def show(self, snapshot: QueueSnapshot) -> None:
+        sync_rows(
+            self,
+            [
+                (
+                    q.id,
+                    (
+                        q.id,
+                        q.workflow,
+                        str(q.priority),
+                        fmt.clock(q.created_at),
+                        fmt.duration(snapshot.now - q.created_at),
+                    ),
+                )
+                for q in snapshot.queued
+            ],
+        )
