@@ -1781,8 +1781,7 @@ class Supervisor:
                 frame=ex.top,
                 path=f"signal:{typ}#{sid}->{node.id}",
             )
-            self._event(ex, None, f"signal:{typ}", {"signal": sid, "outcome": ["handler started"]})
-            return
+            return  # applied (and its event written) when the handler has run
         self.batch.signals.append(("applied", "; ".join(outcome) or "applied", now, None, sid))
         self._event(ex, None, f"signal:{typ}", {"signal": sid, "outcome": outcome})
 
@@ -2317,6 +2316,8 @@ class Supervisor:
                 entry["result"] = value  # only the newest signal of a type shows
             if sid is not None:
                 self.signals_in_progress.discard(sid)
+                outcome = f"handler '{aux.node.id}' {aux.status}"
+                self._event(ex, None, f"signal:{typ}", {"signal": sid, "outcome": [outcome]})
                 result = value if ok else {"error": aux.error}
                 self.batch.signals.append(
                     (
