@@ -193,7 +193,7 @@ class Reader:
         with self._snapshot() as c:
             row = c.execute(
                 "SELECT id, workflow, status, priority, input, output, error, created_at, "
-                "started_at, finished_at, workflow_id FROM executions WHERE id=?",
+                "started_at, finished_at, workflow_id, trace_id FROM executions WHERE id=?",
                 (execution_id,),
             ).fetchone()
             if row is None:
@@ -212,6 +212,7 @@ class Reader:
                 finished_at=row[9],
                 done=done,
                 total=total,
+                trace_id=row[11] or "",
             )
             t0 = info.started_at
             t1 = max(info.finished_at or now, (t0 or now) + 1e-3) if t0 is not None else None
@@ -238,7 +239,7 @@ class Reader:
         r = c.execute(
             "SELECT node_id, node_type, status, attempts, recoveries, worker_pid, queued_at, "
             "started_at, finished_at, substr(output, 1, ?), length(output) > ?, "
-            "substr(error, 1, ?), length(error) > ? FROM node_runs "
+            "substr(error, 1, ?), length(error) > ?, trace_id FROM node_runs "
             "WHERE execution_id=? AND path=?",
             (JSON_LIMIT, JSON_LIMIT, JSON_LIMIT, JSON_LIMIT, execution_id, path),
         ).fetchone()
@@ -292,6 +293,7 @@ class Reader:
             attempts=attempts,
             logs=list(reversed(logs)),
             logs_dropped=dropped,
+            trace_id=r[13],
         )
 
     # --- queue -----------------------------------------------------------------------

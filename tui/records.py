@@ -121,6 +121,7 @@ class NodeDetail:
     attempts: list[AttemptRow]
     logs: list[LogLine]
     logs_dropped: int
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class ExecutionInfo:
     finished_at: float | None
     done: int
     total: int
+    trace_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ def header_text(info: ExecutionInfo, now: float) -> Text:
     text = Text().append(info.id, style="bold")
     text.append(f"  {info.workflow}  ")
     text.append_text(fmt.status_text(info.status))
-    text.append(f"  priority {info.priority}\n")
+    text.append(f"  priority {info.priority}")
+    if info.trace_id:
+        text.append(f"  {info.trace_id}", style="dim")
+    text.append("\n")
     text.append(f"started {fmt.clock(info.started_at)}  took ")
     text.append(fmt.duration(fmt.span(info.started_at, info.finished_at, now)))
     text.append("  nodes ")

@@ -94,6 +94,8 @@ def node_view(node: NodeDetail, now: float) -> Group:
         head.append(f" (+{node.recoveries} recoveries)")
     if node.worker_pid:
         head.append(f"  worker {node.worker_pid}")
+    if node.trace_id:
+        head.append(f"  {node.trace_id}", style="dim")
     times = Text(
         f"queued {fmt.short_clock(node.queued_at)}  started {fmt.short_clock(node.started_at)}  "
         f"finished {fmt.short_clock(node.finished_at)}  took "
