@@ -424,6 +424,7 @@ def _node_json(n: dict[str, Any]) -> dict[str, Any]:
         "branch": n["branch_id"],
         "workerPid": n["worker_pid"],
         "port": n["port"],
+        "input": loads(n["input"]),
         "output": loads(n["output"]),
         "error": loads(n["error"]),
     }

@@ -87,6 +87,7 @@ MIGRATIONS: list[str] = [
         finished_at REAL,
         next_attempt_at REAL,
         item_index INTEGER,
+        input TEXT,
         UNIQUE (execution_id, path)
     );
     CREATE INDEX node_runs_status ON node_runs(status);
@@ -310,6 +311,7 @@ NODE_COLS = (
     "finished_at",
     "next_attempt_at",
     "item_index",
+    "input",
 )
 ATTEMPT_COLS = (
     "execution_id",

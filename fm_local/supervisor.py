@@ -154,7 +154,7 @@ class Run:
         "fell_back",
         "aux_kind",
         "ready_at",
-        "last_input",
+        "input_json",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -193,7 +193,7 @@ class Run:
         self.fell_back = False  # its fallback node already ran
         self.aux_kind: str | None = None  # fallback, goto, compensate, handler
         self.ready_at = 0.0  # when it last entered the ready queue
-        self.last_input: Any = None  # resolved task input, kept for the dead-letter queue
+        self.input_json: str | None = None  # the resolved task input (worker nodes)
 
     def value(self) -> Any:
         if self._value is _UNSET:
@@ -700,6 +700,7 @@ class Supervisor:
             run.finished_at = r["finished_at"]
             run.next_attempt_at = r["next_attempt_at"]
             run.worker_pid = r["worker_pid"]
+            run.input_json = r["input"]
             run.in_queue_table = run.status in ACTIVE_STATUSES
             run.seq, kind = last.get(run.path, (0, "attempt"))
             frame.runs[node.id] = run
@@ -1128,7 +1129,7 @@ class Supervisor:
                     ex.id,
                     run.path,
                     node.id,
-                    None if run.last_input is None else dumps(run.last_input),
+                    run.input_json,
                     dumps(err),
                     run.attempt,
                     time.time(),
@@ -2503,8 +2504,7 @@ class Supervisor:
             self._release(run)
             self._inline_failed(run, exc)
             return None
-        if ex.workflow.settings.queue.dead_letter_queue:
-            run.last_input = spec
+        run.input_json = dumps(spec)
         tid = next(self.task_ids)
         run.task_id = tid
         run.status = "running" if head else "queued"
@@ -2951,6 +2951,7 @@ class Supervisor:
                 run.finished_at,
                 run.next_attempt_at,
                 run.item_index,
+                run.input_json,
             )
             if status in ACTIVE_STATUSES and run.ntype != "item" and run.ntype != "loop":
                 qstatus = "timer" if isinstance(run.node, DelayNode) else status

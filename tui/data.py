@@ -239,9 +239,10 @@ class Reader:
         r = c.execute(
             "SELECT node_id, node_type, status, attempts, recoveries, worker_pid, queued_at, "
             "started_at, finished_at, substr(output, 1, ?), length(output) > ?, "
-            "substr(error, 1, ?), length(error) > ?, trace_id FROM node_runs "
+            "substr(error, 1, ?), length(error) > ?, trace_id, substr(input, 1, ?), "
+            "length(input) > ? FROM node_runs "
             "WHERE execution_id=? AND path=?",
-            (JSON_LIMIT, JSON_LIMIT, JSON_LIMIT, JSON_LIMIT, execution_id, path),
+            (JSON_LIMIT,) * 6 + (execution_id, path),
         ).fetchone()
         if r is None:
             return None
@@ -294,6 +295,7 @@ class Reader:
             logs=list(reversed(logs)),
             logs_dropped=dropped,
             trace_id=r[13],
+            input=_json(r[14], bool(r[15])) if r[14] is not None else None,
         )
 
     # --- queue -----------------------------------------------------------------------

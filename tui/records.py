@@ -122,6 +122,7 @@ class NodeDetail:
     logs: list[LogLine]
     logs_dropped: int
     trace_id: str | None = None
+    input: Any = None  # the resolved task input of a worker node, when recorded
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""Below the timeline: the selected node instance (definition, output, error,
+"""Below the timeline: the selected node instance (input, output, error,
 attempts, log) or, with no node selected, the execution's input, output, error.
 
-Node inputs are resolved in the supervisor and not recorded, so "input" shows
-the node's definition from the workflow document (its argument templates)."""
+A worker node's "input" is the resolved input the worker received (recorded in
+``node_runs.input``); a supervisor-side node shows its definition instead."""
 
 from __future__ import annotations
 
@@ -105,11 +105,17 @@ def node_view(node: NodeDetail, now: float) -> Group:
     definition = {
         k: v for k, v in (node.definition or {}).items() if k not in ("id", "type", "name")
     }
+    if node.input is not None:
+        input_head = heading("input", "resolved, as the worker received it")
+        input_body = json_block(node.input)
+    else:
+        input_head = heading("input", "the node's definition: it runs in the supervisor")
+        input_body = json_block(definition or None)
     return Group(
         head,
         times,
-        heading("input", "the node's definition; resolved values are not recorded"),
-        json_block(definition or None),
+        input_head,
+        input_body,
         heading("output"),
         json_block(node.output),
         heading("error"),
