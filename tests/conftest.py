@@ -146,6 +146,15 @@ def wait_until(cond: Callable[[], Any], timeout: float = 30, what: str = "condit
 
 
 def read_marks(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+    """The JSON mark lines written so far (a line still being written is skipped)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

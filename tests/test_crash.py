@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, wait_until
+from conftest import HERE, read_marks, wait_until
 
 from fm_local import api
 
@@ -48,19 +48,7 @@ def py(nid: str, call: str, **kw: Any) -> dict[str, Any]:
     return node
 
 
-def marks(path: Path) -> list[dict[str, Any]]:
-    """The mark lines written so far (a line still being written is skipped)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+marks = read_marks  # one reader for every mark file (tests/conftest.py)
 
 
 def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

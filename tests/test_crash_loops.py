@@ -19,7 +19,6 @@ to a mark file, the tests' view of what really ran and when.
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, wait_until
+from conftest import HERE, read_marks, wait_until
 
 from fm_local import api
 
@@ -46,19 +45,7 @@ def lwf(wf: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
     return wf
 
 
-def marks(path: Path) -> list[dict[str, Any]]:
-    """The mark lines written so far (a line still being written is skipped)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+marks = read_marks  # one reader for every mark file (tests/conftest.py)
 
 
 def starts(path: Path) -> list[dict[str, Any]]:

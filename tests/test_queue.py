@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, fm, run_wf, show, wait_until
+from conftest import ROOT, fm, read_marks, run_wf, show, wait_until
 
 QUIET = 1.5  # seconds a negative check watches for something that must not happen
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
@@ -92,19 +92,7 @@ def py(nid: str, fn: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
     return node
 
 
-def marks(path: Path) -> list[dict[str, Any]]:
-    """Mark lines written so far (a line still being written is skipped)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+marks = read_marks  # one reader for every mark file (tests/conftest.py)
 
 
 def tags(path: Path) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, ROOT, fm, show, wait_until
+from conftest import HERE, ROOT, fm, read_marks, show, wait_until
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -45,19 +45,7 @@ def edges(*pairs: tuple[str, str]) -> list[dict[str, str]]:
     return [{"source": s, "target": t} for s, t in pairs]
 
 
-def marks(path: Path) -> list[dict[str, Any]]:
-    """Mark lines written so far (a line still being written is skipped)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+marks = read_marks  # one reader for every mark file (tests/conftest.py)
 
 
 def events(mark: Path, event: str, tag: str | None = None) -> list[dict[str, Any]]:
