@@ -29,9 +29,28 @@ TOTAL_TIMEOUT = "TOTAL_TIMEOUT"
 CANCELLED = "CANCELLED"
 DEPENDENCY_FAILED = "DEPENDENCY_FAILED"
 EXECUTION_TIMEOUT = "EXECUTION_TIMEOUT"
+# A value over the output limit (jsonio.MAX_OUTPUT_BYTES): a node's output, or a
+# value the supervisor made (transform, merge, loop output).
+OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
+# A node's resolved input that cannot be sent to a worker.
+INPUT_TOO_LARGE = "INPUT_TOO_LARGE"
+INPUT_TOO_DEEP = "INPUT_TOO_DEEP"
+# A bug met while the supervisor handled one execution's data: that node (or that
+# execution) fails with it; every other execution goes on.
+INTERNAL_ERROR = "INTERNAL_ERROR"
 
 # Codes that are never retried unless a policy lists them explicitly.
-NON_RETRYABLE = frozenset({FATAL, CLIENT_ERROR, VALIDATION_ERROR, EXPRESSION_ERROR})
+NON_RETRYABLE = frozenset(
+    {
+        FATAL,
+        CLIENT_ERROR,
+        VALIDATION_ERROR,
+        EXPRESSION_ERROR,
+        INPUT_TOO_LARGE,
+        INPUT_TOO_DEEP,
+        INTERNAL_ERROR,
+    }
+)
 
 # Exit codes of the CLI (SPEC §10).
 EXIT_OK = 0
