@@ -4,10 +4,15 @@ Pure functions of the model: no I/O, no clocks. A node's dependencies are its
 incoming edges plus every node whose output its expressions reference; it is
 ready when every dependency is finished, and it runs when at least one of them
 let it through (a taken edge, or a succeeded reference), else it is skipped.
+Compiling is iterative and linear in nodes + edges, besides the size of what it
+returns (merge sections, branch suffixes): a 100,000-node graph or a 20,000-node
+chain compiles in seconds.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,9 +195,9 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
     order = _topo_order(list(by_id), deps)
     dependents: dict[str, list[str]] = {nid: [] for nid in by_id}
     for nid in order:
-        for d in deps[nid]:
-            if nid not in dependents[d.source]:
-                dependents[d.source].append(nid)
+        # Each source once per dependent (a set, not a scan of the growing list).
+        for src in dict.fromkeys(d.source for d in deps[nid]):
+            dependents[src].append(nid)
     roots = [nid for nid in by_id if not deps[nid]]
     sinks = [nid for nid in by_id if not dependents[nid]]
     branches = _branches(order, roots, deps, out_edges, by_id)
@@ -223,10 +228,10 @@ def _topo_order(ids: list[str], deps: Mapping[str, list[Dep]]) -> list[str]:
     for nid in ids:
         for src in {d.source for d in deps[nid]}:
             children[src].append(nid)
-    ready = [nid for nid in ids if pending[nid] == 0]
+    ready = deque(nid for nid in ids if pending[nid] == 0)
     order: list[str] = []
     while ready:
-        nid = ready.pop(0)
+        nid = ready.popleft()
         order.append(nid)
         for c in children[nid]:
             pending[c] -= 1
@@ -245,12 +250,34 @@ def _branches(
     """Each fan-out edge starts a branch; joins fall back to the common parent."""
     top = Branch(None, None, ())
     result: dict[str, Branch] = {}
+    # The first branch assigned with each suffix, for joins (see _common_branch).
+    by_suffix: dict[tuple[int, ...], Branch] = {}
+    # Per source: its normal out-edges' count, and each target's first position
+    # among them (computed once per source, not once per child).
+    fans: dict[str, tuple[int, dict[str, int]]] = {}
+
+    def assign(nid: str, b: Branch) -> None:
+        result[nid] = b
+        by_suffix.setdefault(b.suffix, b)
+
+    def fan_of(src: str) -> tuple[int, dict[str, int]]:
+        f = fans.get(src)
+        if f is None:
+            first: dict[str, int] = {}
+            k = 0
+            for e in out_edges[src]:
+                if e.source_handle != ERROR_HANDLE:
+                    first.setdefault(e.target, k)
+                    k += 1
+            f = fans[src] = (k, first)
+        return f
+
     edge_roots = list(roots)
     for i, r in enumerate(edge_roots):
         if len(edge_roots) > 1:
-            result[r] = Branch(r, nodes[r].display_name, (i + 1,))
+            assign(r, Branch(r, nodes[r].display_name, (i + 1,)))
         else:
-            result[r] = top
+            assign(r, top)
     for nid in order:
         if nid in result:
             continue
@@ -259,27 +286,30 @@ def _branches(
             parents = [d for d in deps[nid] if not d.is_ref]
         if not parents:
             # Only reference deps: it belongs to no particular branch.
-            result[nid] = top
+            assign(nid, top)
             continue
         candidates: list[Branch] = []
         for d in parents:
             src_branch = result.get(d.source, top)
-            fan = [e for e in out_edges[d.source] if e.source_handle != ERROR_HANDLE]
-            if len(fan) > 1 and len(parents) == 1:
-                idx = next((k for k, e in enumerate(fan) if e.target == nid), 0)
+            width, first = fan_of(d.source)
+            if width > 1 and len(parents) == 1:
+                idx = first.get(nid, 0)
                 candidates.append(
                     Branch(nid, nodes[nid].display_name, src_branch.suffix + (idx + 1,))
                 )
             else:
                 candidates.append(src_branch)
         if len(candidates) == 1:
-            result[nid] = candidates[0]
+            assign(nid, candidates[0])
         else:
-            result[nid] = _common_branch(candidates, result)
+            assign(nid, _common_branch(candidates, by_suffix))
     return result
 
 
-def _common_branch(candidates: list[Branch], known: Mapping[str, Branch]) -> Branch:
+def _common_branch(candidates: list[Branch], known: Mapping[tuple[int, ...], Branch]) -> Branch:
+    """The branch of a join: the longest common suffix prefix of its candidates,
+    as the first candidate, else the first known branch, that has it exactly.
+    ``known`` maps a suffix to the first branch assigned with it."""
     prefix = candidates[0].suffix
     for b in candidates[1:]:
         n = 0
@@ -288,10 +318,11 @@ def _common_branch(candidates: list[Branch], known: Mapping[str, Branch]) -> Bra
         prefix = prefix[:n]
     if not prefix:
         return Branch(None, None, ())
-    for b in list(candidates) + list(known.values()):
+    for b in candidates:
         if b.suffix == prefix:
             return b
-    return Branch(None, None, prefix)
+    found = known.get(prefix)
+    return found if found is not None else Branch(None, None, prefix)
 
 
 # --- readiness -------------------------------------------------------------------
@@ -363,27 +394,82 @@ def _edge_ancestors(g: CompiledGraph, nid: str) -> set[str]:
 
 
 def merge_sections(g: CompiledGraph, merge_ids: Iterable[str]) -> dict[str, Section]:
-    """The section of each merge in ``merge_ids``."""
+    """The section of each merge in ``merge_ids``.
+
+    Work is proportional to each section (and the part of the graph between its
+    fan-out point and its merge), not to the whole graph per predecessor."""
     pos = {nid: i for i, nid in enumerate(g.order)}
-    out: dict[str, Section] = {}
-    for mid in merge_ids:
-        preds = []
-        for d in g.deps[mid]:
-            if not d.is_ref and d.source not in preds:
-                preds.append(d.source)
-        anc = {p: _edge_ancestors(g, p) | {p} for p in preds}
-        common = set.intersection(*anc.values()) if anc else set()
-        # The nearest common ancestor: the latest in topological order.
-        fanout = max(common, key=lambda n: pos[n]) if common else None
-        above = (_edge_ancestors(g, fanout) | {fanout}) if fanout else set()
-        members: set[str] = set()
-        branches: dict[str, frozenset[str]] = {}
-        for p in preds:
-            own = anc[p] - above
-            branches[p] = frozenset(own)
-            members |= own
-        out[mid] = Section(mid, fanout, frozenset(members), branches)
-    return out
+    parents = {
+        nid: list(dict.fromkeys(d.source for d in ds if not d.is_ref)) for nid, ds in g.deps.items()
+    }
+    return {mid: _section(g, mid, parents, pos) for mid in merge_ids}
+
+
+def _section(
+    g: CompiledGraph, mid: str, parents: Mapping[str, list[str]], pos: Mapping[str, int]
+) -> Section:
+    preds = parents[mid]
+    fanout = _nearest_common_ancestor(preds, parents, pos)
+    above: set[str] | None = None  # the fan-out's ancestors, built only if needed
+    members: set[str] = set()
+    branches: dict[str, frozenset[str]] = {}
+    for p in preds:
+        # Ancestors of p (itself included) not above the fan-out (it included): a
+        # path from one of them to p never enters that set, so stop where it starts.
+        own: set[str] = set()
+        stack = [p]
+        while stack:
+            n = stack.pop()
+            if n in own:
+                continue
+            if fanout is not None and pos[n] <= pos[fanout]:
+                # Only nodes before the fan-out in a topological order can be above it.
+                if n == fanout:
+                    continue
+                if above is None:
+                    above = _edge_ancestors(g, fanout)
+                if n in above:
+                    continue
+            own.add(n)
+            stack.extend(parents[n])
+        branches[p] = frozenset(own)
+        members |= own
+    return Section(mid, fanout, frozenset(members), branches)
+
+
+def _nearest_common_ancestor(
+    preds: list[str], parents: Mapping[str, list[str]], pos: Mapping[str, int]
+) -> str | None:
+    """The latest node, in topological order, that is an edge ancestor of every
+    node of ``preds`` or one of them; None when they share none.
+
+    Walks back from ``preds`` latest first, carrying which preds reach each node:
+    when a node is taken, every node after it has been, so its set is complete,
+    and the first one reached by all is the answer."""
+    if not preds:
+        return None
+    want = len(preds)
+    reached: dict[str, set[str]] = {p: {p} for p in preds}
+    heap = [(-pos[p], p) for p in preds]
+    heapq.heapify(heap)
+    while heap:
+        _, n = heapq.heappop(heap)
+        mine = reached.pop(n)
+        if len(mine) == want:
+            return n
+        ps = parents[n]
+        for q in ps:
+            theirs = reached.get(q)
+            if theirs is None:
+                # With one parent the set moves on; with several each gets a copy.
+                reached[q] = mine if len(ps) == 1 else set(mine)
+                heapq.heappush(heap, (-pos[q], q))
+            elif len(ps) == 1 and len(theirs) < len(mine):
+                mine |= theirs  # the smaller set merges into the larger
+                reached[q] = mine
+            else:
+                theirs |= mine
+    return None
 
 
 def innermost_sections(sections: Mapping[str, Section]) -> dict[str, str]:

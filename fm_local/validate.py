@@ -5,21 +5,25 @@ compiled (``graph.compile_graph`` on every graph) and scheduled; every problem
 found is reported with the JSON path where it is, and all of them are reported,
 not just the first.
 
-Checks run in three layers: JSON syntax, then shape (pydantic, its errors
-translated into one-line messages), then meaning (ids, edges, cycles, ports,
-expressions and the names they read, targets, limits) on the parsed model. When
-the shape is wrong only cheap structural checks on the raw document are added,
-because the meaning checks need a well-formed model.
+Checks run in three layers: JSON syntax (strict: ``jsonio.strict_loads``), then
+shape (pydantic, its errors translated into one-line messages), then meaning
+(ids, edges, cycles, ports, expressions and the names they read, targets,
+limits) on the parsed model. When the shape is wrong only cheap structural checks
+on the raw document are added, because the meaning checks need a well-formed
+model. Every layer is linear in the document (sorting aside) and iterative where
+a graph is walked; "did you mean" hints, which compare a name with every
+candidate, stop after :data:`HINT_BUDGET` comparisons per document.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 import types
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +32,7 @@ import jsonschema
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_snake
 
-from fm_local import expr
+from fm_local import expr, jsonio
 from fm_local.errors import WorkflowInvalid
 from fm_local.graph import (
     DEFAULT_HANDLE,
@@ -117,13 +121,16 @@ def load_workflow(path: str | Path) -> LoadedWorkflow:
 
 
 def parse_workflow(text: str, *, path: Path | None = None) -> LoadedWorkflow:
-    """Parse and validate a workflow document; raise ``WorkflowInvalid`` on any error."""
+    """Parse and validate a workflow document; raise ``WorkflowInvalid`` on any error.
+
+    The JSON is parsed strictly (``jsonio.strict_loads``): malformed text, NaN,
+    Infinity, numbers out of range, duplicate keys and too deep nesting are one
+    line naming the file (``path``, else "workflow") and where."""
+    what = str(path) if path is not None else "workflow"
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise WorkflowInvalid([f"line {e.lineno}, column {e.colno}: {e.msg}"]) from None
-    except RecursionError:
-        raise WorkflowInvalid(["the document is nested too deeply"]) from None
+        raw = jsonio.strict_loads(text, what=what)
+    except jsonio.JsonProblem as e:
+        raise WorkflowInvalid([_json_problem(e, what)]) from None
     wf, problems = check_document(raw)
     errors = [p for p in problems if p.severity == "error"]
     warnings = [p for p in problems if p.severity == "warning"]
@@ -150,9 +157,10 @@ def check_document(raw: Any) -> tuple[Workflow | None, list[Problem]]:
         except ValidationError as e:
             wf = None
             problems.extend(_shape_problems(raw, e))
-        problems.extend(_raw_structure_problems(raw))
+        budget = _Budget()
+        problems.extend(_raw_structure_problems(raw, budget))
         if wf is not None:
-            problems.extend(_Checker(wf, raw).run())
+            problems.extend(_Checker(wf, raw, budget).run())
     except RecursionError:
         return None, [Problem("", "the document is nested too deeply")]
     problems = _dedupe(problems)
@@ -188,6 +196,24 @@ def validate_input(workflow: Workflow, value: Any) -> list[str]:
 
 
 # --- helpers ------------------------------------------------------------------------
+
+
+def _json_problem(e: jsonio.JsonProblem, what: str) -> str:
+    """``<what>: <path>: <reason>``, the path in this module's style (``nodes[2]``)."""
+    if e.parts is None:
+        return str(e)  # malformed text: strict_loads already named the file
+    where = _json_path(e.parts)
+    return f"{what}: {where}: {e.reason}" if where else f"{what}: {e.reason}"
+
+
+def _json_path(parts: Sequence[PathPart]) -> str:
+    """:func:`_format_path`, shortened to its start and end when it is deep (as
+    ``jsonio.format_path`` does), so that the line stays readable."""
+    if len(parts) > 12:
+        head = _format_path(parts[:6])
+        tail = _format_path(parts[-3:])
+        return f"{head}…{tail} ({len(parts)} levels)"
+    return _format_path(parts)
 
 
 def _format_path(parts: Iterable[PathPart]) -> str:
@@ -251,8 +277,103 @@ def _short(text: str, limit: int = 60) -> str:
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    return _hint(name, _Budget(), _Names(candidates))
+
+
+# Name comparisons "did you mean" hints may cost in one document. Hints are exact
+# until then and left out after, so that thousands of misspelled names among
+# thousands of ids (each hint compares one name with every id) stay linear.
+HINT_BUDGET = 500_000
+
+
+class _Budget:
+    __slots__ = ("left",)
+
+    def __init__(self, left: int = HINT_BUDGET) -> None:
+        self.left = left
+
+    def take(self, n: int) -> bool:
+        if n > self.left:
+            return False
+        self.left -= n
+        return True
+
+
+def _best_match(word: str, names: Iterable[str], cutoff: float = 0.6) -> tuple[float, str] | None:
+    """``difflib.get_close_matches(word, names, n=1, cutoff)`` with its score: the
+    largest (ratio, name). A maximum, so the best of a union of sets is the best of
+    each set's best."""
+    s = difflib.SequenceMatcher()
+    s.set_seq2(word)
+    best: tuple[float, str] | None = None
+    for x in names:
+        s.set_seq1(x)
+        if s.real_quick_ratio() >= cutoff and s.quick_ratio() >= cutoff:
+            r = s.ratio()
+            if r >= cutoff and (best is None or (r, x) > best):
+                best = (r, x)
+    return best
+
+
+class _Names:
+    """A set of names to suggest from. It remembers the best match of each word
+    asked, so a graph that misspells the same name in many nodes compares it with
+    all of its names once, not once per node."""
+
+    __slots__ = ("names", "_best")
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(names)
+        self._best: dict[str, tuple[float, str] | None] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def knows(self, word: str) -> bool:
+        return word in self._best
+
+    def best(self, word: str) -> tuple[float, str] | None:
+        if word not in self._best:
+            self._best[word] = _best_match(word, self.names)
+        return self._best[word]
+
+
+def _hint(word: str, budget: _Budget, *sets: _Names) -> str:
+    """`` (did you mean 'x'?)`` for the closest name in any of ``sets``; "" when
+    there is none, or when the document's hint budget cannot pay for the search."""
+    cost = sum(len(s.names) for s in sets if not s.knows(word))
+    if cost and not budget.take(cost):
+        return ""
+    found = [b for b in (s.best(word) for s in sets) if b is not None]
+    return f" (did you mean '{max(found)[1]}'?)" if found else ""
+
+
+class _Scope:
+    """The names an expression of one graph may read: the graph's own layer, then
+    the enclosing graphs' layers. Linked, not copied, so that a loop body costs
+    what its own nodes cost however big the graph around it is."""
+
+    __slots__ = ("layer", "outer")
+
+    def __init__(self, layer: _Names, outer: _Scope | None = None) -> None:
+        self.layer = layer
+        self.outer = outer
+
+    def __contains__(self, name: object) -> bool:
+        s: _Scope | None = self
+        while s is not None:
+            if name in s.layer:
+                return True
+            s = s.outer
+        return False
+
+    def layers(self) -> list[_Names]:
+        out = []
+        s: _Scope | None = self
+        while s is not None:
+            out.append(s.layer)
+            s = s.outer
+        return out
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -265,12 +386,17 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
     return out
 
 
+@functools.cache
+def _snake(camel: str) -> str:
+    return to_snake(camel)  # a few regex substitutions: worth remembering per key
+
+
 def _raw_key(raw: Any, camel: str) -> str:
     """The spelling the user wrote for a key (camelCase or snake_case)."""
     if isinstance(raw, dict):
         if camel in raw:
             return camel
-        snake = to_snake(camel)
+        snake = _snake(camel)
         if snake in raw:
             return snake
         if camel == "json" and "json_body" in raw:
@@ -594,9 +720,9 @@ def _problem(err: Mapping[str, Any], loc: _Loc) -> Problem:
 # --- structure checks on the raw document (work even when the shape is wrong) -------
 
 
-def _raw_structure_problems(raw: dict[str, Any]) -> list[Problem]:
+def _raw_structure_problems(raw: dict[str, Any], budget: _Budget | None = None) -> list[Problem]:
     problems: list[Problem] = []
-    _raw_graph(raw, [], problems, handlers=_list(raw, "handlers"))
+    _raw_graph(raw, [], problems, budget or _Budget(), handlers=_list(raw, "handlers"))
     return problems
 
 
@@ -604,11 +730,12 @@ def _raw_graph(
     graph: Any,
     at: list[PathPart],
     problems: list[Problem],
+    budget: _Budget,
     handlers: list[Any] | None = None,
 ) -> None:
     nodes = _list(graph, "nodes")
     edges = _list(graph, "edges")
-    seen: dict[str, str] = {}
+    seen: dict[str, list[PathPart]] = {}  # id -> where first used (formatted if needed)
     node_ids: set[str] = set()
     handler_ids: set[str] = set()
     members: list[tuple[str, list[Any]]] = [("nodes", nodes)]
@@ -625,14 +752,15 @@ def _raw_graph(
                     problems.append(
                         Problem(
                             _format_path(path + ["id"]),
-                            f"node '{nid}': duplicate id (also used at {seen[nid]})",
+                            f"node '{nid}': duplicate id (also used at {_format_path(seen[nid])})",
                         )
                     )
                 else:
-                    seen[nid] = _format_path(path)
+                    seen[nid] = path
                 (node_ids if key == "nodes" else handler_ids).add(nid)
-            _raw_nested(n, path, problems)
+            _raw_nested(n, path, problems, budget)
     where = "this loop body" if at else "the workflow"
+    names: _Names | None = None
     for k, e in enumerate(edges):
         if not isinstance(e, dict):
             continue
@@ -646,7 +774,8 @@ def _raw_graph(
                     "gotoNodeId or signalHandlers, not through edges)"
                 )
             else:
-                hint = _suggest(v, node_ids)
+                names = names or _Names(node_ids)
+                hint = _hint(v, budget, names)
             problems.append(
                 Problem(
                     _format_path(at + ["edges", k, end]),
@@ -655,27 +784,36 @@ def _raw_graph(
             )
 
 
-def _raw_nested(node: dict[str, Any], path: list[PathPart], problems: list[Problem]) -> None:
+def _raw_nested(
+    node: dict[str, Any], path: list[PathPart], problems: list[Problem], budget: _Budget
+) -> None:
     body = node.get("body")
     if isinstance(body, dict):
-        _raw_graph(body, path + ["body"], problems)
+        _raw_graph(body, path + ["body"], problems, budget)
     comp = node.get("compensate")
     if isinstance(comp, dict):
-        _raw_nested(comp, path + ["compensate"], problems)
+        _raw_nested(comp, path + ["compensate"], problems, budget)
 
 
 # --- meaning: checks on the parsed model --------------------------------------------
 
 
 class _Checker:
-    def __init__(self, wf: Workflow, raw: dict[str, Any]) -> None:
+    def __init__(self, wf: Workflow, raw: dict[str, Any], budget: _Budget | None = None) -> None:
         self.wf = wf
         self.raw = raw
+        self.budget = budget or _Budget()
+        # settings.concurrencyLimits / rateLimits: names and the "defined" list, once.
+        self.pools = _Names(wf.settings.concurrency_limits)
+        self.pools_text = ", ".join(sorted(wf.settings.concurrency_limits)) or "none"
+        self.limiters = _Names(wf.settings.rate_limits)
+        self.limiters_text = ", ".join(sorted(wf.settings.rate_limits)) or "none"
         self.problems: list[Problem] = []
         self.handler_ids = {h.id for h in wf.handlers}
         self.used_handlers: set[str] = set()
         self.graphs: list[tuple[list[PathPart], list[Any], list[Edge]]] = []
         self.input_keys = self._declared_inputs()
+        self.input_names = _Names(self.input_keys or ())
         # id of a node inside some loop body -> the loop's id (for hints).
         self.body_ids: dict[str, str] = {}
 
@@ -696,9 +834,9 @@ class _Checker:
         self._check_inputs()
         self._check_settings()
         top = self._graph(wf.nodes, _list(raw, "nodes"), wf.edges, _list(raw, "edges"), [], None)
-        handler_scope = frozenset(top["provides"]) | frozenset(self.handler_ids)
+        handler_scope = _Scope(_Names(top["provides"] | self.handler_ids))
         raw_handlers = _list(raw, "handlers")
-        handler_ids = frozenset(h.id for h in wf.handlers)
+        handler_targets = _Names(frozenset(h.id for h in wf.handlers) | top["ids"])
         for i, h in enumerate(wf.handlers):
             self._node(
                 h,
@@ -706,7 +844,7 @@ class _Checker:
                 ["handlers", i],
                 handler_scope,
                 in_body=False,
-                targets=handler_ids | top["ids"],
+                targets=handler_targets,
             )
         self._check_outputs()
         for i, h in enumerate(wf.handlers):
@@ -731,11 +869,24 @@ class _Checker:
 
     def _compile_all(self) -> None:
         # The invariant's safety net: what the engine will do must not fail.
+        # Compiling a graph compiles its loops' bodies, nested ones too (for their
+        # free names); a body compiled that way without an error is not compiled
+        # again, so deep nesting costs one compile per graph, not one per level.
+        compiled: set[int] = set()
         for at, nodes, edges in self.graphs:
+            if id(nodes) in compiled:
+                continue
             try:
                 compile_graph(nodes, edges)
             except (ValueError, expr.ExpressionError) as e:
                 self.error(at, _one_line(str(e)))
+                continue
+            stack = [nodes]
+            while stack:
+                for n in stack.pop():
+                    if isinstance(n, LoopNode):
+                        compiled.add(id(n.body.nodes))
+                        stack.append(n.body.nodes)
 
     # -- document-level checks
 
@@ -806,7 +957,7 @@ class _Checker:
         raw_edges: list[Any],
         at: list[PathPart],
         loop: LoopNode | None,
-        outer: frozenset[str] = frozenset(),
+        outer: _Scope | None = None,
     ) -> dict[str, Any]:
         """Check one graph; return its ``ids``, the names it ``provides`` to its
         nodes, and the ``free`` names it reads from outside."""
@@ -819,11 +970,14 @@ class _Checker:
         aliases = {n.output_variable: n.id for n in nodes if n.output_variable}
         ids = frozenset(by_id)
         provides = ids | frozenset(aliases)
-        scope = outer | provides
+        own = provides
         if loop is not None:
-            scope |= {loop.item_variable, loop.index_variable} | LOOP_SCOPE_NAMES
+            own |= {loop.item_variable, loop.index_variable} | LOOP_SCOPE_NAMES
+        scope = _Scope(_Names(own), outer)
         names: dict[str, set[str]] = {}
         own_names: dict[str, set[str]] = {}
+        # Built once: rebuilding it per node made a graph quadratic in its size.
+        targets = _Names(ids | self.handler_ids)
         for i, n in enumerate(nodes):
             path = at + ["nodes", i]
             direct, total = self._node(
@@ -832,7 +986,7 @@ class _Checker:
                 path,
                 scope,
                 in_body=loop is not None,
-                targets=ids | frozenset(self.handler_ids),
+                targets=targets,
             )
             own_names.setdefault(n.id, set()).update(direct)
             names.setdefault(n.id, set()).update(total)
@@ -847,6 +1001,8 @@ class _Checker:
         # Edges: ports and dependencies.
         deps: dict[str, list[Dep]] = {nid: [] for nid in by_id}
         out_handles: dict[str, set[str | None]] = {nid: set() for nid in by_id}
+        # Ports per source, listed once: a switch with many cases has many edges.
+        ports: dict[str, tuple[list[str], frozenset[str]]] = {}
         for k, e in enumerate(edges):
             src = by_id.get(e.source)
             if src is None or e.target not in by_id:
@@ -854,8 +1010,11 @@ class _Checker:
             deps[e.target].append(Dep(e.source, e.source_handle))
             out_handles[e.source].add(e.source_handle)
             if e.source_handle is not None:
-                allowed = _ports(src) + [ERROR_HANDLE]
-                if e.source_handle not in allowed:
+                if e.source not in ports:
+                    listed = _ports(src) + [ERROR_HANDLE]
+                    ports[e.source] = (listed, frozenset(listed))
+                allowed, allowed_set = ports[e.source]
+                if e.source_handle not in allowed_set:
                     rk = _raw_key(_child(raw_edges, k), "sourceHandle")
                     if len(allowed) == 1:
                         expected = "only 'error', or no sourceHandle for the normal output"
@@ -939,10 +1098,10 @@ class _Checker:
         node: NodeBase,
         raw: Any,
         at: list[PathPart],
-        scope: frozenset[str],
+        scope: _Scope,
         *,
         in_body: bool,
-        targets: frozenset[str],
+        targets: _Names,
     ) -> tuple[set[str], set[str]]:
         """Check one node; return the names its own fields read, and all names it
         reads including its loop body's names from outside."""
@@ -998,9 +1157,7 @@ class _Checker:
                 total |= body["free"] - {node.item_variable, node.index_variable} - LOOP_SCOPE_NAMES
         return direct, total
 
-    def _targets(
-        self, node: NodeBase, raw: Any, at: list[PathPart], targets: frozenset[str]
-    ) -> None:
+    def _targets(self, node: NodeBase, raw: Any, at: list[PathPart], targets: _Names) -> None:
         nid = node.id
         strategy_key = _raw_key(raw, "errorStrategy")
         for strategy, camel, value in (
@@ -1023,7 +1180,7 @@ class _Checker:
                 self.error(
                     at + [key],
                     f"{camel} '{value}' is neither a handler nor a node of the same graph"
-                    + _suggest(value, targets),
+                    + _hint(value, self.budget, targets),
                     nid,
                 )
             elif node.error_strategy != strategy:
@@ -1035,30 +1192,25 @@ class _Checker:
                 )
 
     def _limits(self, node: NodeBase, raw: Any, at: list[PathPart]) -> None:
-        settings = self.wf.settings
-        if node.pool is not None and node.pool not in settings.concurrency_limits:
-            defined = ", ".join(sorted(settings.concurrency_limits)) or "none"
+        if node.pool is not None and node.pool not in self.pools:
             self.error(
                 at + ["pool"],
                 f"pool '{node.pool}' is not defined in settings.concurrencyLimits "
-                f"(defined: {defined})" + _suggest(node.pool, settings.concurrency_limits),
+                f"(defined: {self.pools_text})" + _hint(node.pool, self.budget, self.pools),
                 node.id,
             )
         rl = node.rate_limit
-        if isinstance(rl, str) and rl not in settings.rate_limits:
-            defined = ", ".join(sorted(settings.rate_limits)) or "none"
+        if isinstance(rl, str) and rl not in self.limiters:
             self.error(
                 at + [_raw_key(raw, "rateLimit")],
                 f"rate limiter '{rl}' is not defined in settings.rateLimits "
-                f"(defined: {defined})" + _suggest(rl, settings.rate_limits),
+                f"(defined: {self.limiters_text})" + _hint(rl, self.budget, self.limiters),
                 node.id,
             )
 
     # -- expressions
 
-    def _expressions(
-        self, node: NodeBase, raw: Any, at: list[PathPart], scope: frozenset[str]
-    ) -> set[str]:
+    def _expressions(self, node: NodeBase, raw: Any, at: list[PathPart], scope: _Scope) -> set[str]:
         names: set[str] = set()
         for parts, kind, text in _expression_fields(node, raw, at):
             try:
@@ -1080,9 +1232,7 @@ class _Checker:
                 self._check_name(name, parts, scope, node.id)
         return names
 
-    def _check_name(
-        self, name: str, parts: list[PathPart], scope: frozenset[str], nid: str
-    ) -> None:
+    def _check_name(self, name: str, parts: list[PathPart], scope: _Scope, nid: str) -> None:
         if name in scope or name in SCOPE_NAMES or name in self.handler_ids:
             return
         if self.input_keys is not None and name in self.input_keys:
@@ -1095,7 +1245,7 @@ class _Checker:
                 nid,
             )
             return
-        hint = _suggest(name, set(scope) | set(self.input_keys or ()))
+        hint = _hint(name, self.budget, *scope.layers(), self.input_names)
         if self.input_keys is not None:
             self.error(
                 parts,

@@ -60,7 +60,7 @@ def test_malformed_json_names_line_and_column() -> None:
     with pytest.raises(WorkflowInvalid) as ei:
         parse_workflow('{"name": "x",\n  "nodes": [}')
     assert len(ei.value.problems) == 1
-    assert ei.value.problems[0].startswith("line 2, column 13: ")
+    assert ei.value.problems[0].startswith("workflow: not valid JSON: line 2, column 13: ")
 
 
 def test_top_level_not_an_object() -> None:
