@@ -18,6 +18,10 @@ Decisions callers should know:
 - Values returned by :meth:`Expr.evaluate` are plain data: tuples, sets and ranges the
   expression built become lists (sets sorted when their items are comparable).
 - A template string that must contain a literal ``{{`` can write ``{{ '{{' }}``.
+- A shell script (:func:`render_shell`) quotes every template's text as one shell word
+  (:func:`shlex.quote`), except ``{{ raw: expr }}`` and a template that is only a string
+  literal (the author's own text, such as the ``{{ '{{' }}`` escape). Elsewhere
+  ``raw:`` changes nothing: templates are never quoted outside shell scripts.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
+import shlex
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -47,6 +53,7 @@ __all__ = [
     "check_syntax",
     "compile_expr",
     "compile_template",
+    "render_shell",
     "render_value",
     "value_names",
 ]
@@ -1412,6 +1419,9 @@ class Expr:
     def __repr__(self) -> str:
         return f"Expr({self.source!r})"
 
+    def _is_string_literal(self) -> bool:
+        return type(self._root) is ast.Constant and type(self._root.value) is str
+
     def evaluate(
         self,
         scope: Mapping[str, Any],
@@ -1750,12 +1760,21 @@ def check_syntax(source: str) -> str | None:
 # -- Templates ------------------------------------------------------------------------
 
 
+# "{{ raw: expr }}": no Python expression starts with a name and a colon (":=" aside).
+_RAW_PREFIX = re.compile(r"\s*raw\s*:(?!=)")
+
+
 class Template:
-    """A string containing one or more ``{{ expr }}``."""
+    """A string containing one or more ``{{ expr }}``.
 
-    __slots__ = ("source", "names", "_parts", "_single")
+    ``raw`` holds the indices of the parts written ``{{ raw: expr }}``.
+    """
 
-    def __init__(self, source: str, parts: tuple[str | Expr, ...]) -> None:
+    __slots__ = ("source", "names", "_parts", "_single", "_verbatim")
+
+    def __init__(
+        self, source: str, parts: tuple[str | Expr, ...], raw: frozenset[int] = frozenset()
+    ) -> None:
         self.source = source
         self._parts = parts
         exprs = [p for p in parts if isinstance(p, Expr)]
@@ -1763,6 +1782,11 @@ class Template:
         # "{{ users }}" (whitespace around allowed) yields the raw value.
         only_space = all(isinstance(p, Expr) or not p.strip() for p in parts)
         self._single: Expr | None = exprs[0] if len(exprs) == 1 and only_space else None
+        # Parts a quoting render pastes as they are: "raw:" ones, and string literals,
+        # whose text the author wrote (the "{{ '{{' }}" escape, dead-letter replay's too).
+        self._verbatim = raw | frozenset(
+            i for i, p in enumerate(parts) if isinstance(p, Expr) and p._is_string_literal()
+        )
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
@@ -1773,24 +1797,32 @@ class Template:
         log: Callable[[str], None] | None = None,
         *,
         time_limit: float | None = None,
+        quote: Callable[[str], str] | None = None,
     ) -> Any:
-        """The raw value for a single template, else the rendered string."""
-        return self._render(_Ctx(scope, log, time_limit))
+        """The raw value for a single template, else the rendered string.
 
-    def _render(self, ctx: _Ctx) -> Any:
-        if self._single is not None:
+        With ``quote``, always a string: each template's text goes through ``quote``
+        unless it is written ``{{ raw: expr }}`` or is only a string literal.
+        """
+        return self._render(_Ctx(scope, log, time_limit), quote)
+
+    def _render(self, ctx: _Ctx, quote: Callable[[str], str] | None = None) -> Any:
+        if self._single is not None and quote is None:
             return self._single._run(ctx)
         out: list[str] = []
         # The literal text may already be long; only what templates add is limited.
         budget = MAX_STR + sum(len(p) for p in self._parts if isinstance(p, str))
         total = 0
-        for part in self._parts:
+        for i, part in enumerate(self._parts):
             if isinstance(part, str):
                 text = part
             else:
                 value = part._run(ctx)
                 try:
                     text = _render_piece(ctx, value)
+                    if quote is not None and i not in self._verbatim:
+                        ctx.charge(len(text) >> _STR_STEP_SHIFT)
+                        text = quote(text)
                 except ExpressionError as e:
                     e.expression = e.expression or part.source
                     raise
@@ -1843,6 +1875,7 @@ def compile_template(text: str) -> Template | None:
 @lru_cache(maxsize=4096)
 def _compile_template_cached(text: str) -> Template:
     parts: list[str | Expr] = []
+    raw: set[int] = set()
     pos = 0
     while True:
         start = text.find("{{", pos)
@@ -1850,20 +1883,24 @@ def _compile_template_cached(text: str) -> Template:
             break
         if start > pos:
             parts.append(text[pos:start])
-        expr, pos = _parse_one(text, start)
+        prefix = _RAW_PREFIX.match(text, start + 2)
+        if prefix is not None:
+            raw.add(len(parts))
+        expr, pos = _parse_one(text, start, prefix.end() if prefix is not None else start + 2)
         parts.append(expr)
     if pos < len(text):
         parts.append(text[pos:])
-    return Template(text, tuple(parts))
+    return Template(text, tuple(parts), frozenset(raw))
 
 
-def _parse_one(text: str, start: int) -> tuple[Expr, int]:
+def _parse_one(text: str, start: int, begin: int) -> tuple[Expr, int]:
     """The expression opened by the ``{{`` at ``start`` and the index after its ``}}``.
 
-    The expression itself may contain "}}" (a nested dict literal, a string), so try
-    each following "}}" until the text between parses.
+    The expression's text begins at ``begin`` (after a ``raw:``, if any). It may itself
+    contain "}}" (a nested dict literal, a string), so try each following "}}" until
+    the text between parses.
     """
-    close = text.find("}}", start + 2)
+    close = text.find("}}", begin)
     if close < 0:
         raise ExpressionError("unclosed '{{' in template (no matching '}}')", text)
     first_error: ExpressionError | None = None
@@ -1871,7 +1908,7 @@ def _parse_one(text: str, start: int) -> tuple[Expr, int]:
         if close < 0:
             break
         try:
-            return compile_expr(text[start + 2 : close]), close + 2
+            return compile_expr(text[begin:close]), close + 2
         except ExpressionError as e:
             first_error = first_error or e
         close = text.find("}}", close + 1)
@@ -1952,3 +1989,28 @@ def render_value(
         return walk(value)
     except RecursionError:
         raise ExpressionError("value nested too deeply") from None
+
+
+def render_shell(
+    command: Any,
+    scope: Mapping[str, Any],
+    log: Callable[[str], None] | None = None,
+    *,
+    time_limit: float | None = None,
+) -> Any:
+    """Render a shell node's ``command``.
+
+    A string is a ``/bin/sh -c`` script: each template becomes one shell word, its text
+    (as :meth:`Template.render` writes it) quoted by :func:`shlex.quote`, so a value can
+    never add words, operators or substitutions; the result is always a string, even
+    for a script that is exactly one template. ``{{ raw: expr }}`` pastes the text
+    unquoted, and so does a template that is only a string literal (``{{ '{{' }}``).
+    Anything else (a list is an argv, each element one argument already) is rendered
+    by :func:`render_value`, unquoted.
+    """
+    if not isinstance(command, str):
+        return render_value(command, scope, log, time_limit=time_limit)
+    template = compile_template(command)
+    if template is None:
+        return command
+    return template.render(scope, log, time_limit=time_limit, quote=shlex.quote)
