@@ -2,7 +2,9 @@
 
 The lock file holds the holder's pid and start time, so a second supervisor can say
 which process serves the database. The kernel drops the lock when the holder dies,
-however it dies, so a stale file never blocks a restart.
+however it dies, so a stale file never blocks a restart. A supervisor that cannot
+create the lock file (a read-only directory or mount) stops with the storage problem's
+one line; a read command that cannot open it only cannot tell, and goes on.
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ class SupervisorLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            from fm_local.store import storage_error
+
+            raise storage_error(exc, self.path, "create the lock file") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,9 +69,12 @@ def read_holder(path: Path) -> dict[str, float] | None:
 def is_served(db: Path) -> dict[str, float] | None:
     """The holder's record if a supervisor holds the lock of ``db`` now, else None."""
     path = lock_path(db)
-    if not path.exists():
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        # Missing: nobody ever served it. Unreadable (another user's, or a parent
+        # that is not a directory): we cannot tell, and a read command goes on.
         return None
-    fd = os.open(path, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -48,11 +48,12 @@ _TERMINAL_NODE_SQL = "('" + "','".join(TERMINAL_NODE) + "')"
 
 
 def connect_readonly(db: Path) -> sqlite3.Connection:
-    """A read-only connection (``mode=ro``, ``query_only``) with a short busy timeout."""
-    uri = Path(db).resolve().as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
-    conn.execute("PRAGMA query_only=1")
-    return conn
+    """A read-only connection (``mode=ro``, ``query_only``; ``immutable`` where SQLite
+    cannot keep a ``-shm`` beside the file) with a short busy timeout. It never changes
+    the file, so a read-only copy works; a problem is a one-line StorageError."""
+    from fm_local.store import connect_readonly as store_connect_readonly
+
+    return store_connect_readonly(db, timeout=5.0, check_same_thread=True)
 
 
 def glob_escape(text: str) -> str:
