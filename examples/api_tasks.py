@@ -90,6 +90,9 @@ def start_api(
     port_file.unlink(missing_ok=True)
     port_file.parent.rmdir()
     if ctx is not None:
+        # The server is meant to outlive this node (it stops itself when idle): say
+        # so, or the engine stops it with the node, as every process a node starts.
+        ctx.detach(info["pid"])
         ctx.log(f"local API pid {info['pid']} listening on {base_url}")
     return {"baseUrl": base_url, "pid": info["pid"]}
 

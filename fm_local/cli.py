@@ -7,7 +7,9 @@ invalid workflow, 3 engine or storage error. Tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import re
 import socket
@@ -27,23 +29,44 @@ SHOW_LIMIT = 200  # node instances listed before fm show/timeline summarize
 
 
 class Ctx:
+    current: Ctx | None = None  # the invocation's context, for main()'s error lines
+
     def __init__(self, db: str | None, as_json: bool, debug: bool) -> None:
         from fm_local.store import default_db_path
 
         self.db = Path(db) if db else default_db_path()
         self.json = as_json
         self.debug = debug
+        self.readonly = False  # set by @read_only: the command opens the file read-only
         self._store: Any = None
+        Ctx.current = self
 
-    def store(self, *, create: bool = False) -> Any:
+    def store(self, *, create: bool = False, check: bool = False) -> Any:
         from fm_local.store import Store
 
         if self._store is None:
-            self._store = Store(self.db, create=create)
+            self._store = Store(self.db, create=create, readonly=self.readonly, check=check)
         return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def read_only(f: Any) -> Any:
+    """A command that only reads: it opens the database read-only (no journal-mode
+    change, no migration), so it works on a read-only copy. Put it under @pass_ctx."""
+
+    @functools.wraps(f)
+    def wrapper(ctx: Ctx, *args: Any, **kwargs: Any) -> Any:
+        ctx.readonly = True
+        return f(ctx, *args, **kwargs)
+
+    return wrapper
 
 
 def _emit_json(value: Any) -> None:
@@ -60,12 +83,12 @@ def _load_json_option(text: str | None, file: str | None, what: str) -> Any:
             raise UsageError(f"--{what}-file {file}: {exc.strerror}") from None
     if text is None:
         return None
+    from fm_local.jsonio import JsonProblem, strict_loads
+
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"--{what}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
+        return strict_loads(text, root=what, what=f"--{what}")
+    except JsonProblem as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _execution(ctx: Ctx, ident: str) -> dict[str, Any]:
@@ -85,7 +108,7 @@ def _prepare(ctx: Ctx, file: str, input_value: Any) -> tuple[Any, int]:
     problems = validate_input(loaded.workflow, input_value)
     if problems:
         raise WorkflowInvalid([f"{file}: {p}" for p in problems])
-    store = ctx.store(create=True)
+    store = ctx.store(create=True, check=True)  # refuses a corrupt file before writing
     wid = store.save_workflow(
         loaded.workflow.name,
         loaded.raw,
@@ -143,6 +166,32 @@ def _report(ctx: Ctx, row: dict[str, Any]) -> int:
 def cli(cctx: click.Context, db: str | None, as_json: bool, debug: bool) -> None:
     """fm_local: durable, parallel workflows on one machine."""
     cctx.obj = Ctx(db, as_json, debug)
+    cctx.call_on_close(cctx.obj.close)
+
+
+def _log_to(handler: logging.Handler, fmt: str) -> None:
+    """Send the engine's log (errors it contained, with their tracebacks) here."""
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("fm_local")
+    for old in [h for h in logger.handlers if getattr(h, "fm_cli", False)]:
+        logger.removeHandler(old)  # one per process, also when main() runs again
+        old.close()
+    handler.fm_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+
+
+def max_worker_memory_option(f: Any) -> Any:
+    return click.option(
+        "--max-worker-memory",
+        type=click.IntRange(0, None),
+        default=None,
+        envvar="FM_WORKER_MAX_RSS_MB",
+        metavar="MB",
+        help="Recycle a worker between tasks once its memory (RSS) passes this many MB "
+        "(default 2048; 0: never; env FM_WORKER_MAX_RSS_MB).",
+    )(f)
 
 
 def json_option(f: Any) -> Any:
@@ -199,6 +248,7 @@ def validate(ctx: Ctx, file: str) -> None:
     default="full",
     help="SQLite synchronous mode.",
 )
+@max_worker_memory_option
 @json_option
 @pass_ctx
 def run(
@@ -208,6 +258,7 @@ def run(
     input_file: str | None,
     workers: int | None,
     durability: str,
+    max_worker_memory: int | None,
 ) -> None:
     """Run a workflow to the end (on the daemon if one serves the DB, else embedded)."""
     from fm_local.lock import is_served
@@ -224,8 +275,23 @@ def run(
         sys.exit(_report(ctx, _wait_for(ctx, eid)))
     from fm_local.supervisor import Supervisor
 
+    # The embedded supervisor's internal errors go to a log beside the database
+    # (the execution's own error says INTERNAL_ERROR and what it was).
+    log_file = ctx.db.with_name(ctx.db.name + ".log")
+    try:
+        _log_to(
+            logging.FileHandler(log_file, delay=True),
+            "%(asctime)s fm run: %(levelname)s %(message)s",
+        )
+    except OSError:
+        pass
     sup = Supervisor(
-        ctx.db, workers=workers or os.cpu_count() or 2, durability=durability, only_execution=eid
+        ctx.db,
+        workers=workers or os.cpu_count() or 2,
+        durability=durability,
+        only_execution=eid,
+        max_worker_memory_mb=max_worker_memory,
+        subreaper=True,
     )
     sup.open()
     sup.install_signal_handlers()
@@ -250,7 +316,12 @@ def run(
 @click.option(
     "--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file."
 )
-@click.option("--priority", type=int, default=0, help="Execution priority (higher first).")
+@click.option(
+    "--priority",
+    type=click.IntRange(-(2**63), 2**63 - 1),
+    default=0,
+    help="Execution priority (higher first).",
+)
 @click.option(
     "--wait-for-room",
     is_flag=True,
@@ -313,8 +384,15 @@ def submit(
     metavar="HOST:PORT",
     help="Also serve the signal API on this address (loopback unless you say otherwise).",
 )
+@max_worker_memory_option
 @pass_ctx
-def daemon(ctx: Ctx, workers: int | None, durability: str, http_bind: str | None) -> None:
+def daemon(
+    ctx: Ctx,
+    workers: int | None,
+    durability: str,
+    http_bind: str | None,
+    max_worker_memory: int | None,
+) -> None:
     """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
     from fm_local.supervisor import Supervisor
 
@@ -326,7 +404,14 @@ def daemon(ctx: Ctx, workers: int | None, durability: str, http_bind: str | None
         raise UsageError(
             f"--http {http_bind!r}: expected HOST:PORT with a port 0-65535, e.g. 127.0.0.1:8765"
         )
-    sup = Supervisor(ctx.db, workers=n, durability=durability)
+    _log_to(logging.StreamHandler(), "%(asctime)s fm daemon: %(levelname)s %(message)s")
+    sup = Supervisor(
+        ctx.db,
+        workers=n,
+        durability=durability,
+        max_worker_memory_mb=max_worker_memory,
+        subreaper=True,
+    )
     sup.open()
     server = None
     try:
@@ -363,6 +448,7 @@ def daemon(ctx: Ctx, workers: int | None, durability: str, http_bind: str | None
 @click.option("--limit", type=int, default=20, show_default=True)
 @json_option
 @pass_ctx
+@read_only
 def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
     """List executions, newest first."""
     from fm_local.store import loads
@@ -435,6 +521,7 @@ def _node_json(n: dict[str, Any]) -> dict[str, Any]:
 @click.option("--all", "show_all", is_flag=True, help="List every node instance, however many.")
 @json_option
 @pass_ctx
+@read_only
 def show(ctx: Ctx, execution: str, show_all: bool) -> None:
     """An execution: status, input, output, error and its node instances."""
     from fm_local.store import loads
@@ -507,6 +594,7 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
 @cli.command()
 @click.argument("execution")
 @pass_ctx
+@read_only
 def output(ctx: Ctx, execution: str) -> None:
     """Print an execution's output as JSON."""
     from fm_local.store import loads
@@ -527,6 +615,7 @@ def output(ctx: Ctx, execution: str) -> None:
 )
 @json_option
 @pass_ctx
+@read_only
 def wait_cmd(ctx: Ctx, execution: str, timeout: float | None) -> None:
     """Block until an execution ends; exit like fm run."""
     row = _execution(ctx, execution)
@@ -538,6 +627,7 @@ def wait_cmd(ctx: Ctx, execution: str, timeout: float | None) -> None:
 @click.option("--node", "node_path", help="Only this node path (and what is under it).")
 @json_option
 @pass_ctx
+@read_only
 def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
     """Captured log lines of an execution's node attempts."""
     row = _execution(ctx, execution)
@@ -568,6 +658,7 @@ def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
 @click.option("--node", "node_path", help="Only this node path (and what is under it).")
 @json_option
 @pass_ctx
+@read_only
 def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: str | None) -> None:
     """One bar per node instance on a shared time axis."""
     from fm_local.timeline import render_summary, render_timeline
@@ -614,6 +705,7 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: st
     help="Write to this file (default stdout).",
 )
 @pass_ctx
+@read_only
 def trace(ctx: Ctx, execution: str, fmt: str, out: str | None) -> None:
     """Chrome/Perfetto trace-event JSON of an execution."""
     from fm_local.timeline import chrome_trace
@@ -631,6 +723,7 @@ def trace(ctx: Ctx, execution: str, fmt: str, out: str | None) -> None:
 @cli.command()
 @json_option
 @pass_ctx
+@read_only
 def queue(ctx: Ctx) -> None:
     """Queue depth by state and priority, queued executions, dead letters."""
     store = ctx.store()
@@ -660,6 +753,7 @@ def dlq() -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 @json_option
 @pass_ctx
+@read_only
 def dlq_ls(ctx: Ctx, limit: int) -> None:
     """List dead letters, newest first."""
     from fm_local.store import loads
@@ -707,6 +801,7 @@ def _dead_letter(ctx: Ctx, dl_id: int) -> dict[str, Any]:
 @dlq.command(name="show")
 @click.argument("dead_letter_id", type=int)
 @pass_ctx
+@read_only
 def dlq_show(ctx: Ctx, dead_letter_id: int) -> None:
     """One dead letter: its input, error and attempts, as JSON."""
     _emit_json(_dead_json(_dead_letter(ctx, dead_letter_id)))
@@ -892,6 +987,7 @@ def token(ctx: Ctx) -> None:
 @cli.command()
 @json_option
 @pass_ctx
+@read_only
 def workers(ctx: Ctx) -> None:
     """The supervisor, its workers and the machine: CPU, RSS, current node."""
     rows = ctx.store().latest_samples()
@@ -929,6 +1025,26 @@ def schema() -> None:
     _emit_json(workflow_json_schema())
 
 
+def _storage_problem(exc: BaseException) -> FmError | None:
+    """A sqlite3 error, or an OS error about the database file (or the files beside
+    it), as the storage problem's one line; None for anything else (a bug)."""
+    import sqlite3
+
+    from fm_local.store import default_db_path, storage_error
+
+    ctx = Ctx.current
+    db = ctx.db if ctx is not None else default_db_path()
+    action = "read" if ctx is not None and ctx.readonly else "write"
+    if type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+        return storage_error(exc, db, action)
+    if isinstance(exc, OSError) and exc.filename:
+        name = os.path.abspath(os.fsdecode(exc.filename))
+        here = os.path.abspath(db)
+        if name.startswith(here) or here.startswith(name + os.sep):
+            return storage_error(exc, db, action)
+    return None
+
+
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -937,6 +1053,7 @@ def _fail(message: str, code: int) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    Ctx.current = None
     try:
         cli.main(args=args, prog_name="fm", standalone_mode=False)
     except WorkflowInvalid as exc:
@@ -963,6 +1080,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
         if debug:
             traceback.print_exc()
+        problem = _storage_problem(exc)
+        if problem is not None:
+            _fail(str(problem), errors.EXIT_ENGINE)
         _fail(
             f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
             errors.EXIT_ENGINE,

@@ -62,11 +62,17 @@ def format_path(parts: Iterable[PathPart], root: str = "$") -> str:
 
 
 class JsonProblem(ValueError):
-    """A document we refuse; ``path`` is where (a JSON path), ``reason`` what."""
+    """A document we refuse; ``path`` is where (a JSON path), ``reason`` what.
 
-    def __init__(self, reason: str, path: str = "") -> None:
+    ``parts`` is the same place as keys and indexes (``("nodes", 2)``), for callers
+    that print paths their own way; None when the text itself is not JSON."""
+
+    def __init__(
+        self, reason: str, path: str = "", *, parts: tuple[PathPart, ...] | None = None
+    ) -> None:
         self.reason = reason
         self.path = path
+        self.parts = parts
         super().__init__(f"{path}: {reason}" if path else reason)
 
 
@@ -83,6 +89,7 @@ class _Obj(dict):  # type: ignore[type-arg]
     """A parsed object that had duplicate keys."""
 
     __slots__ = ("dups",)
+    dups: list[str]
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -106,7 +113,9 @@ def _constant(name: str) -> _Bad:
 
 def _int(text: str) -> Any:
     if len(text.lstrip("-")) > _DIGIT_LIMIT:
-        return _Bad(f"an integer of {len(text.lstrip('-'))} digits is over the limit of {_DIGIT_LIMIT}")
+        return _Bad(
+            f"an integer of {len(text.lstrip('-'))} digits is over the limit of {_DIGIT_LIMIT}"
+        )
     return int(text)
 
 
@@ -145,7 +154,7 @@ def strict_loads(text: str | bytes, *, root: str = "$", what: str = "") -> Any:
     problem = find_problem(value)
     if problem is not None:
         parts, reason = problem
-        raise JsonProblem(reason, format_path(parts, root))
+        raise JsonProblem(reason, format_path(parts, root), parts=tuple(parts))
     return value
 
 

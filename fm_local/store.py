@@ -4,11 +4,14 @@ Invariants: every write transaction is ``BEGIN IMMEDIATE`` (so the busy timeout
 applies); the supervisor writes engine state only through :meth:`Store.commit_batch`,
 one transaction per batch, applied in order, so the file always holds a prefix of
 the supervisor's history. Connections are opened after a process starts and never
-cross a fork.
+cross a fork. A sqlite3 or OS error met on the file becomes one line naming the file,
+the condition and what to do (:func:`storage_error`); read commands open the file
+read-only and never change it (:func:`connect_readonly`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -23,7 +26,8 @@ from typing import Any
 
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from fm_local.errors import QueueFull, StorageError
+from fm_local.errors import QueueFull, StorageError, UsageError
+from fm_local.jsonio import INT64_MAX, INT64_MIN, clean_text, find_problem, format_path
 
 SCHEMA_VERSION = 1
 
@@ -215,6 +219,395 @@ def default_db_path() -> Path:
     return Path(base) / "fm_local" / "fm.db"
 
 
+# --- storage problems -------------------------------------------------------------------
+
+BUSY_TIMEOUT = 30.0  # seconds a connection waits for another one's write lock
+
+# `fm submit`/`fm run` check an existing file before writing into it. PRAGMA quick_check
+# reads every page: on the development machine ~0.2 s for 100,000 node_runs rows
+# (21 MB), ~0.3 s with their attempts and events (41 MB), 0.03-0.05 s at this size. A file
+# up to this size gets it whole, a bigger one the partial check (~1 ms whatever its
+# size; see Store.check_integrity).
+FULL_CHECK_MAX_BYTES = 4 * 2**20
+# What a partial check covers: the tables fm submit writes and the supervisor's small
+# hot tables (PRAGMA quick_check(TABLE) checks a table and its indexes, ~1 ms each).
+CHECKED_TABLES = ("meta", "workflows", "executions", "queue", "signals")
+
+_NOTHING_LOST = "; nothing committed was lost"
+# Result codes (the low byte of sqlite3.Error.sqlite_errorcode).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
+_SQLITE_NOTADB = 26
+_READONLY_DIRECTORY = _SQLITE_READONLY | (6 << 8)
+_READONLY_DBMOVED = _SQLITE_READONLY | (4 << 8)
+# Codes of a read-only open that could not create or use the -shm beside the file.
+_NO_SHM = frozenset(
+    {
+        _SQLITE_CANTOPEN,
+        _READONLY_DIRECTORY,
+        _SQLITE_READONLY | (1 << 8),  # READONLY_RECOVERY
+        _SQLITE_READONLY | (2 << 8),  # READONLY_CANTLOCK
+        _SQLITE_READONLY | (5 << 8),  # READONLY_CANTINIT
+        _SQLITE_IOERR | (18 << 8),  # IOERR_SHMOPEN
+        _SQLITE_IOERR | (19 << 8),  # IOERR_SHMSIZE: no room to grow it (disk full)
+        _SQLITE_IOERR | (21 << 8),  # IOERR_SHMMAP
+    }
+)
+# Below this much free space, an I/O error is the disk being full: SQLite reports a
+# -shm it cannot grow as an I/O error, not as SQLITE_FULL.
+_NEARLY_FULL = 2**20
+# For an error without a code: the text SQLite gives each condition.
+_TEXT_CODES = (
+    ("database or disk is full", _SQLITE_FULL),
+    ("readonly database", _SQLITE_READONLY),
+    ("file is not a database", _SQLITE_NOTADB),
+    ("malformed", _SQLITE_CORRUPT),
+    ("disk i/o error", _SQLITE_IOERR),
+    ("locked", _SQLITE_BUSY),
+    ("unable to open", _SQLITE_CANTOPEN),
+)
+
+
+class StorageProblem(StorageError):
+    """A storage condition named as what it is, for the file it concerns.
+
+    ``condition`` is one of: ``missing``, ``disk_full``, ``read_only``, ``permission``,
+    ``not_a_directory``, ``is_a_directory``, ``corrupt``, ``io``, ``busy``,
+    ``cannot_open``, ``schema``, ``other``."""
+
+    def __init__(self, message: str, condition: str, path: Path) -> None:
+        super().__init__(message)
+        self.condition = condition
+        self.path = path
+
+
+def storage_error(exc: BaseException, path: str | Path, action: str = "write") -> StorageProblem:
+    """The one line for ``exc`` (a sqlite3 or OS error) met on the database at ``path``:
+    the file, the condition and what to do. ``action`` is the verb of the attempt
+    ("open", "read", "write", "create"). The supervisor wraps its commit failures with
+    it: ``raise storage_error(exc, db, "write") from exc``."""
+    path = Path(path)
+    if isinstance(exc, StorageProblem):
+        return exc
+    if isinstance(exc, OSError):
+        where = Path(os.fsdecode(exc.filename)) if exc.filename else path
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST) and _file_in_the_way(path) is not None:
+            where = path  # mkdir's error names the blocking file: name the database
+        return _os_problem(exc.errno, exc.strerror or str(exc), where, action)
+    if isinstance(exc, sqlite3.Error):
+        return _sqlite_problem(exc, path, action)
+    return StorageProblem(f"cannot {action} {path}: {exc}", "other", path)
+
+
+def _sqlite_code(exc: sqlite3.Error) -> int:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code
+    text = str(exc).lower()
+    return next((c for needle, c in _TEXT_CODES if needle in text), 0)
+
+
+def _sqlite_problem(exc: sqlite3.Error, path: Path, action: str) -> StorageProblem:
+    code = _sqlite_code(exc)
+    primary = code & 0xFF
+    if primary == _SQLITE_FULL:
+        return _disk_full(path, action)
+    if primary == _SQLITE_READONLY:
+        if code == _READONLY_DBMOVED:
+            return StorageProblem(
+                f"cannot {action} {path}: the file was moved or deleted while open — "
+                f"put it back and retry{_NOTHING_LOST}",
+                "other",
+                path,
+            )
+        return _read_only(path, action, _read_only_part(path, code))
+    if primary in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+        return corrupt(path, action, str(exc), foreign=primary == _SQLITE_NOTADB)
+    if primary == _SQLITE_IOERR:
+        if _free_bytes(path) < _NEARLY_FULL:
+            return _disk_full(path, action)
+        return StorageProblem(
+            f"cannot {action} {path}: I/O error ({exc}) — check the disk (dmesg) and retry; "
+            "the last commit is intact unless the disk itself is failing",
+            "io",
+            path,
+        )
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StorageProblem(
+            f"cannot {action} {path}: another process kept the database locked beyond the "
+            f"{BUSY_TIMEOUT:g} s busy timeout — retry; if it persists, find it with "
+            f"`fuser {path}`{_NOTHING_LOST}",
+            "busy",
+            path,
+        )
+    if primary == _SQLITE_PERM:
+        return _os_problem(errno.EACCES, str(exc), path, action)
+    if primary == _SQLITE_CANTOPEN:
+        return _cannot_open(path, action, str(exc))
+    return StorageProblem(f"cannot {action} {path}: {exc}", "other", path)
+
+
+def _os_problem(err: int | None, text: str, where: Path, action: str) -> StorageProblem:
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        return _disk_full(where, action, "disk quota exceeded" if err == errno.EDQUOT else "")
+    if err == errno.EROFS:
+        return _read_only(where, action, "its file system is mounted read-only")
+    if err in (errno.EACCES, errno.EPERM):
+        return StorageProblem(
+            f"cannot {action} {where}: permission denied — run fm as the owner of the file "
+            f"and its directory, fix their permissions, or pass --db PATH"
+            + (_NOTHING_LOST if action == "write" else ""),
+            "permission",
+            where,
+        )
+    if err in (errno.ENOTDIR, errno.EEXIST):
+        blocker = _file_in_the_way(where)
+        if blocker is not None:
+            return StorageProblem(
+                f"cannot {action} {where}: {blocker} is a file, not a directory — "
+                "pass --db with a path inside a directory",
+                "not_a_directory",
+                where,
+            )
+    if err == errno.EISDIR:
+        return StorageProblem(
+            f"cannot {action} {where}: it is a directory — pass --db with a file path, "
+            f"e.g. {where / 'fm.db'}",
+            "is_a_directory",
+            where,
+        )
+    if err == errno.EIO:
+        if _free_bytes(where) < _NEARLY_FULL:
+            return _disk_full(where, action)
+        return StorageProblem(
+            f"cannot {action} {where}: I/O error — check the disk (dmesg) and retry; "
+            "the last commit is intact unless the disk itself is failing",
+            "io",
+            where,
+        )
+    if err == errno.ENOENT and action in ("open", "read"):
+        return missing(where)
+    return StorageProblem(f"cannot {action} {where}: {text}", "other", where)
+
+
+def missing(path: Path) -> StorageProblem:
+    return StorageProblem(
+        f"no database at {path}: run a workflow first, or pass --db PATH", "missing", path
+    )
+
+
+def corrupt(path: Path, action: str, what: str, *, foreign: bool = False) -> StorageProblem:
+    """``foreign``: SQLite does not recognize the file at all (a damaged header and
+    someone else's file look the same)."""
+    if foreign:
+        return StorageProblem(
+            f"cannot {action} {path}: not an fm_local database, or a corrupt one ({what}) — "
+            "fm writes nothing into it; pass --db with the right file, or move it aside or "
+            "restore a backup",
+            "corrupt",
+            path,
+        )
+    return StorageProblem(
+        f"cannot {action} {path}: the file is corrupt ({what}) — fm writes nothing into "
+        f"it; move it aside or restore a backup (`sqlite3 {path} .recover` salvages what "
+        "it can)",
+        "corrupt",
+        path,
+    )
+
+
+def _disk_full(path: Path, action: str, what: str = "") -> StorageProblem:
+    return StorageProblem(
+        f"cannot {action} {path}: {what or 'disk full'} — free space and retry{_NOTHING_LOST}",
+        "disk_full",
+        path,
+    )
+
+
+def _read_only(path: Path, action: str, part: str) -> StorageProblem:
+    return StorageProblem(
+        f"cannot {action} {path}: {part} — fm ls/show/tui still read it; to write, make it "
+        f"writable or copy it elsewhere and pass --db{_NOTHING_LOST}",
+        "read_only",
+        path,
+    )
+
+
+def _read_only_part(path: Path, code: int = 0) -> str:
+    """Which part is read-only: the mount, the directory or the file."""
+    folder = path.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "its file system is mounted read-only"
+    except OSError:
+        pass
+    if code == _READONLY_DIRECTORY or not os.access(folder, os.W_OK):
+        return (
+            f"its directory {folder} is read-only (SQLite keeps {path.name}-wal and "
+            f"{path.name}-shm beside the file)"
+        )
+    return "the file is read-only"
+
+
+def _free_bytes(path: Path) -> int:
+    """Free space where ``path`` lives, as this user may use it (root: the reserve too)."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return _NEARLY_FULL
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first ancestor of ``path`` that exists and is not a directory."""
+    for p in reversed(path.parents):
+        if p.exists() and not p.is_dir():
+            return p
+    return None
+
+
+def _cannot_open(path: Path, action: str, text: str) -> StorageProblem:
+    """SQLite says only "unable to open database file": find out why."""
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        return _os_problem(errno.ENOTDIR, text, path, action)
+    if path.is_dir():
+        return _os_problem(errno.EISDIR, text, path, action)
+    if not path.parent.is_dir():
+        return missing(path)
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists() and not os.access(p, os.R_OK):
+            return _os_problem(errno.EACCES, text, p, action)
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return _read_only(path, action, _read_only_part(path))
+    return StorageProblem(
+        f"cannot {action} {path}: SQLite cannot open it or its -wal/-shm beside it — check "
+        "that you may read and write the file and its directory",
+        "cannot_open",
+        path,
+    )
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 if it is missing, before SQLite opens it: SQLite
+    gives -wal, -shm and -journal the main file's mode, so all of them stay private
+    (like the API token). An existing file is never opened here: closing any
+    descriptor of a database file drops every POSIX lock this process holds on it,
+    SQLite's included (a daemon's HTTP thread opening the file would strip the
+    supervisor's locks). Its access is checked instead, for the OS's own reason
+    (EACCES, EROFS, EISDIR) that SQLite would hide behind "unable to open"."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        _check_access(path, os.R_OK | os.W_OK)
+        return
+    os.fchmod(fd, 0o600)  # whatever the umask
+    os.close(fd)
+
+
+def _check_access(path: Path, mode: int) -> None:
+    """Raise the OSError opening ``path`` with ``mode`` would meet, without opening it."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not os.access(path, mode):
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        if mode & os.W_OK and os.access(path, os.R_OK):
+            try:
+                if os.statvfs(path).f_flag & os.ST_RDONLY:
+                    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            except AttributeError:
+                pass
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+def connect_readonly(
+    path: str | Path, *, timeout: float = BUSY_TIMEOUT, check_same_thread: bool = False
+) -> sqlite3.Connection:
+    """A read-only connection that never changes the file: ``mode=ro`` (no journal-mode
+    change, no migration) and ``query_only``. Raises :class:`StorageProblem`.
+
+    A WAL reader needs ``<db>-shm``; when SQLite cannot create or use it (a read-only
+    directory or mount, or a copy owned by someone else) the file is opened with
+    ``immutable=1`` instead. The trade-off: SQLite then takes no locks and assumes
+    nobody changes the file, so a writer working on it at the same time could show
+    this reader a torn state, and commits still in ``<db>-wal`` would be invisible —
+    hence a non-empty ``-wal`` (or ``-journal``) beside the file is refused rather
+    than silently ignored. A directory nobody may write is one no supervisor writes
+    in either, so neither can happen unnoticed."""
+    path = Path(path)
+    try:
+        # The OS's own reason if it cannot be read (never by opening it: see
+        # _create_private on POSIX locks).
+        path.stat()
+        _check_access(path, os.R_OK)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if _file_in_the_way(path) is not None:
+            raise storage_error(exc, path, "read") from None
+        raise missing(path) from None
+    except OSError as exc:
+        raise storage_error(exc, path, "read") from None
+    uri = path.resolve().as_uri()
+    try:
+        return _open_uri(uri + "?mode=ro", timeout, check_same_thread)
+    except sqlite3.Error as exc:
+        if _sqlite_code(exc) not in _NO_SHM:
+            raise storage_error(exc, path, "read") from exc
+    for suffix in ("-wal", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists() and side.stat().st_size > 0:
+            raise StorageProblem(
+                f"cannot read {path}: commits wait in {side.name}, and SQLite cannot create "
+                f"{path.name}-shm in {path.parent} to read them — copy {path.name} and "
+                f"{side.name} to a writable directory and pass --db",
+                "read_only",
+                path,
+            )
+    try:
+        return _open_uri(uri + "?mode=ro&immutable=1", timeout, check_same_thread)
+    except sqlite3.Error as exc:
+        raise storage_error(exc, path, "read") from exc
+
+
+def _open_uri(uri: str, timeout: float, check_same_thread: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread
+    )
+    try:
+        conn.execute("PRAGMA query_only=1")
+        # SQLite opens -wal/-shm, and reads the header, at the first read.
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version; refuses a file that is not an fm_local database."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+        if tables == 0:
+            raise StorageProblem(
+                f"{path} is empty: no fm_local schema yet — run a workflow first "
+                "(fm run/fm submit create it), or pass --db PATH",
+                "schema",
+                path,
+            ) from None
+        raise StorageProblem(
+            f"{path} is not an fm_local database (it has no meta table) — pass --db PATH",
+            "schema",
+            path,
+        ) from None
+    return int(row[0]) if row else 0
+
+
 def _is_busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and (
         "locked" in str(exc) or "busy" in str(exc)
@@ -228,6 +621,18 @@ client_retry = retry(
     stop=stop_after_delay(30),
     reraise=True,
 )
+
+
+def _check_value(value: Any, what: str) -> None:
+    """Refuse a value that is not storable JSON (exit 2, naming where)."""
+    problem = find_problem(value)
+    if problem is not None:
+        raise UsageError(f"{format_path(problem[0], what)}: {problem[1]}")
+
+
+def _check_int64(value: int, what: str) -> None:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise UsageError(f"{what} {value} does not fit in 64 bits")
 
 
 def dumps(value: Any) -> str:
@@ -358,48 +763,153 @@ _QUEUE_UPSERT = _upsert_sql("queue", QUEUE_COLS, ("execution_id", "path"))
 class Store:
     """One connection to the database file, and the verbs on it."""
 
-    def __init__(self, path: str | Path, *, durability: str = "full", create: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        durability: str = "full",
+        create: bool = True,
+        readonly: bool = False,
+        check: bool = False,
+    ):
+        """Open (or create, 0600) the database and migrate it to this schema version.
+
+        ``readonly``: open it read-only (see :func:`connect_readonly`): no journal-mode
+        change, no migration; a file of another schema version is refused. ``check``:
+        refuse an existing file that fails :meth:`check_integrity` before anything is
+        written into it. Every failure is a :class:`StorageProblem`."""
         self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            self.conn = connect_readonly(self.path)
+            try:
+                self._check_version()
+            except sqlite3.Error as exc:
+                self.conn.close()
+                raise storage_error(exc, self.path, "read") from exc
+            except BaseException:
+                self.conn.close()
+                raise
+            return
         if not create and not self.path.exists():
-            raise StorageError(
-                f"no database at {self.path}: run a workflow first, or pass --db PATH"
-            )
+            raise missing(self.path)
+        action = "open" if self.path.exists() else "create"
+        conn: sqlite3.Connection | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(
-                str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False
+            existed = self.path.exists() and self.path.stat().st_size > 0
+            _create_private(self.path)
+            action = "open"
+            conn = self.conn = sqlite3.connect(
+                str(self.path),
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT,
+                check_same_thread=False,
             )
-            self.conn.execute("PRAGMA busy_timeout=30000")
+            self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+            if check and existed:
+                self.check_integrity()
             mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StorageError(f"{self.path}: could not switch the database to WAL mode")
             sync = "NORMAL" if durability == "normal" else "FULL"
             self.conn.execute(f"PRAGMA synchronous={sync}")
             self.conn.execute("PRAGMA foreign_keys=ON")
+            action = "write"
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StorageError(f"{self.path}: cannot open the database: {exc}") from exc
-        except OSError as exc:
-            raise StorageError(
-                f"{self.path}: cannot create the database: {exc.strerror or exc}"
-            ) from exc
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
+            raise storage_error(exc, self.path, action) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()
+
+    def check_integrity(self) -> None:
+        """Refuse a corrupt file before writing into it (``fm submit``, ``fm run``).
+
+        A file up to FULL_CHECK_MAX_BYTES gets the whole ``PRAGMA quick_check``. A
+        bigger one gets a partial check that costs ~1 ms whatever its size: SQLite
+        itself refuses a damaged header or a truncated file, and ``quick_check(TABLE)``
+        walks CHECKED_TABLES and their indexes. Damage confined to the pages of the big
+        tables (node_runs, attempts, events, logs) is then not seen here; the
+        supervisor meets it when it reads or writes those pages and stops with the
+        same one line. ``PRAGMA quick_check`` (or ``sqlite3 FILE 'PRAGMA
+        integrity_check'``) checks everything."""
+        size = self.path.stat().st_size
+        try:
+            size += self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            pass
+        try:
+            if size <= FULL_CHECK_MAX_BYTES:
+                results = [r[0] for r in self.conn.execute("PRAGMA quick_check(3)")]
+            else:
+                present = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_schema")} | {
+                    "sqlite_schema"
+                }
+                results = []
+                for table in ("sqlite_schema", *CHECKED_TABLES):
+                    if table in present:
+                        results += [r[0] for r in self.conn.execute(f"PRAGMA quick_check({table})")]
+        except sqlite3.DatabaseError as exc:
+            raise storage_error(exc, self.path, "write") from exc
+        problems = [r for r in results if r != "ok"]
+        if problems:
+            raise corrupt(self.path, "write", "quick_check: " + "; ".join(problems)[:200])
+
+    def _check_version(self) -> None:
+        """A read-only open does not migrate: it says what to do about another version."""
+        version = schema_version(self.conn, self.path)
+        if version > SCHEMA_VERSION:
+            raise StorageProblem(
+                f"{self.path} has schema version {version}, newer than this fm_local "
+                f"({SCHEMA_VERSION}): upgrade fm_local",
+                "schema",
+                self.path,
+            )
+        if version < SCHEMA_VERSION:
+            raise StorageProblem(
+                f"{self.path} has schema version {version}, older than this fm_local "
+                f"({SCHEMA_VERSION}), and read commands do not upgrade it — run fm daemon "
+                "(or fm submit) once with write access to upgrade it",
+                "schema",
+                self.path,
+            )
 
     # --- transactions ---------------------------------------------------------------
 
     @contextmanager
     def atomic(self) -> Iterator[sqlite3.Connection]:
         """A ``BEGIN IMMEDIATE`` transaction; rolls back on any exception and re-raises."""
+        if self.readonly:
+            raise StorageProblem(
+                f"{self.path} is open read-only here; this is a bug in fm (a read "
+                "command tried to write)",
+                "read_only",
+                self.path,
+            )
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR, ...): a
+            # second ROLLBACK would hide the error that says why.
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         else:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                # A COMMIT that fails (disk full, I/O) may leave the transaction open;
+                # end it, so the connection can write again once the cause is gone.
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
 
     def _migrate(self) -> None:
         with self.atomic() as c:
@@ -433,6 +943,12 @@ class Store:
     def save_workflow(
         self, name: str, document: dict[str, Any], path: str | None, folder: str
     ) -> int:
+        for what, text in (("path", path), ("folder", folder)):
+            if text is not None and clean_text(text) != text:
+                raise UsageError(
+                    f"the workflow's {what} {text!r} is not valid UTF-8: rename it to use it"
+                )
+        name = clean_text(name)
         doc = json.dumps(document, sort_keys=True, separators=(",", ":"))
         import hashlib
 
@@ -461,6 +977,9 @@ class Store:
     ) -> str:
         eid = execution_id or new_execution_id()
         now = time.time()
+        _check_value(input_value, "input")
+        _check_int64(priority, "priority")
+        workflow_name = clean_text(workflow_name)
         with self.atomic() as c:
             if max_queued is not None:
                 n = c.execute(
@@ -494,6 +1013,11 @@ class Store:
     def add_signal(
         self, execution_id: str, type_: str, reason: str | None = None, data: Any = None
     ) -> int:
+        _check_value(data, "data")
+        if reason is not None and "\0" in reason:
+            raise UsageError("the reason contains a NUL character; leave it out")
+        type_ = clean_text(type_)
+        reason = None if reason is None else clean_text(reason)
         with self.atomic() as c:
             cur = c.execute(
                 "INSERT INTO signals(execution_id, type, reason, data, created_at) "
@@ -723,57 +1247,150 @@ class Store:
             "SELECT * FROM signals WHERE status='pending' AND id>? ORDER BY id", (after_id,)
         )
 
-    def commit_batch(self, b: Batch) -> None:
-        """Apply one batch in one transaction (the group commit)."""
+    def commit_batch(self, b: Batch) -> list[Rejected]:
+        """Apply one batch in one transaction (the group commit).
+
+        A row the database refuses for its own data (a lone surrogate, an integer
+        beyond 64 bits, a constraint) must not lose the rest of the batch: the batch
+        is then applied row by row, text rows are cleaned (valid UTF-8) and tried
+        again, and the rows still refused are skipped and returned, each with the
+        execution it belongs to, so the supervisor can fail that execution alone.
+        A storage problem (disk full, read-only, I/O) is raised: nothing of the batch
+        is committed then."""
+        steps = _batch_steps(b)
+        try:
+            with self.atomic() as c:
+                for sql, rows, _ in steps:
+                    c.executemany(sql, rows)
+            return []
+        except ROW_ERRORS:
+            pass  # rolled back: find the rows at fault below
+        rejected: list[Rejected] = []
         with self.atomic() as c:
-            if b.executions:
-                c.executemany(_EXEC_UPDATE, list(b.executions.values()))
-            if b.node_runs:
-                c.executemany(_NODE_UPSERT, list(b.node_runs.values()))
-            if b.attempts:
-                c.executemany(_ATTEMPT_UPSERT, list(b.attempts.values()))
-            if b.queue:
-                deletes = [k for k, v in b.queue.items() if v is None]
-                upserts = [v for v in b.queue.values() if v is not None]
-                if deletes:
-                    c.executemany("DELETE FROM queue WHERE execution_id=? AND path=?", deletes)
-                if upserts:
-                    c.executemany(_QUEUE_UPSERT, upserts)
-            if b.signals:
-                c.executemany(
-                    "UPDATE signals SET status=?, outcome=?, applied_at=?, "
-                    "result=coalesce(?, result) WHERE id=?",
-                    b.signals,
-                )
-            if b.events:
-                c.executemany(
-                    "INSERT INTO events(execution_id, path, ts, kind, detail) VALUES(?,?,?,?,?)",
-                    b.events,
-                )
-            if b.logs:
-                c.executemany(
-                    "INSERT INTO logs(execution_id, path, attempt, ts, stream, line) "
-                    "VALUES(?,?,?,?,?,?)",
-                    b.logs,
-                )
-            if b.dead_letters:
-                c.executemany(
-                    "INSERT INTO dead_letters(execution_id, path, node_id, input, error, "
-                    "attempts, created_at) VALUES(?,?,?,?,?,?,?)",
-                    b.dead_letters,
-                )
-            if b.notifications:
-                c.executemany(
-                    "INSERT INTO notifications(execution_id, signal_id, recipient, message, "
-                    "created_at) VALUES(?,?,?,?,?)",
-                    b.notifications,
-                )
-            if b.samples:
-                c.executemany(
-                    "INSERT INTO resource_samples(ts, pid, role, cpu_percent, rss_bytes, "
-                    "execution_id, node_path) VALUES(?,?,?,?,?,?,?)",
-                    b.samples,
-                )
+            for sql, rows, owner in steps:
+                for row in rows:
+                    c.execute("SAVEPOINT fm_row")
+                    try:
+                        try:
+                            c.execute(sql, row)
+                        except UnicodeEncodeError:
+                            c.execute(sql, _clean_row(row))
+                    except ROW_ERRORS as exc:
+                        c.execute("ROLLBACK TO fm_row")
+                        rejected.append(Rejected(owner(row), sql.split("(")[0][:40], exc))
+                    c.execute("RELEASE fm_row")
+        return rejected
+
+
+# Errors that come from one row's data, not from the storage: the batch is then
+# applied row by row (see Store.commit_batch).
+ROW_ERRORS = (
+    UnicodeEncodeError,
+    OverflowError,
+    TypeError,
+    ValueError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+)
+
+
+@dataclass
+class Rejected:
+    """A batch row the database refused: whose it was, where, and why."""
+
+    execution_id: str | None
+    statement: str
+    error: BaseException
+
+
+def _clean_row(row: Any) -> Any:
+    from fm_local.jsonio import clean
+
+    if isinstance(row, (tuple, list)):
+        return tuple(clean(v) for v in row)
+    return row
+
+
+def _first(row: Any) -> str | None:
+    return row[0] if isinstance(row[0], str) else None
+
+
+def _no_owner(row: Any) -> str | None:
+    return None
+
+
+def _batch_steps(b: Batch) -> list[tuple[str, list[Any], Any]]:
+    """The batch as (statement, rows, owner of a row) in the order they apply."""
+    steps: list[tuple[str, list[Any], Any]] = []
+    if b.executions:
+        steps.append((_EXEC_UPDATE, list(b.executions.values()), _first))
+    if b.node_runs:
+        steps.append((_NODE_UPSERT, list(b.node_runs.values()), _first))
+    if b.attempts:
+        steps.append((_ATTEMPT_UPSERT, list(b.attempts.values()), _first))
+    if b.queue:
+        deletes = [k for k, v in b.queue.items() if v is None]
+        upserts = [v for v in b.queue.values() if v is not None]
+        if deletes:
+            steps.append(("DELETE FROM queue WHERE execution_id=? AND path=?", deletes, _first))
+        if upserts:
+            steps.append((_QUEUE_UPSERT, upserts, _first))
+    if b.signals:
+        steps.append(
+            (
+                "UPDATE signals SET status=?, outcome=?, applied_at=?, "
+                "result=coalesce(?, result) WHERE id=?",
+                b.signals,
+                _no_owner,
+            )
+        )
+    if b.events:
+        steps.append(
+            (
+                "INSERT INTO events(execution_id, path, ts, kind, detail) VALUES(?,?,?,?,?)",
+                b.events,
+                _first,
+            )
+        )
+    if b.logs:
+        steps.append(
+            (
+                "INSERT INTO logs(execution_id, path, attempt, ts, stream, line) "
+                "VALUES(?,?,?,?,?,?)",
+                b.logs,
+                _first,
+            )
+        )
+    if b.dead_letters:
+        steps.append(
+            (
+                "INSERT INTO dead_letters(execution_id, path, node_id, input, error, "
+                "attempts, created_at) VALUES(?,?,?,?,?,?,?)",
+                b.dead_letters,
+                _first,
+            )
+        )
+    if b.notifications:
+        steps.append(
+            (
+                "INSERT INTO notifications(execution_id, signal_id, recipient, message, "
+                "created_at) VALUES(?,?,?,?,?)",
+                b.notifications,
+                _first,
+            )
+        )
+    if b.samples:
+        steps.append(
+            (
+                "INSERT INTO resource_samples(ts, pid, role, cpu_percent, rss_bytes, "
+                "execution_id, node_path) VALUES(?,?,?,?,?,?,?)",
+                b.samples,
+                _no_owner,
+            )
+        )
+    return steps
 
 
 def glob_escape(text: str) -> str:

@@ -21,13 +21,15 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fm_local import errors, expr, graph, retries
+from fm_local import errors, expr, graph, jsonio, retries
 from fm_local import signals as sigs
 from fm_local.graph import CompiledGraph
 from fm_local.limits import Pool, RateLimiter, rate_spec
@@ -51,7 +53,7 @@ from fm_local.model import (
 )
 from fm_local.nodes import condition, delay, loop, merge, output, switch, transform
 from fm_local.resources import KEEP_SECONDS, Sampler
-from fm_local.store import Batch, Store, dumps, loads
+from fm_local.store import Batch, Rejected, Store, dumps, loads, storage_error
 from fm_local.workers import ProcessPool, Slot
 
 log = logging.getLogger("fm_local.supervisor")
@@ -60,7 +62,12 @@ WORKER_TYPES = (PythonNode, HttpNode, ShellNode)
 FLUSH_INTERVAL = 0.004  # seconds between group commits while busy
 FLUSH_MAX = 4000  # rows: commit sooner than the interval when this many are dirty
 DB_POLL_INTERVAL = 0.05  # seconds between looks for new executions and signals
-PREFETCH = 16  # tasks queued on one worker when the backlog is deep
+# Prefetch: when the backlog is deep, a worker may hold tasks behind the one it
+# runs (saving a round trip each), but only as much work as it will finish soon,
+# so that no task waits long behind another execution's long node.
+PREFETCH = 16  # most tasks queued on one worker
+PREFETCH_WINDOW = 0.005  # seconds of expected work a worker may hold behind its head
+PREFETCH_HOLD = 0.02  # a head running longer than this (and 2x its estimate): take back
 DRAIN_TIMEOUT = 10.0  # seconds a graceful stop waits for running nodes
 WORKER_START_TIMEOUT = 10.0  # seconds to wait for the pool before serving
 ACTIVE_STATUSES = frozenset({"queued", "running", "retry_wait"})
@@ -202,7 +209,7 @@ class Run:
 
     def set_output(self, value: Any, text: str | None = None) -> None:
         self._value = value
-        self.output_json = text if text is not None else dumps(value)
+        self.output_json = text if text is not None else jsonio.bounded_dumps(value)
 
     @property
     def terminal(self) -> bool:
@@ -413,6 +420,27 @@ def _failure_of(run: Run) -> dict[str, Any]:
     }
 
 
+def _internal(exc: BaseException, doing: str) -> dict[str, Any]:
+    """The INTERNAL_ERROR record of an exception met while ``doing`` something."""
+    text = jsonio.clean_text(str(exc))[:500]
+    return {
+        "code": errors.INTERNAL_ERROR,
+        "message": f"internal error in the supervisor while {doing}: "
+        f"{type(exc).__name__}{': ' + text if text else ''}",
+    }
+
+
+def _timer_owner(kind: str, obj: Any) -> Exec | None:
+    """The execution a timer belongs to (None for a shared limiter's wake-up)."""
+    if isinstance(obj, Run) or isinstance(obj, Frame):
+        return obj.ex
+    if isinstance(obj, LoopState):
+        return obj.run.ex
+    if isinstance(obj, tuple) and obj and isinstance(obj[0], Frame):
+        return obj[0].ex
+    return None
+
+
 class Exec:
     """An active execution."""
 
@@ -466,8 +494,12 @@ class Supervisor:
         durability: str = "full",
         only_execution: str | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
+        max_worker_memory_mb: int | None = None,
+        subreaper: bool = False,
     ) -> None:
         self.db = Path(db)
+        self.subreaper = subreaper  # this process is ours (fm daemon, fm run): see workers
+        self.max_worker_memory_mb = max_worker_memory_mb
         self.n_workers = max(1, workers)
         self.durability = durability
         self.only_execution = only_execution
@@ -506,6 +538,12 @@ class Supervisor:
         self.sampler: Sampler | None = None
         self.wake_pending: set[int] = set()
         self.on_tick: Callable[[], None] | None = None
+        self.rejected: list[Rejected] = []  # rows the last group commit refused
+        # Expected run time per node (by node object: a loop body's node is one
+        # object for every item), an average of what workers reported.
+        self.durations: dict[int, float] = {}
+        self.storage_failed = False  # a commit failed for the storage's sake
+        self._signal_applying = False  # the signal being handled has changed state
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -513,7 +551,9 @@ class Supervisor:
         self.lock.acquire()
         try:
             self.store = Store(self.db, durability=self.durability)
-            self.pool = ProcessPool(self.n_workers)
+            self.pool = ProcessPool(
+                self.n_workers, max_rss_mb=self.max_worker_memory_mb, subreaper=self.subreaper
+            )
             self.pool.start()
             self.pool.wait_ready(WORKER_START_TIMEOUT)
             self.sampler = Sampler()
@@ -524,7 +564,8 @@ class Supervisor:
 
     def close(self) -> None:
         try:
-            if self.store is not None and (self.dirty_runs or self.dirty_execs or len(self.batch)):
+            dirty = self.dirty_runs or self.dirty_execs or len(self.batch)
+            if self.store is not None and dirty and not self.storage_failed:
                 self.flush()
         finally:
             if self.pool is not None:
@@ -549,8 +590,17 @@ class Supervisor:
     def serve(self, until: Callable[[], bool] | None = None) -> None:
         """The main loop. Returns when stopped, or when ``until()`` is true."""
         assert self.store is not None and self.pool is not None
+        failures = 0
         while not self.stopping:
-            self.tick()
+            try:
+                self.tick()
+                failures = 0
+            except errors.StorageError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug no execution can be blamed for
+                failures += 1
+                log.exception("internal error in the scheduling loop (it goes on)")
+                time.sleep(min(1.0, 0.01 * failures))
             if until is not None and until():
                 break
         self._drain()
@@ -565,11 +615,7 @@ class Supervisor:
         pool = self.pool
         assert pool is not None
         timeout = self._wait_time(time.monotonic())
-        for kind, slot, payload in pool.poll(timeout):
-            if kind == "results":
-                self._on_results(slot, payload)
-            elif kind == "died":
-                self._on_worker_died(slot, payload)
+        self._take_events(pool.poll(timeout))
         self._settle()
         now = time.time()
         self._fire_timers(now)
@@ -579,6 +625,7 @@ class Supervisor:
             self._poll_db()
             self._check_queue_timeouts(now)
             self._settle()
+        self._reclaim(time.monotonic())
         self._dispatch()
         self._settle()
         if self.on_tick is not None:
@@ -587,16 +634,114 @@ class Supervisor:
             self._sample_resources()
         self._maybe_flush()
 
+    def _take_events(self, events: list[tuple[str, Slot, Any]]) -> None:
+        for kind, slot, payload in events:
+            if kind == "results":
+                self._on_results(slot, payload)
+            elif kind == "died":
+                self._on_worker_died(slot, payload)
+
     def _settle(self) -> None:
-        """Drain the work queues until nothing more follows from what happened."""
+        """Drain the work queues until nothing more follows from what happened.
+
+        The error boundary of the engine's bookkeeping: an exception while handling
+        one execution's work fails that execution (see :meth:`_contain`)."""
+        ex: Exec | None = None
         while self.work or self.frames_to_check or self.loops_to_open:
-            while self.work:
-                frame, nid = self.work.popleft()
-                self._consider(frame, nid)
-            while self.loops_to_open and not self.work:
-                self._open_items(self.loops_to_open.popleft())
-            while self.frames_to_check and not self.work and not self.loops_to_open:
-                self._check_frame(self.frames_to_check.popleft())
+            try:
+                while self.work:
+                    frame, nid = self.work.popleft()
+                    ex = frame.ex
+                    self._consider(frame, nid)
+                while self.loops_to_open and not self.work:
+                    ls = self.loops_to_open.popleft()
+                    ex = ls.run.ex
+                    self._open_items(ls)
+                while self.frames_to_check and not self.work and not self.loops_to_open:
+                    frame = self.frames_to_check.popleft()
+                    ex = frame.ex
+                    self._check_frame(frame)
+            except errors.StorageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+                self._contain(ex, exc, "advancing it")
+        if self.rejected:
+            self._take_rejections()
+
+    # --- the error boundary ---------------------------------------------------------
+
+    def _contain(self, ex: Exec | None, exc: BaseException, doing: str) -> None:
+        """An unexpected exception while handling one execution's data: log it once
+        with its traceback, fail that execution with INTERNAL_ERROR naming the cause,
+        and let every other execution go on. Storage errors are not data errors:
+        they stop the daemon (nothing committed is lost)."""
+        if isinstance(exc, errors.StorageError):
+            raise exc
+        if ex is None:
+            log.error("internal error while %s (no execution to blame)", doing, exc_info=exc)
+            return
+        log.error("execution %s: internal error while %s", ex.id, doing, exc_info=exc)
+        self._fail_execution(ex, _internal(exc, doing))
+
+    def _fail_execution(self, ex: Exec, err: dict[str, Any]) -> None:
+        """Fail ``ex`` now, whatever state its bookkeeping is in."""
+        if ex.status in ("succeeded", "failed", "cancelled", "timed_out"):
+            return
+        ex.top.failure = err
+        try:
+            self._stop_frame(ex.top, "cancelled", "stopped: internal error")
+        except Exception:  # noqa: BLE001 - its state is suspect: stop its tasks directly
+            log.exception("execution %s: could not stop its nodes cleanly", ex.id)
+            try:
+                self._kill_tasks(lambda r: r.ex is ex, "cancelled", "stopped: internal error")
+            except Exception:  # noqa: BLE001
+                log.exception("execution %s: could not stop its running tasks", ex.id)
+        ex.status = "running"  # a paused execution fails too
+        self._finish_execution(ex, "failed", None, err)
+
+    @contextmanager
+    def _boundary(self, ex: Exec | None, doing: str) -> Iterator[None]:
+        """``with self._boundary(ex, "doing x"):`` contains what goes wrong inside."""
+        try:
+            yield
+        except errors.StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+            self._contain(ex, exc, doing)
+
+    def _take_rejections(self) -> None:
+        """Rows the database refused in the last group commit: fail their executions
+        (the rest of each batch was committed)."""
+        rejected, self.rejected = self.rejected, []
+        for r in rejected:
+            ex = self.execs.get(r.execution_id) if r.execution_id else None
+            doing = f"committing a row ({r.statement.strip()})"
+            if ex is not None:
+                self._contain(ex, r.error, doing)
+                continue
+            log.error(
+                "a row of execution %s was refused by the database while %s: %s",
+                r.execution_id,
+                doing,
+                r.error,
+            )
+            if r.execution_id and r.execution_id in self.finished:
+                self.store_failed(r.execution_id, _internal(r.error, doing))
+
+    def store_failed(self, execution_id: str, err: dict[str, Any]) -> None:
+        """Record a finished execution as failed directly (its own row was refused)."""
+        assert self.store is not None
+        try:
+            with self.store.atomic() as c:
+                c.execute(
+                    "UPDATE executions SET status='failed', error=?, updated_at=? "
+                    "WHERE id=? AND status='succeeded'",
+                    (dumps(err), time.time(), execution_id),
+                )
+        except errors.StorageError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("execution %s: could not record its failure", execution_id)
 
     def _wait_time(self, now_m: float) -> float:
         t = DB_POLL_INTERVAL - (now_m - self.last_poll)
@@ -609,6 +754,9 @@ class Supervisor:
                 run = self.tasks.get(slot.inflight[0]["id"])
                 if run is not None and run.node.timeout:
                     t = min(t, slot.head_since + run.node.timeout / 1000.0 - now_m)
+                if len(slot.inflight) > len(slot.dropping) + 1:
+                    # Look again when the tasks queued behind it are due to be taken back.
+                    t = min(t, slot.head_since + self._hold(run) - now_m)
         return max(0.0, t)
 
     # --- recovery and intake ------------------------------------------------------------
@@ -635,6 +783,9 @@ class Supervisor:
     def _admit(self, row: dict[str, Any]) -> Exec | None:
         try:
             wf, folder, g = self._load_workflow(row["workflow_id"])
+            ex = Exec(row, wf, folder, g)
+        except errors.StorageError:
+            raise
         except Exception as exc:  # a damaged row must not stop the daemon
             log.error("execution %s: cannot load its workflow: %s", row["id"], exc)
             ex_err = {"code": errors.VALIDATION_ERROR, "message": f"cannot load workflow: {exc}"}
@@ -647,7 +798,6 @@ class Supervisor:
                 )
             self.finished.add(row["id"])
             return None
-        ex = Exec(row, wf, folder, g)
         self.execs[ex.id] = ex
         return ex
 
@@ -660,15 +810,16 @@ class Supervisor:
             ex = self._admit(row)
             if ex is None:
                 continue
-            if ex.status == "queued":
-                self._start_execution(ex)
-                continue
-            self._event(ex, None, "recovered", None)
-            self._rebuild_signal_scope(ex)
-            self._restore_frame(ex.top)
-            err = loads(row["error"])
-            if isinstance(err, dict) and err.get("code") == errors.CANCELLED:
-                self._resume_cancelling(ex, err)
+            with self._boundary(ex, "recovering it after a restart"):
+                if ex.status == "queued":
+                    self._start_execution(ex)
+                    continue
+                self._event(ex, None, "recovered", None)
+                self._rebuild_signal_scope(ex)
+                self._restore_frame(ex.top)
+                err = loads(row["error"])
+                if isinstance(err, dict) and err.get("code") == errors.CANCELLED:
+                    self._resume_cancelling(ex, err)
         # Signals sent while no supervisor ran apply before anything is dispatched.
         self._poll_signals()
         self._settle()
@@ -847,7 +998,8 @@ class Supervisor:
         for row in rows:
             ex = self._admit(row)
             if ex is not None:
-                self._start_execution(ex)
+                with self._boundary(ex, "starting it"):
+                    self._start_execution(ex)
         self._poll_signals()
 
     def _start_execution(self, ex: Exec) -> None:
@@ -985,6 +1137,7 @@ class Supervisor:
 
     def _log_line(self, run: Run) -> Callable[[str], None]:
         def write(line: str) -> None:
+            line = jsonio.clean_text(str(line))[:4000]
             self.batch.logs.append((run.ex.id, run.path, run.seq, time.time(), "log", line))
 
         return write
@@ -1038,8 +1191,8 @@ class Supervisor:
                     f"node type '{run.ntype}' is not supported by this version of fm_local",
                     errors.VALIDATION_ERROR,
                 )
-            text = dumps(value)
-        except (errors.NodeError, expr.ExpressionError, ValueError, TypeError) as exc:
+            text = jsonio.bounded_dumps(value)
+        except Exception as exc:  # noqa: BLE001 - fails this node only (_inline_failed)
             self._inline_failed(run, exc)
             return
         run.port = port
@@ -1050,15 +1203,39 @@ class Supervisor:
             self._merge_done(run)
         self._succeeded(run)
 
-    def _inline_failed(self, run: Run, exc: Exception) -> None:
+    def _inline_failed(self, run: Run, exc: Exception, making: str = "output") -> None:
+        """A supervisor-side step of ``run`` failed (its evaluation, its output, or
+        its task input when ``making`` is "input"): the node fails with a code that
+        says which; an unexpected exception is INTERNAL_ERROR, logged once."""
+        if isinstance(exc, errors.StorageError):
+            raise exc
         if isinstance(exc, expr.ExpressionError):
             src = getattr(exc, "expression", None)
             msg = f"expression {src!r} failed: {exc}" if src else f"expression failed: {exc}"
             err = self._error(run, errors.EXPRESSION_ERROR, msg)
         elif isinstance(exc, errors.NodeError):
             err = self._error(run, exc.code, str(exc), exc.details)
-        else:
+        elif isinstance(exc, jsonio.ValueTooLarge):
+            code = errors.INPUT_TOO_LARGE if making == "input" else errors.OUTPUT_TOO_LARGE
+            err = self._error(
+                run,
+                code,
+                f"node '{run.path}': its {making} is {exc} (FM_MAX_OUTPUT_BYTES); "
+                "pass smaller values, e.g. a file path instead of the data",
+            )
+        elif isinstance(exc, (jsonio.ValueTooDeep, RecursionError)):
+            code = errors.INPUT_TOO_DEEP if making == "input" else errors.OUTPUT_NOT_SERIALIZABLE
+            err = self._error(
+                run,
+                code,
+                f"node '{run.path}': its {making} is nested deeper than {jsonio.MAX_DEPTH} levels",
+            )
+        elif isinstance(exc, (ValueError, TypeError)) and making == "output":
             err = self._error(run, errors.OUTPUT_NOT_SERIALIZABLE, f"value is not JSON: {exc}")
+        else:
+            log.error("execution %s: internal error at node %s", run.ex.id, run.path, exc_info=exc)
+            err = _internal(exc, f"making the {making} of node '{run.path}'")
+            err = self._error(run, err["code"], err["message"])
         run.finished_at = time.time()
         self._attempt_row(run, "failed", err)
         self._attempt_failed(run, err)
@@ -1311,7 +1488,17 @@ class Supervisor:
         elif top.failure is not None:
             self._finish_execution(ex, "failed", None, top.failure)
         else:
-            self._finish_execution(ex, "succeeded", self._execution_output(ex), None)
+            out = self._execution_output(ex)
+            try:
+                jsonio.json_size(out, jsonio.MAX_OUTPUT_BYTES)
+            except (jsonio.ValueTooLarge, jsonio.ValueTooDeep) as exc:
+                err = {
+                    "code": errors.OUTPUT_TOO_LARGE,
+                    "message": f"the execution's output is {exc} (FM_MAX_OUTPUT_BYTES)",
+                }
+                self._finish_execution(ex, "failed", None, err)
+                return
+            self._finish_execution(ex, "succeeded", out, None)
 
     def _execution_output(self, ex: Exec) -> Any:
         top = ex.top
@@ -1387,8 +1574,8 @@ class Supervisor:
         assert isinstance(node, LoopNode)
         try:
             items, n = loop.items_of(node, self._scope(run))
-        except (errors.NodeError, expr.ExpressionError) as exc:
-            self._inline_failed(run, exc)
+        except Exception as exc:  # noqa: BLE001 - fails this node only (_inline_failed)
+            self._inline_failed(run, exc, "items")
             return None
         body = self._body(node)
         ls = LoopState(run, node, body, items, n)
@@ -1692,19 +1879,23 @@ class Supervisor:
             if row["id"] in self.signals_in_progress:
                 continue
             ex = self.execs.get(row["execution_id"])
+            self._signal_applying = False
             try:
                 self._apply_signal(row, ex)
+            except errors.StorageError:
+                raise
             except Exception as exc:  # noqa: BLE001 - a bad signal must not stop the daemon
-                log.exception("signal %s: internal error", row["id"])
-                self.batch.signals.append(
-                    (
-                        "refused",
-                        f"internal error: {type(exc).__name__}: {exc}",
-                        time.time(),
-                        None,
-                        row["id"],
+                if self._signal_applying and ex is not None:
+                    # It was being applied: it is applied, and its execution failed.
+                    err = _internal(exc, f"applying signal {row['id']} ({row['type']})")
+                    self.batch.signals.append(
+                        ("applied", err["message"], time.time(), None, row["id"])
                     )
-                )
+                    self._contain(ex, exc, f"applying signal {row['id']}")
+                else:
+                    log.exception("signal %s: internal error", row["id"])
+                    msg = jsonio.clean_text(f"internal error: {type(exc).__name__}: {exc}")
+                    self.batch.signals.append(("refused", msg, time.time(), None, row["id"]))
             self._settle()
         # Applied signals are acknowledged only once committed.
         if self.batch.signals:
@@ -1714,6 +1905,8 @@ class Supervisor:
         self.batch.signals.append(("refused", why, time.time(), None, row["id"]))
 
     def _apply_signal(self, row: dict[str, Any], ex: Exec | None) -> None:
+        """Check a signal (refusing it changes nothing), then apply it. Once
+        ``_signal_applying`` is set, a failure fails the execution instead."""
         assert self.store is not None
         sid, eid, typ = row["id"], row["execution_id"], row["type"]
         if ex is None:
@@ -1724,6 +1917,8 @@ class Supervisor:
                 self._refuse(row, f"execution {eid} is already {st['status']}")
             return  # queued, not admitted yet: it waits for the next poll
         why = sigs.refusal(ex.workflow, typ)
+        if why is None and row["reason"] is not None and "\0" in row["reason"]:
+            why = "the reason contains a NUL character"
         if why is not None:
             self._refuse(row, why)
             return
@@ -1731,6 +1926,25 @@ class Supervisor:
         if typ == sigs.REPLAY:
             self._replay_in_place(ex, row, data)
             return
+        handler = sigs.handler_for(ex.workflow, typ)
+        action = handler.action if handler is not None else None
+        prio = None
+        if action == "set_priority":
+            prio = data.get("priority") if isinstance(data, dict) else data
+            if isinstance(prio, bool) or not isinstance(prio, int):
+                self._refuse(row, 'set_priority needs data {"priority": <integer>}')
+                return
+            if not jsonio.INT64_MIN <= prio <= jsonio.INT64_MAX:
+                self._refuse(row, "set_priority: the priority must fit in 64 bits")
+                return
+        node = None
+        if action == "custom":
+            assert handler is not None
+            node = sigs.handler_node(ex.workflow, handler)
+            if node is None:
+                self._refuse(row, f"handler '{handler.handler}' is not in the workflow's handlers")
+                return
+        self._signal_applying = True
         now = time.time()
         ex.signal_scope[typ] = {
             "data": data,
@@ -1739,7 +1953,6 @@ class Supervisor:
             "result": None,
         }
         ex.signal_latest[typ] = sid
-        handler = sigs.handler_for(ex.workflow, typ)
         outcome: list[str] = []
         waiting = ex.waits.pop(typ, [])
         for w in waiting:
@@ -1749,7 +1962,6 @@ class Supervisor:
             # No wait node of this type is waiting yet: keep it for the one that will.
             ex.unconsumed[typ] = data
             outcome.append("kept for the wait node that will ask for it")
-        action = handler.action if handler is not None else None
         if handler is None:
             pass  # a wait node's type: handled above
         elif action == "pause":
@@ -1759,18 +1971,12 @@ class Supervisor:
         elif action == "cancel":
             outcome.append(self._cancel(ex, handler, row))
         elif action == "set_priority":
-            prio = data.get("priority") if isinstance(data, dict) else data
-            if isinstance(prio, bool) or not isinstance(prio, int):
-                self._refuse(row, 'set_priority needs data {"priority": <integer>}')
-                return
+            assert prio is not None
             ex.priority = prio
             self._mark_exec(ex)
             outcome.append(f"priority set to {prio}")
         elif action == "custom":
-            node = sigs.handler_node(ex.workflow, handler)
-            if node is None:
-                self._refuse(row, f"handler '{handler.handler}' is not in the workflow's handlers")
-                return
+            assert node is not None
             sig = {"id": sid, "type": typ, "data": data, "reason": row["reason"]}
             # Applied when the handler has run (a crash before re-runs it).
             self.signals_in_progress.add(sid)
@@ -1949,12 +2155,15 @@ class Supervisor:
             return
         import subprocess
 
+        def env_text(value: str) -> str:  # an environment value can hold neither
+            return jsonio.clean_text(value).replace("\0", "\\0")  # NUL nor a surrogate
+
         env = dict(
             os.environ,
             FM_EXECUTION_ID=ex.id,
-            FM_WORKFLOW=ex.workflow.name,
-            FM_RECIPIENT=recipient,
-            FM_MESSAGE=message,
+            FM_WORKFLOW=env_text(ex.workflow.name),
+            FM_RECIPIENT=env_text(recipient),
+            FM_MESSAGE=env_text(message),
         )
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         try:
@@ -1967,7 +2176,7 @@ class Supervisor:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.error("execution %s: notifyCommand failed: %s", ex.id, exc)
 
     def _start_wait(self, run: Run, restoring: bool = False) -> None:
@@ -2348,35 +2557,116 @@ class Supervisor:
     # --- workers ------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        """Hand ready tasks to workers: one to each idle worker; behind a running
+        task only when the backlog is deep and only tasks whose expected duration
+        fits the worker's window (:data:`PREFETCH_WINDOW`)."""
         pool = self.pool
         assert pool is not None
         if self.stopping or not self.ready_count:
             return
-        deep = self.ready_count > 2 * len(pool.slots)
-        cap = PREFETCH if deep else 1
+        n_slots = len(pool.slots)
+        deep = self.ready_count > 2 * n_slots
         now = time.time()
+        now_m = time.monotonic()
         for slot in pool.slots:
             if not self.ready_count:
                 return
-            if not slot.ready or len(slot.inflight) >= cap:
+            if not slot.ready:
                 continue
             idle = not slot.inflight
-            want = cap - len(slot.inflight)
+            if not idle and not deep:
+                continue
+            want = PREFETCH - len(slot.inflight) if deep else 1
             if deep:
-                want = min(want, max(1, self.ready_count // len(pool.slots)))
+                want = min(want, max(1, self.ready_count // n_slots))
+            budget = 0.0 if idle else self._window_left(slot, now_m)
             tasks: list[dict[str, Any]] = []
             while want > 0 and self.rr:
-                run = self._next_ready(now, idle and not tasks)
+                head = idle and not tasks
+                if head:
+                    run = self._next_ready(now, True)
+                else:
+                    if budget <= 0.0:
+                        break
+                    run = self._next_ready(now, False, budget)
                 if run is None:
                     break
-                task = self._make_task(run, slot, head=idle and not tasks)
+                if head:
+                    est = self.durations.get(id(run.node))
+                    budget = PREFETCH_WINDOW - est if est is not None else 0.0
+                else:
+                    budget -= self.durations.get(id(run.node), PREFETCH_WINDOW)
+                try:
+                    task = self._make_task(run, slot, head=head)
+                except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+                    self._contain(run.ex, exc, f"dispatching node '{run.path}'")
+                    continue
                 if task is not None:
                     tasks.append(task)
                     want -= 1
             if tasks:
-                pool.submit(slot, tasks)
+                for task, why in pool.submit(slot, tasks):
+                    self._not_sent(task, why)
             if not self.rr:
                 return
+
+    def _window_left(self, slot: Slot, now_m: float) -> float:
+        """Seconds of prefetch window a busy worker has left: the window minus the
+        expected rest of its running task and of the tasks queued behind it."""
+        durations = self.durations
+        held = 0.0
+        for i, t in enumerate(slot.inflight):
+            run = self.tasks.get(t["id"])
+            est = durations.get(id(run.node)) if run is not None else None
+            if est is None:
+                return 0.0  # unknown work ahead: do not queue behind it
+            if i == 0:
+                ran = now_m - slot.head_since
+                if ran > est:
+                    return 0.0  # running longer than expected: its end is unknown
+                held += est - ran
+            else:
+                held += est
+        return PREFETCH_WINDOW - held
+
+    def _hold(self, head: Run | None) -> float:
+        """How long a worker's running task may take before the tasks queued behind
+        it are taken back: twice what it is expected to take, at least PREFETCH_HOLD."""
+        est = self.durations.get(id(head.node), 0.0) if head is not None else 0.0
+        return max(PREFETCH_HOLD, 2 * est)
+
+    def _reclaim(self, now_m: float) -> None:
+        """A worker whose running task takes much longer than expected hands back
+        the tasks queued behind it, so they run elsewhere now."""
+        pool = self.pool
+        assert pool is not None
+        for slot in pool.slots:
+            inflight = slot.inflight
+            if len(inflight) < 2:
+                continue
+            if now_m - slot.head_since <= self._hold(self.tasks.get(inflight[0]["id"])):
+                continue
+            ids = [
+                t["id"]
+                for t in list(inflight)[1:]
+                if (r := self.tasks.get(t["id"])) is not None and r.prefetched
+            ]
+            if ids:
+                pool.drop(slot, ids)
+
+    def _not_sent(self, task: dict[str, Any], exc: BaseException) -> None:
+        """A task that could not be sent to a worker: undo its dispatch, fail the node."""
+        run = self.tasks.pop(task["id"], None)
+        if run is None:
+            return
+        with self._boundary(run.ex, f"sending node '{run.path}' to a worker"):
+            run.task_id = None
+            run.prefetched = False
+            run.ex.running -= 1
+            self._release(run)
+            self._inline_failed(
+                run, exc if isinstance(exc, Exception) else RuntimeError(exc), "input"
+            )
 
     def _limited(self, run: Run) -> bool:
         node = run.node
@@ -2387,9 +2677,12 @@ class Supervisor:
             or run.ex.no_prefetch
         )
 
-    def _next_ready(self, now: float, allow_limited: bool) -> Run | None:
+    def _next_ready(
+        self, now: float, allow_limited: bool, budget: float | None = None
+    ) -> Run | None:
         """The next task: workflows in turn (fair sharing), within a workflow the
-        executions in queue-policy order, within an execution its ready queue."""
+        executions in queue-policy order, within an execution its ready queue.
+        With a ``budget`` (prefetch), only a task expected to take no longer."""
         for _ in range(len(self.rr)):
             key = self.rr[0]
             self.rr.rotate(-1)
@@ -2407,6 +2700,10 @@ class Supervisor:
                     continue
                 while ex.ready:
                     run = ex.ready[0]
+                    if budget is not None:
+                        est = self.durations.get(id(run.node))
+                        if est is None or est > budget:
+                            break
                     if self._limited(run):
                         if not allow_limited:
                             break
@@ -2500,11 +2797,12 @@ class Supervisor:
             self._section_started(run, run.started_at)
         try:
             spec = self._task_spec(run)
-        except (expr.ExpressionError, errors.NodeError) as exc:
+            # Bounded in size and depth, so it can be recorded and sent to a worker.
+            run.input_json = jsonio.bounded_dumps(spec)
+        except Exception as exc:  # noqa: BLE001 - fails this node only (_inline_failed)
             self._release(run)
-            self._inline_failed(run, exc)
+            self._inline_failed(run, exc, "input")
             return None
-        run.input_json = dumps(spec)
         tid = next(self.task_ids)
         run.task_id = tid
         run.status = "running" if head else "queued"
@@ -2558,7 +2856,8 @@ class Supervisor:
             }
         if isinstance(node, ShellNode):
             return {
-                "command": expr.render_value(node.command, scope),
+                # A string is a shell script: template values are quoted (expr.render_shell).
+                "command": expr.render_shell(node.command, scope),
                 "env": expr.render_value(node.env, scope),
                 "cwd": expr.render_value(node.cwd, scope),
                 "allowFailure": node.allow_failure,
@@ -2572,8 +2871,8 @@ class Supervisor:
                 continue  # a late result of a stopped attempt: discarded
             try:
                 self._on_result(run, result)
-            except Exception as exc:  # noqa: BLE001 - one bad result must not stop the daemon
-                self._internal_error(run.ex, exc)
+            except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+                self._contain(run.ex, exc, f"handling the result of node '{run.path}'")
         if slot.inflight:
             head = self.tasks.get(slot.inflight[0]["id"])
             if head is not None and head.status == "queued":
@@ -2582,21 +2881,6 @@ class Supervisor:
                 head.started_at = time.time()
                 self._mark(head)
                 self._attempt_row(head, "running", None)
-
-    def _internal_error(self, ex: Exec, exc: BaseException) -> None:
-        """A bug met while running ``ex``: fail that execution, keep serving."""
-        log.exception("execution %s: internal error", ex.id)
-        if ex.status != "running":
-            return
-        err = {
-            "code": "INTERNAL_ERROR",
-            "message": f"internal error in the supervisor: {type(exc).__name__}: {exc}",
-        }
-        try:
-            ex.top.failure = ex.top.failure or err
-            self._stop_frame(ex.top, "cancelled", "stopped: internal error")
-        finally:
-            self._finish_execution(ex, "failed", None, ex.top.failure or err)
 
     def _on_result(self, run: Run, result: tuple[Any, ...]) -> None:
         run.task_id = None
@@ -2624,6 +2908,10 @@ class Supervisor:
             run.gate_marks = None
         run.started_at = started
         run.finished_at = finished
+        key = id(run.node)
+        took = max(0.0, finished - started)
+        est = self.durations.get(key)
+        self.durations[key] = took if est is None else est + 0.25 * (took - est)
         if logs:
             eid, path, seq = ex.id, run.path, run.seq
             self.batch.logs.extend((eid, path, seq, ts, s, line) for ts, s, line in logs)
@@ -2660,10 +2948,13 @@ class Supervisor:
         for i, run in enumerate(self._take_back(held)):
             if run.terminal:
                 continue
-            if i > 0:
-                self._requeue(run)  # never started: nothing spent
-                continue
-            self._interrupted(run, errors.WORKER_CRASH, f"worker process {slot.pid} died")
+            try:
+                if i > 0:
+                    self._requeue(run)  # never started: nothing spent
+                    continue
+                self._interrupted(run, errors.WORKER_CRASH, f"worker process {slot.pid} died")
+            except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+                self._contain(run.ex, exc, f"recovering node '{run.path}' from a worker crash")
 
     def _interrupted(self, run: Run, code: str, message: str) -> None:
         """An infrastructure interruption: re-run without spending an attempt."""
@@ -2723,13 +3014,15 @@ class Supervisor:
             for i, r in enumerate(self._take_back(pool.stop_slot(slot))):
                 if r.terminal:
                     continue
-                if i == 0:
-                    self._timed_out(r)
-                else:
-                    self._requeue(r)
+                with self._boundary(r.ex, f"timing out node '{r.path}'"):
+                    if i == 0:
+                        self._timed_out(r)
+                    else:
+                        self._requeue(r)
         for ex in list(self.execs.values()):
             if ex.deadline_at is not None and now >= ex.deadline_at and ex.status == "running":
-                self._execution_timed_out(ex)
+                with self._boundary(ex, "timing it out"):
+                    self._execution_timed_out(ex)
 
     def _check_queue_timeouts(self, now: float) -> None:
         """A task waiting in the queue longer than ``settings.queue.timeout`` fails
@@ -2755,17 +3048,19 @@ class Supervisor:
         for r in late:
             if r.terminal:
                 continue
-            limit = r.ex.workflow.settings.queue.timeout
-            r.seq += 1
-            r.attempt += 1
-            r.started_at = r.finished_at = now
-            err = self._error(
-                r,
-                errors.QUEUE_TIMEOUT,
-                f"waited in the queue over {limit} ms (settings.queue.timeout)",
-            )
-            self._attempt_row(r, "failed", err)
-            self._attempt_failed(r, err)
+            with self._boundary(r.ex, f"timing out queued node '{r.path}'"):
+                self._queue_timed_out(r, now)
+
+    def _queue_timed_out(self, r: Run, now: float) -> None:
+        limit = r.ex.workflow.settings.queue.timeout
+        r.seq += 1
+        r.attempt += 1
+        r.started_at = r.finished_at = now
+        err = self._error(
+            r, errors.QUEUE_TIMEOUT, f"waited in the queue over {limit} ms (settings.queue.timeout)"
+        )
+        self._attempt_row(r, "failed", err)
+        self._attempt_failed(r, err)
 
     def _timed_out(self, run: Run) -> None:
         node = run.node
@@ -2840,34 +3135,34 @@ class Supervisor:
         timers = self.timers
         while timers and timers[0][0] <= now:
             _, _, kind, obj = heapq.heappop(timers)
-            if kind == "wake":
-                self.wake_pending.discard(id(obj))
-                self._unpark(id(obj))
-                continue
-            if kind == "batch":
-                ls: LoopState = obj
-                ls.batch_wait = False
-                ls.batch_end = min(ls.n, ls.batch_end + (ls.batch_size or ls.n))
-                self.loops_to_open.append(ls)
-                continue
-            if kind == "item_timeout":
-                self._item_timed_out(obj)
-                continue
-            if kind == "total_timeout":
-                self._total_timeout(obj)
-                continue
-            if kind == "section_timeout":
-                self._section_timeout(*obj)
-                continue
-            if kind == "branch_timeout":
-                self._branch_timeout(*obj)
-                continue
-            if kind == "wait_timeout":
-                self._wait_timed_out(obj)
-                continue
+            try:
+                self._fire(kind, obj)
+            except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+                self._contain(_timer_owner(kind, obj), exc, f"firing its {kind} timer")
+
+    def _fire(self, kind: str, obj: Any) -> None:
+        if kind == "wake":
+            self.wake_pending.discard(id(obj))
+            self._unpark(id(obj))
+        elif kind == "batch":
+            ls: LoopState = obj
+            ls.batch_wait = False
+            ls.batch_end = min(ls.n, ls.batch_end + (ls.batch_size or ls.n))
+            self.loops_to_open.append(ls)
+        elif kind == "item_timeout":
+            self._item_timed_out(obj)
+        elif kind == "total_timeout":
+            self._total_timeout(obj)
+        elif kind == "section_timeout":
+            self._section_timeout(*obj)
+        elif kind == "branch_timeout":
+            self._branch_timeout(*obj)
+        elif kind == "wait_timeout":
+            self._wait_timed_out(obj)
+        else:
             run: Run = obj
             if run.terminal or run.ex.status not in ("running", "paused"):
-                continue
+                return
             if kind == "retry" and run.status == "retry_wait":
                 run.status = "queued"
                 run.next_attempt_at = None
@@ -2986,7 +3281,12 @@ class Supervisor:
         self.dirty_execs = {}
         self.batch = Batch()
         if len(b):
-            self.store.commit_batch(b)
+            try:
+                self.rejected.extend(self.store.commit_batch(b))
+            except (sqlite3.Error, OSError) as exc:
+                # The storage itself failed: stop serving (what was committed stays).
+                self.storage_failed = True
+                raise storage_error(exc, self.db, "write") from exc
         self.last_flush = time.monotonic()
 
     # --- stopping -----------------------------------------------------------------------
@@ -2999,11 +3299,7 @@ class Supervisor:
         deadline = time.monotonic() + self.drain_timeout
         self.stopping = True
         while self.tasks and time.monotonic() < deadline:
-            for kind, slot, payload in pool.poll(0.05):
-                if kind == "results":
-                    self._on_results(slot, payload)
-                elif kind == "died":
-                    self._on_worker_died(slot, payload)
+            self._take_events(pool.poll(0.05))
             self._settle()
             self._maybe_flush()
         # Whatever still runs is re-run by the next supervisor, not counted.

@@ -1,9 +1,12 @@
 """The local process pool: long-lived worker processes behind an executor interface.
 
 Invariants: the scheduler only sees :class:`Executor` (submit tasks to a slot, get
-results and deaths back, stop a slot); each worker is its own process group, so
-stopping a slot (SIGTERM, SIGKILL after a grace) stops everything its node
-started; a stopped or dead worker is replaced; every child is reaped.
+results and deaths back, stop a slot); each worker is its own process group and a
+child subreaper, so stopping a slot (SIGTERM, SIGKILL after a grace, then every
+descendant seen before the stop) stops everything its node started; a worker's
+death is seen from its process (a pidfd), not only from EOF on its pipe, which a
+process forked by node code may hold open; a stopped, dead or retired worker is
+replaced; every child is reaped.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 STOP_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
+PIPE_ROOM = 16 * 1024  # bytes a message may have without the worker reading at once
+SIG_DROP = signal.SIGRTMIN + 3  # as fm_local.worker.SIG_DROP (not imported: it imports nodes)
 
 
 @dataclass(eq=False)
@@ -34,6 +39,10 @@ class Slot:
     inflight: deque[dict[str, Any]] = field(default_factory=deque)
     # Monotonic time the head task started (dispatch, or the previous result).
     head_since: float = 0.0
+    token: str = ""  # in the environment of everything the worker starts
+    pidfd: int | None = None  # readable once the worker process has exited
+    retiring: bool = False  # over its memory limit: handing back, then stopping
+    dropping: set[int] = field(default_factory=set)  # asked back, answer pending
 
     @property
     def pid(self) -> int:
@@ -49,7 +58,9 @@ class Executor(Protocol):
 
     def start(self) -> None: ...
     def idle_slots(self) -> list[Slot]: ...
-    def submit(self, slot: Slot, tasks: list[dict[str, Any]]) -> None: ...
+    def submit(
+        self, slot: Slot, tasks: list[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], BaseException]]: ...
     def poll(self, timeout: float) -> list[tuple[str, Slot, Any]]: ...
     def stop_slot(self, slot: Slot) -> list[dict[str, Any]]: ...
     def drop(self, slot: Slot, task_ids: list[int]) -> None: ...
@@ -60,16 +71,39 @@ class Executor(Protocol):
 class ProcessPool:
     """A fixed number of worker processes; replaces any that die or are stopped."""
 
-    def __init__(self, size: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        env: dict[str, str] | None = None,
+        max_rss_mb: int | None = None,
+        subreaper: bool = False,
+    ) -> None:
         self.size = max(1, size)
         self.env = env
+        self.max_rss_mb = max_rss_mb
+        # As a child subreaper, this process inherits the processes of a worker that
+        # died; those that came from a worker (by its token or process group) are
+        # killed. Only for a process of our own (fm daemon, fm run).
+        self.subreaper = subreaper
+        self._watch: list[tuple[str, int, float]] = []  # (token, pgid, until) of dead workers
+        self._children_fd: int | None = None
+        self.detached: set[int] = set()  # processes node code let outlive its node
         self.slots: list[Slot] = []
-        self._dying: list[tuple[subprocess.Popen[bytes], float]] = []
+        # Stopped workers: (process, when to SIGKILL, descendants seen at the stop).
+        self._dying: list[tuple[subprocess.Popen[bytes], float, list[Any]]] = []
         self._next_index = 0
 
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.subreaper and self._children_fd is None:
+            try:
+                import ctypes
+
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1, 0, 0, 0)
+                self._children_fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
+            except (OSError, AttributeError):
+                self._children_fd = None
         while len(self.slots) < self.size:
             self.slots.append(self._spawn())
 
@@ -82,6 +116,10 @@ class ProcessPool:
         env["PYTHONPATH"] = pkg_root + (
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
         )
+        if self.max_rss_mb is not None:
+            env["FM_WORKER_MAX_RSS_MB"] = str(self.max_rss_mb)
+        token = os.urandom(8).hex()
+        env["FM_WORKER_TOKEN"] = token
         try:
             proc = subprocess.Popen(
                 [
@@ -106,7 +144,12 @@ class ProcessPool:
             proc=proc,
             inbox=Connection(to_child_w, readable=False),
             outbox=Connection(from_child_r, writable=False),
+            token=token,
         )
+        try:
+            slot.pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            slot.pidfd = None  # no pidfd here: poll() asks the process instead
         self._next_index += 1
         return slot
 
@@ -119,6 +162,8 @@ class ProcessPool:
                     raise RuntimeError(f"worker process {slot.pid} died while starting")
 
     def shutdown(self) -> None:
+        """Stop every worker: idle ones exit at once; one still running a node is
+        stopped with everything its node started."""
         for slot in self.slots:
             try:
                 slot.inbox.send_bytes(pickle.dumps(("stop",)))
@@ -129,12 +174,19 @@ class ProcessPool:
             try:
                 slot.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _killpg(slot.proc.pid, signal.SIGKILL)
-                slot.proc.wait()
+                self._dying.append((slot.proc, time.monotonic() + STOP_GRACE, _tree(slot.pid)))
+                _killpg(slot.proc.pid, signal.SIGTERM)
+            else:
+                _killpg(slot.proc.pid, signal.SIGKILL)  # leftovers in its group
             _close(slot)
         self.slots = []
-        for proc, _ in self._dying:
+        for proc, kill_at, tree in self._dying:
+            try:
+                proc.wait(max(0.0, kill_at - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
             _killpg(proc.pid, signal.SIGKILL)
+            _kill_all(tree)
             proc.wait()
         self._dying = []
 
@@ -143,55 +195,134 @@ class ProcessPool:
     def idle_slots(self) -> list[Slot]:
         return [s for s in self.slots if s.ready and not s.inflight]
 
-    def submit(self, slot: Slot, tasks: list[dict[str, Any]]) -> None:
-        if not slot.inflight:
+    def submit(
+        self, slot: Slot, tasks: list[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], BaseException]]:
+        """Send ``tasks`` to the worker of ``slot``; returns the tasks that could not
+        be encoded (with why) — the others are sent."""
+        bad: list[tuple[dict[str, Any], BaseException]] = []
+        try:
+            data = pickle.dumps(("tasks", tasks), protocol=5)
+        except Exception:  # noqa: BLE001 - find the task at fault; send the others
+            good = []
+            for t in tasks:
+                try:
+                    pickle.dumps(t, protocol=5)
+                    good.append(t)
+                except Exception as exc:  # noqa: BLE001
+                    bad.append((t, exc))
+            tasks = good
+            if not tasks:
+                return bad
+            data = pickle.dumps(("tasks", tasks), protocol=5)
+        busy = bool(slot.inflight)
+        if not busy:
             slot.head_since = time.monotonic()
         slot.inflight.extend(tasks)
         try:
-            slot.inbox.send_bytes(pickle.dumps(("tasks", tasks), protocol=5))
+            if busy and len(data) > PIPE_ROOM:
+                # More than the pipe holds, for a worker running a node: have it
+                # read now, or this write would wait for the node to end.
+                os.kill(slot.pid, SIG_DROP)
+            slot.inbox.send_bytes(data)
         except OSError:
             pass  # the death shows up in poll()
+        return bad
 
     def poll(self, timeout: float) -> list[tuple[str, Slot, Any]]:
         """Wait up to ``timeout`` for results. Returns events:
         ``("results", slot, [(task, result), ...])`` and ``("died", slot, [tasks])``
         (the tasks it held, head first) and ``("ready", slot, None)``."""
         self._reap()
-        by_conn = {s.outbox: s for s in self.slots}
+        by_conn: dict[Any, Slot] = {s.outbox: s for s in self.slots}
+        for s in self.slots:
+            if s.pidfd is not None:
+                by_conn[s.pidfd] = s
         events: list[tuple[str, Slot, Any]] = []
         if not by_conn:
             time.sleep(timeout)
             return events
-        for conn in wait(list(by_conn), timeout):
+        ready = wait(list(by_conn), timeout)
+        gone = {by_conn[r] for r in ready if isinstance(r, int)}  # type: ignore[index]
+        for s in self.slots:
+            if s.pidfd is None and s.proc.poll() is not None:
+                gone.add(s)
+        seen: set[int] = set()
+        for conn in ready:
             slot = by_conn[conn]  # type: ignore[index]
+            if id(slot) in seen:
+                continue
+            seen.add(id(slot))
             try:
-                while True:
-                    msg = pickle.loads(slot.outbox.recv_bytes())
-                    if msg[0] == "results":
-                        done = []
-                        for result in msg[1]:
-                            task = slot.inflight.popleft() if slot.inflight else None
-                            if task is not None and task["id"] == result[0]:
-                                done.append((task, result))
-                        slot.head_since = time.monotonic()
-                        events.append(("results", slot, done))
-                    elif msg[0] == "ready":
-                        slot.ready = True
-                        events.append(("ready", slot, None))
-                    if not slot.outbox.poll(0):
-                        break
+                self._read(slot, events, exited=slot in gone)
             except (EOFError, OSError, pickle.UnpicklingError):
-                held = list(slot.inflight)
-                slot.inflight.clear()
-                self._replace(slot, kill=False)
-                events.append(("died", slot, held))
+                gone.add(slot)
+        for slot in gone:
+            if slot not in self.slots:
+                continue
+            held = list(slot.inflight)
+            slot.inflight.clear()
+            retired = slot.retiring and not held
+            self._replace(slot, kill=False)
+            events.append(("retired" if retired else "died", slot, held))
         return events
+
+    def _read(self, slot: Slot, events: list[tuple[str, Slot, Any]], exited: bool) -> None:
+        """Take every complete message the worker wrote (all of them, when it has
+        exited: results it sent before dying count)."""
+        conn = slot.outbox
+        while conn.poll(0):
+            msg = pickle.loads(conn.recv_bytes())
+            kind = msg[0]
+            if kind == "results" or kind == "retire":
+                done = self._match(slot, msg[1])
+                if done:
+                    events.append(("results", slot, done))
+                if kind == "retire":
+                    slot.retiring = True
+                    slot.ready = False
+                    try:
+                        slot.inbox.send_bytes(pickle.dumps(("stop",)))
+                    except OSError:
+                        pass
+            elif kind == "ready":
+                slot.ready = True
+                events.append(("ready", slot, None))
+            elif kind == "detached":
+                self.detached.update(msg[1])
+            if exited and not conn.poll(0):
+                return
+
+    def _match(self, slot: Slot, results: list[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
+        """Pair results with the tasks the slot holds (a handed-back task may come
+        back before the one that runs ahead of it)."""
+        done = []
+        for result in results:
+            tid = result[0]
+            slot.dropping.discard(tid)
+            inflight = slot.inflight
+            if inflight and inflight[0]["id"] == tid:
+                done.append((inflight.popleft(), result))
+                slot.head_since = time.monotonic()
+                continue
+            for i, task in enumerate(inflight):
+                if task["id"] == tid:
+                    del inflight[i]
+                    done.append((task, result))
+                    break
+        return done
 
     def drop(self, slot: Slot, task_ids: list[int]) -> None:
         """Ask a worker to hand back tasks it holds but has not started (they come
-        back as results with ``ok`` None)."""
+        back as results with ``ok`` None, at once: the signal that
+        follows the message makes the worker answer while a node runs)."""
+        ids = [t for t in task_ids if t not in slot.dropping]
+        if not ids:
+            return
+        slot.dropping.update(ids)
         try:
-            slot.inbox.send_bytes(pickle.dumps(("drop", task_ids)))
+            slot.inbox.send_bytes(pickle.dumps(("drop", ids)))
+            os.kill(slot.pid, SIG_DROP)  # a busy worker answers now, not after its node
         except OSError:
             pass  # the death shows up in poll()
 
@@ -206,26 +337,67 @@ class ProcessPool:
         if slot not in self.slots:
             return
         i = self.slots.index(slot)
+        # Whatever runs below the worker now is stopped with it, even a process
+        # that left its process group (the worker's own SIGTERM handler kills
+        # them too; this is for a worker too stuck to run it).
+        tree = [p for p in _tree(slot.pid) if p.pid not in self.detached]
         if kill:
             _killpg(slot.proc.pid, signal.SIGTERM)
-        self._dying.append((slot.proc, time.monotonic() + STOP_GRACE))
+        self._dying.append((slot.proc, time.monotonic() + STOP_GRACE, tree))
+        if self._children_fd is not None:
+            self._watch.append((slot.token, slot.pid, time.monotonic() + 5.0))
         _close(slot)
         self.slots[i] = self._spawn()
 
     def _reap(self) -> None:
+        if self._watch:
+            self._kill_orphans()
         if not self._dying:
             return
         now = time.monotonic()
         keep = []
-        for proc, kill_at in self._dying:
+        for proc, kill_at, tree in self._dying:
             if proc.poll() is not None:
-                # The leader is gone; make sure nothing of its group survives.
+                # The leader is gone; make sure nothing it started survives.
                 _killpg(proc.pid, signal.SIGKILL)
+                _kill_all(tree)
                 continue
             if now >= kill_at:
                 _killpg(proc.pid, signal.SIGKILL)
-            keep.append((proc, kill_at))
+                _kill_all(tree)
+            keep.append((proc, kill_at, tree))
         self._dying = keep
+
+    def _kill_orphans(self) -> None:
+        """Processes of a dead worker's nodes, reparented to us: kill and reap them."""
+        now = time.monotonic()
+        self._watch = [w for w in self._watch if w[2] > now]
+        assert self._children_fd is not None
+        try:
+            pids = {int(p) for p in os.pread(self._children_fd, 65536, 0).split()}
+        except OSError:
+            return
+        known = {s.pid for s in self.slots} | {p.pid for p, _, _ in self._dying}
+        unknown = pids - known - self.detached
+        if not unknown:
+            return
+        import psutil
+
+        tokens = {t for t, _, _ in self._watch}
+        groups = {g for _, g, _ in self._watch}
+        for pid in unknown:
+            try:
+                p = psutil.Process(pid)
+                ours = os.getpgid(pid) in groups
+                if not ours:
+                    ours = p.environ().get("FM_WORKER_TOKEN") in tokens
+                if ours:
+                    for q in [*p.children(recursive=True), p]:
+                        if q.pid not in self.detached:
+                            q.kill()
+                    os.waitpid(pid, 0)
+            except (psutil.Error, OSError):
+                continue
 
     def pids(self) -> list[int]:
         return [s.pid for s in self.slots]
@@ -243,4 +415,31 @@ def _close(slot: Slot) -> None:
         try:
             conn.close()
         except OSError:
+            pass
+    if slot.pidfd is not None:
+        try:
+            os.close(slot.pidfd)
+        except OSError:
+            pass
+        slot.pidfd = None
+
+
+def _tree(pid: int) -> list[Any]:
+    """The processes below ``pid`` now (psutil objects: a reused pid is not killed)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_all(procs: list[Any]) -> None:
+    import psutil
+
+    for p in procs:
+        try:
+            if p.is_running():
+                p.kill()
+        except psutil.Error:
             pass

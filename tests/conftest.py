@@ -38,6 +38,25 @@ def wf(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+@pytest.fixture
+def hwf(wf: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
+    """Like ``wf``, with hostiletasks.py (misbehaving node code) beside the workflow."""
+    (tmp_path / "hostiletasks.py").write_text((HERE / "hostiletasks.py").read_text())
+    return wf
+
+
+def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of ``sql`` as dicts, read with a fresh connection (committed state)."""
+    import sqlite3
+
+    con = sqlite3.connect(str(db), timeout=30)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(sql, args).fetchall()]
+    finally:
+        con.close()
+
+
 def run_wf(path: Path, db: Path, input: Any = None, workers: int = 2) -> dict[str, Any]:
     from fm_local import api
 
@@ -66,6 +85,32 @@ def fm(
     )
 
 
+class CliResult:
+    def __init__(self, exit_code: int, stdout: str, stderr: str) -> None:
+        self.returncode = self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+def fm_cli(db: Path, *args: str, input: str | None = None) -> CliResult:
+    """Run ``fm`` in this process through ``fm_local.cli.main`` (the real error
+    mapping and exit codes) with click's CliRunner isolation: like :func:`fm`
+    without the cost of a subprocess."""
+    from click.testing import CliRunner
+
+    from fm_local.cli import main
+
+    runner = CliRunner()
+    with runner.isolation(input=input, env={"FM_DB": str(db)}) as streams:
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = streams[0].getvalue(), streams[1].getvalue()
+    return CliResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
 class Daemon:
     """``fm daemon`` in a subprocess, killed (or stopped) at teardown."""
 
@@ -74,10 +119,11 @@ class Daemon:
         self.workers = workers
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
+        self.log_path = db.with_suffix(".daemon.log")
 
     def start(self) -> Daemon:
         env = dict(os.environ, FM_DB=str(self.db), PYTHONPATH=str(ROOT))
-        self.log = open(self.db.with_suffix(".daemon.log"), "a")
+        self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -59,7 +59,9 @@ def run(task: dict[str, Any], cap: Any) -> Any:
         kwargs["content"] = raw if isinstance(raw, (str, bytes)) else str(raw)
     cap.add("log", f"{method} {url}")
     try:
-        resp = _get_client().request(method, url, **kwargs)
+        client = _get_client()
+        cap.started = time.time()
+        resp = client.request(method, url, **kwargs)
     except httpx.TimeoutException as exc:
         raise errors.NodeError(f"{method} {url}: timed out ({exc})", errors.TIMEOUT) from exc
     except (httpx.ConnectError, httpx.NetworkError, httpx.RemoteProtocolError) as exc:

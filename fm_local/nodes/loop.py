@@ -11,8 +11,14 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fm_local import expr
-from fm_local.errors import CANCELLED, EXPRESSION_ERROR, TOTAL_TIMEOUT, NodeError
+from fm_local import expr, jsonio
+from fm_local.errors import (
+    CANCELLED,
+    EXPRESSION_ERROR,
+    OUTPUT_TOO_LARGE,
+    TOTAL_TIMEOUT,
+    NodeError,
+)
 from fm_local.model import LoopNode, SectionPolicy
 
 MAX_ITEMS = 1_000_000
@@ -98,9 +104,15 @@ def assemble(
     parts: list[str] = []
     failures = 0
     next_i = 0
+    size = 0
+    limit = jsonio.MAX_OUTPUT_BYTES
 
     def add(status: str, out: str | None, err: str | None) -> None:
-        nonlocal failures
+        nonlocal failures, size
+        if size > limit:
+            return  # over the limit already: stop building (reported below)
+        if parts:
+            size += len(parts[-1]) + 1
         ok = status == "succeeded"
         if collect:
             if ok:
@@ -122,6 +134,18 @@ def assemble(
         next_i = idx + 1
     for _ in range(next_i, n):
         add("not_started", None, None)
+    if parts:
+        size += len(parts[-1])
+    if size > limit:
+        return (
+            None,
+            False,
+            {
+                "code": OUTPUT_TOO_LARGE,
+                "message": f"the output of loop '{loop_path}' is over {limit} bytes of JSON "
+                "(FM_MAX_OUTPUT_BYTES); return less per item, e.g. a file path instead of the data",
+            },
+        )
     rate = policy.min_success_rate
     if rate is not None and mode != "fail" and n and succeeded / n < rate:
         return (

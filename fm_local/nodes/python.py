@@ -11,6 +11,7 @@ import importlib
 import inspect
 import os
 import sys
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -39,6 +40,13 @@ class NodeContext:
 
     def log(self, *args: Any) -> None:
         self._log(" ".join(str(a) for a in args))
+
+    def detach(self, pid: int) -> None:
+        """Let process ``pid`` (started by this node, in its own session) outlive the
+        node. Every other process a node starts is stopped when the node ends."""
+        from fm_local.nodes import runners
+
+        runners.detach(int(pid))
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self._fields)
@@ -124,6 +132,7 @@ def run(task: dict[str, Any], cap: Any) -> Any:
         _wants_ctx[fn] = wants
     if wants:
         kwargs["ctx"] = NodeContext(task["ctx"], lambda line: cap.add("log", line))
+    cap.started = time.time()
     result = fn(**kwargs)
     if inspect.isawaitable(result):
         result = asyncio.run(_await(result))

@@ -15,17 +15,42 @@ import traceback
 from typing import Any
 
 from fm_local import errors
+from fm_local.jsonio import (
+    MAX_DEPTH,
+    MAX_OUTPUT_BYTES,
+    ValueTooDeep,
+    ValueTooLarge,
+    bounded_dumps,
+    clean_text,
+    json_size,
+)
 
 # Per attempt: at most this many captured log lines, and this many bytes of output.
 MAX_LOG_LINES = 5000
 MAX_LINE = 4000
-MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+# Processes node code asked to outlive their node (ctx.detach): the worker does not
+# stop them, and tells the supervisor, which does not either.
+detached: set[int] = set()
+newly_detached: list[int] = []
+
+
+def detach(pid: int) -> None:
+    if pid > 0 and pid not in detached:
+        detached.add(pid)
+        newly_detached.append(pid)
+
+
+MAX_MESSAGE = 10_000  # characters of an error message
+MAX_DETAILS = 64 * 1024  # bytes of JSON of an error's details
 
 
 class LogCapture:
     """Collects log lines of one attempt, bounded; stands in for stdout/stderr."""
 
     def __init__(self) -> None:
+        # When the node's own code began (after imports and argument set-up): the
+        # start that rate limits count. Set by the node runtime, else the task's start.
+        self.started: float | None = None
         self.lines: list[tuple[float, str, str]] = []
         self.dropped = 0
         self._partial: dict[str, str] = {}
@@ -36,7 +61,7 @@ class LogCapture:
             return
         if len(line) > MAX_LINE:
             line = line[:MAX_LINE] + "…"
-        self.lines.append((time.time(), stream, line))
+        self.lines.append((time.time(), stream, clean_text(line)))
 
     def write(self, stream: str, text: str) -> None:
         buf = self._partial.get(stream, "") + text
@@ -92,27 +117,36 @@ def exception_error(exc: BaseException) -> dict[str, Any]:
     details: dict[str, Any] = {
         "exception": type(exc).__name__,
         "exceptionTypes": names,
-        "traceback": "".join(traceback.format_exception(exc)[-6:])[-4000:],
+        "traceback": clean_text("".join(traceback.format_exception(exc)[-6:])[-4000:]),
     }
     if isinstance(exc, errors.NodeError):
         if exc.details is not None:
             details["data"] = jsonable(exc.details)
-        return error_dict(exc.code, str(exc), details)
+        return error_dict(exc.code, _text(str(exc)), details)
     if isinstance(exc, TimeoutError):
         code = errors.TIMEOUT
     elif isinstance(exc, ConnectionError):
         code = errors.NETWORK
     else:
         code = errors.NODE_ERROR
-    msg = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = _text(str(exc))
+    msg = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return error_dict(code, msg, details)
 
 
+def _text(text: str) -> str:
+    text = clean_text(text)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
+
+
 def jsonable(value: Any) -> Any:
-    """``value`` if it is JSON (no NaN), else a JSON-safe rendering of it."""
+    """``value`` if it is (small, shallow) JSON, else a JSON-safe rendering of it."""
     try:
+        json_size(value, MAX_DETAILS, 50)
         json.dumps(value, allow_nan=False)
         return value
+    except (ValueTooLarge, ValueTooDeep):
+        return _text(repr(value)[:2000])
     except (TypeError, ValueError, RecursionError):
         pass
     try:
@@ -122,24 +156,27 @@ def jsonable(value: Any) -> Any:
 
 
 def encode_output(value: Any, what: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The output's JSON text, or the error saying why it has none (checked for size
+    and depth before its text is built)."""
     try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return bounded_dumps(value, MAX_OUTPUT_BYTES), None
+    except ValueTooLarge as exc:
+        return None, error_dict(
+            errors.OUTPUT_TOO_LARGE,
+            f"{what} returned {exc} (FM_MAX_OUTPUT_BYTES); return less, "
+            "e.g. a file path instead of the data",
+        )
+    except ValueTooDeep:
+        return None, error_dict(
+            errors.OUTPUT_NOT_SERIALIZABLE,
+            f"{what} returned a value nested deeper than {MAX_DEPTH} levels",
+        )
     except (TypeError, ValueError) as exc:
         return None, error_dict(
             errors.OUTPUT_NOT_SERIALIZABLE,
             f"{what} returned a value that is not JSON-serialisable "
-            f"({type(value).__name__}): {exc}",
+            f"({type(value).__name__}): {_text(str(exc))}",
         )
-    except RecursionError:
-        return None, error_dict(
-            errors.OUTPUT_NOT_SERIALIZABLE, f"{what} returned a value nested too deeply"
-        )
-    if len(text) > MAX_OUTPUT_BYTES:
-        return None, error_dict(
-            errors.OUTPUT_NOT_SERIALIZABLE,
-            f"{what} returned {len(text)} bytes of JSON; the limit is {MAX_OUTPUT_BYTES}",
-        )
-    return text, None
 
 
 def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
@@ -167,11 +204,11 @@ def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
             raise errors.FatalError(f"unknown worker task type {kind!r}")
         out, err = encode_output(value, f"node '{task['ctx']['nodePath']}'")
     except BaseException as exc:  # noqa: BLE001 - node code may raise anything
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(exc, SystemExit):
-            raise
+        # KeyboardInterrupt and SystemExit too: raised by node code (workers ignore
+        # SIGINT), they fail the node with their own message, not the worker.
         out, err = None, exception_error(exc)
     finally:
         sys.stdout, sys.stderr = old_out, old_err
         root.removeHandler(handler)
         root.setLevel(old_level)
-    return (task["id"], err is None, out, err, cap.finish(), started, time.time())
+    return (task["id"], err is None, out, err, cap.finish(), cap.started or started, time.time())

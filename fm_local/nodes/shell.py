@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from typing import Any
 
 from fm_local import errors
@@ -42,10 +43,11 @@ def run(task: dict[str, Any], cap: Any) -> Any:
         argv = [str(c) for c in command]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
+            cap.started = time.time()
             proc = subprocess.run(
                 argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in an argument
             raise errors.NodeError(f"cannot run {argv[0]!r}: {exc}", errors.SHELL_ERROR) from exc
         stdout, stderr = _read(out), _read(err)
     for line in stdout.splitlines():
