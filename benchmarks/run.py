@@ -314,6 +314,25 @@ def main() -> None:
 
         add("restart after kill -9: first dispatch", "s", restart_to_first_dispatch(tmp, w), "<= 1")
 
+        # fm validate on big documents (linear: issue 9).
+        from validate_scale import chain as chain_of
+        from validate_scale import independent
+
+        for label, doc in (
+            ("fm validate, 100,000 independent nodes", independent(100_000)),
+            ("fm validate, 20,000-node chain", chain_of(20_000)),
+        ):
+            vpath = tmp / "validate.json"
+            vpath.write_text(json.dumps(doc))
+            t0 = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "fm_local", "validate", str(vpath)],
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                check=True,
+                capture_output=True,
+            )
+            add(label, "s", time.perf_counter() - t0, "seconds (linear)")
+
     print()
     print(
         f"fm_local benchmarks — {w} workers unless said, median of {runs} run(s), {time.strftime('%Y-%m-%d %H:%M')}"
