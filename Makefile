@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: run an example workflow on the embedded supervisor.
+# The main job: run an example workflow on the embedded supervisor, in the database
+# $FM_DB if it is set, else .fm/example.db; then say which file that was.
 run: $(STAMP)
-	FM_DB=$${FM_DB:-.fm/example.db} $(BIN)/fm run examples/fan_out_fan_in.json --input '{"count": 6}' --workers 4
-	@echo "The database is .fm/example.db. Next: FM_DB=.fm/example.db .venv/bin/fm ls  (then fm show ID, fm timeline ID)"
+	@db="$${FM_DB:-.fm/example.db}"; \
+	case "$$db" in /*) abs="$$db";; *) abs="$$PWD/$$db";; esac; \
+	echo "FM_DB=$$db $(BIN)/fm run examples/fan_out_fan_in.json --input '{\"count\": 6}' --workers 4"; \
+	FM_DB="$$db" $(BIN)/fm run examples/fan_out_fan_in.json --input '{"count": 6}' --workers 4 && \
+	echo "The database is $$abs. Next: FM_DB=$$abs .venv/bin/fm ls  (then fm show ID, fm timeline ID)"
 
 # The whole test suite, crash and slow tests included (what CI runs).
 test: $(STAMP)

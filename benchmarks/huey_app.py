@@ -10,3 +10,11 @@ huey = SqliteHuey("bench", filename=os.environ.get("HUEY_DB", "/tmp/huey-bench.d
 @huey.task()
 def noop(i: int) -> int:
     return i
+
+
+@huey.task()
+def stamp() -> float:
+    """When the task's code started (for the submit-to-start latency)."""
+    import time
+
+    return time.time()

@@ -10,3 +10,10 @@ def sleepy(s: float = 0.2) -> float:
 
     time.sleep(s)
     return s
+
+
+def stamp() -> float:
+    """When the node's code started (for the submit-to-start latency)."""
+    import time
+
+    return time.time()

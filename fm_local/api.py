@@ -11,30 +11,62 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fm_local.errors import FmError, WorkflowInvalid
+from fm_local.errors import AlreadyServed, FmError, WorkflowInvalid
 from fm_local.lock import is_served
 from fm_local.store import Store, default_db_path, loads
 
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 
 
+Workflow = Any  # a file path, a workflow document (dict) or a fm_local.model.Workflow
+
+
+def load(workflow: Workflow, folder: str | Path | None = None) -> Any:
+    """A validated workflow (``LoadedWorkflow``) from a file, a dict or a model. A
+    document's python ``call`` modules are looked up in ``folder`` (default: the
+    current directory), as a file's are beside the file."""
+    from fm_local.validate import load_workflow, parse_workflow
+
+    if isinstance(workflow, (str, Path)):
+        return load_workflow(workflow)
+    if hasattr(workflow, "model_dump"):
+        workflow = workflow.model_dump(by_alias=True, exclude_unset=True)
+    if not isinstance(workflow, dict):
+        raise TypeError(
+            f"workflow must be a file path, a dict or a Workflow, not {type(workflow).__name__}"
+        )
+    import json
+
+    try:
+        text = json.dumps(workflow)
+    except (TypeError, ValueError) as exc:
+        raise WorkflowInvalid([f"workflow: not a JSON document: {exc}"]) from None
+    loaded = parse_workflow(text)
+    if folder is not None:
+        loaded.folder = Path(folder).absolute()
+    return loaded
+
+
 def submit(
-    workflow: str | Path,
+    workflow: Workflow,
     input: Any = None,
     *,
     db: str | Path | None = None,
     priority: int = 0,
     store: Store | None = None,
+    folder: str | Path | None = None,
 ) -> str:
-    """Validate ``workflow`` (a file) and its input, queue an execution, return its id."""
-    from fm_local.validate import load_workflow, validate_input
+    """Validate ``workflow`` (a file, a dict or a model) and its input, queue an
+    execution, return its id."""
+    from fm_local.validate import validate_input
 
-    loaded = load_workflow(workflow)
+    loaded = load(workflow, folder)
     if input is None:
         input = {}  # no input given: an empty object (docs/semantics.md)
     problems = validate_input(loaded.workflow, input)
     if problems:
-        raise WorkflowInvalid([f"{workflow}: {p}" for p in problems])
+        where = workflow if isinstance(workflow, (str, Path)) else loaded.workflow.name
+        raise WorkflowInvalid([f"{where}: {p}" for p in problems])
     own = store is None
     st = store or Store(db or default_db_path())
     try:
@@ -79,19 +111,25 @@ def execution_record(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait_row(store: Store, execution_id: str, timeout: float | None = None) -> dict[str, Any]:
-    """Poll committed state until the execution ends; return its row."""
-    delay = 0.01
+    """Poll committed state until the execution ends; return its row. The row is
+    read again only when the file changed (``PRAGMA data_version``, checked every
+    few milliseconds: cheap), so the end is seen within ~5 ms."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    seen = -1
+    status = "?"
     while True:
-        row = store.get_execution(execution_id)
-        if row is None:
-            raise FmError(f"no execution '{execution_id}'")
-        if row["status"] in TERMINAL:
-            return row
+        version = store.data_version()
+        if version != seen:
+            seen = version
+            row = store.get_execution(execution_id)
+            if row is None:
+                raise FmError(f"no execution '{execution_id}'")
+            if row["status"] in TERMINAL:
+                return row
+            status = row["status"]
         if deadline is not None and time.monotonic() > deadline:
-            raise FmError(f"execution {execution_id} still {row['status']} after {timeout} s", 1)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+            raise FmError(f"execution {execution_id} still {status} after {timeout} s", 1)
+        time.sleep(0.005)
 
 
 def result_of(row: dict[str, Any]) -> dict[str, Any]:
@@ -104,24 +142,29 @@ def result_of(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(
-    workflow: str | Path,
+    workflow: Workflow,
     input: Any = None,
     *,
     db: str | Path | None = None,
     workers: int | None = None,
     durability: str = "full",
+    folder: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run a workflow to the end and return ``{id, status, output, error}``."""
+    """Run a workflow (a file, a dict or a model) to the end and return
+    ``{id, status, output, error}``."""
     from fm_local.supervisor import Supervisor
 
     path = Path(db or default_db_path())
-    eid = submit(workflow, input, db=path)
+    eid = submit(workflow, input, db=path, folder=folder)
     if is_served(path):
         return wait(eid, db=path)
     sup = Supervisor(
         path, workers=workers or os.cpu_count() or 2, durability=durability, only_execution=eid
     )
-    sup.open()
+    try:
+        sup.open()
+    except AlreadyServed:
+        return wait(eid, db=path)  # a daemon started meanwhile: it runs the execution
     try:
         sup.run_execution(eid)
     finally:

@@ -9,23 +9,47 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import re
-import socket
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from fm_local import __version__, errors
-from fm_local.errors import EXIT_FAILED, EXIT_OK, FmError, UsageError, WorkflowInvalid
+from fm_local.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    AlreadyServed,
+    FmError,
+    UsageError,
+    WorkflowInvalid,
+)
+
+if TYPE_CHECKING:
+    import logging
+
+# Every command starts fast (<= 0.3 s, benchmarks/run.py): heavy modules (logging,
+# socket, pydantic, jsonschema, the supervisor) are imported where they are used.
 
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
-SHOW_LIMIT = 200  # node instances listed before fm show/timeline summarize
+ACTIVE = ("queued", "running", "paused")
+NODE_STATUSES = (
+    "pending",
+    "queued",
+    "running",
+    "retry_wait",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "skipped",
+    "timed_out",
+)
+NO_SUPERVISOR = "(no supervisor — start `fm daemon`)"
+SHOW_LIMIT = 50  # node instances fm show lists before it summarizes (a screen)
+TIMELINE_LIMIT = 200  # bars fm timeline draws before it summarizes
 
 
 class Ctx:
@@ -98,24 +122,23 @@ def _execution(ctx: Ctx, ident: str) -> dict[str, Any]:
     return row
 
 
-def _prepare(ctx: Ctx, file: str, input_value: Any) -> tuple[Any, int]:
-    """Validate the workflow and its input; save the workflow. Returns (loaded, id)."""
-    from fm_local.validate import load_workflow, validate_input
+def _prepare(ctx: Ctx, file: str, input_value: Any) -> Any:
+    """Validate the workflow (or find it validated before: ``fm_local.prepare``) and
+    its input; save the workflow. Returns a ``prepare.Prepared``."""
+    from fm_local.prepare import check_input, prepare
 
-    loaded = load_workflow(file)
-    for w in loaded.warnings:
+    prepared = prepare(
+        file,
+        # a corrupt database is refused before anything is written to it
+        lambda: ctx.store(create=True, check=True),
+        known_only_if=ctx.db.exists(),
+    )
+    for w in prepared.warnings:
         click.echo(f"{file}: {w}", err=True)
-    problems = validate_input(loaded.workflow, input_value)
+    problems = check_input(prepared.raw.get("inputs"), input_value)
     if problems:
         raise WorkflowInvalid([f"{file}: {p}" for p in problems])
-    store = ctx.store(create=True, check=True)  # refuses a corrupt file before writing
-    wid = store.save_workflow(
-        loaded.workflow.name,
-        loaded.raw,
-        str(loaded.path) if loaded.path else None,
-        str(loaded.folder),
-    )
-    return loaded, wid
+    return prepared
 
 
 def _exit_for(status: str) -> int:
@@ -152,7 +175,48 @@ def _report(ctx: Ctx, row: dict[str, Any]) -> int:
         if err:
             line += f": {err.get('message')}"
         click.echo(line, err=True)
+        if row["status"] == "failed":
+            _echo_failed_traceback(ctx, row, err)
     return _exit_for(row["status"])
+
+
+def _traceback_of(error: Any) -> str | None:
+    """The python traceback an error object records (also inside the node error an
+    execution's error wraps), or None."""
+    for _ in range(4):
+        if not isinstance(error, dict):
+            return None
+        details = error.get("details")
+        if isinstance(details, dict) and isinstance(details.get("traceback"), str):
+            return str(details["traceback"])
+        error = details
+    return None
+
+
+def _echo_traceback(tb: str, indent: str = "    ", err: bool = False) -> None:
+    for line in tb.rstrip("\n").splitlines():
+        click.echo(indent + line, err=err)
+
+
+def _echo_failed_traceback(ctx: Ctx, row: dict[str, Any], err: Any) -> None:
+    """On stderr, the traceback of the node that failed the execution: the one its
+    error wraps, else the first failed node under the node it names (a loop's item)."""
+    from fm_local.store import loads
+
+    tb = _traceback_of(err)
+    if tb is None:
+        where = err.get("nodePath") if isinstance(err, dict) else None
+        store = ctx.store()
+        found = store.failed_with_traceback(row["id"], where) or (
+            store.failed_with_traceback(row["id"]) if where else []
+        )
+        if not found:
+            return
+        tb = _traceback_of(loads(found[0]["error"]))
+        if tb is None:
+            return
+        click.echo(f"  {found[0]['path']}:", err=True)
+    _echo_traceback(tb, err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,6 +235,8 @@ def cli(cctx: click.Context, db: str | None, as_json: bool, debug: bool) -> None
 
 def _log_to(handler: logging.Handler, fmt: str) -> None:
     """Send the engine's log (errors it contained, with their tracebacks) here."""
+    import logging
+
     handler.setFormatter(logging.Formatter(fmt))
     handler.setLevel(logging.WARNING)
     logger = logging.getLogger("fm_local")
@@ -217,10 +283,18 @@ def json_option(f: Any) -> Any:
 @json_option
 @pass_ctx
 def validate(ctx: Ctx, file: str) -> None:
-    """Check a workflow file; one line per problem (exit 2 if any)."""
-    from fm_local.validate import load_workflow
+    """Check a workflow file; one line per problem (exit 2 if any). Python call
+    targets are imported in a separate process to check they exist."""
+    from fm_local.calls import check_calls
+    from fm_local.validate import Problem, load_workflow
 
     loaded = load_workflow(file)
+    call_errors, call_warnings = check_calls(loaded.raw, loaded.folder)
+    loaded.warnings.extend(Problem("", w, "warning") for w in call_warnings)
+    if call_errors:
+        raise WorkflowInvalid(
+            [f"{file}: {e}" for e in call_errors], [f"{file}: {w}" for w in loaded.warnings]
+        )
     if ctx.json:
         _emit_json({"valid": True, "warnings": [str(w) for w in loaded.warnings]})
         return
@@ -266,13 +340,17 @@ def run(
     input_value = _load_json_option(input_text, input_file, "input")
     if input_value is None:
         input_value = {}  # no input given: an empty object (docs/semantics.md)
-    loaded, wid = _prepare(ctx, file, input_value)
+    prepared = _prepare(ctx, file, input_value)
     store = ctx.store()
-    eid = store.create_execution(wid, loaded.workflow.name, input_value)
-    if is_served(ctx.db):
+    eid = store.create_execution(prepared.workflow_id, prepared.name, input_value)
+    holder = is_served(ctx.db)
+    if holder:
+        _warn_daemon_settings(ctx, holder)
         if not ctx.json:
             click.echo(f"execution {eid} submitted to the running daemon", err=True)
         sys.exit(_report(ctx, _wait_for(ctx, eid)))
+    import logging
+
     from fm_local.supervisor import Supervisor
 
     # The embedded supervisor's internal errors go to a log beside the database
@@ -293,7 +371,13 @@ def run(
         max_worker_memory_mb=max_worker_memory,
         subreaper=True,
     )
-    sup.open()
+    try:
+        sup.open()
+    except AlreadyServed:
+        # A daemon started between our look and now: it runs the execution.
+        if not ctx.json:
+            click.echo(f"execution {eid} submitted to the running daemon", err=True)
+        sys.exit(_report(ctx, _wait_for(ctx, eid)))
     sup.install_signal_handlers()
     try:
         sup.run_execution(eid)
@@ -308,6 +392,26 @@ def run(
         )
         sys.exit(130)
     sys.exit(_report(ctx, row))
+
+
+def _warn_daemon_settings(ctx: Ctx, holder: dict[str, float]) -> None:
+    """fm run's supervisor options were given, but a daemon runs the execution."""
+    from click.core import ParameterSource
+
+    cctx = click.get_current_context()
+    given = [
+        "--" + name.replace("_", "-")
+        for name in ("workers", "durability", "max_worker_memory")
+        if cctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        pid = int(holder.get("pid", -1))
+        who = f"a daemon (pid {pid})" if pid > 0 else "a daemon"
+        click.echo(
+            f"warning: {who} serves {ctx.db}: {' and '.join(given)} ignored; "
+            "the daemon's own settings apply",
+            err=True,
+        )
 
 
 @cli.command()
@@ -349,13 +453,17 @@ def submit(
     input_value = _load_json_option(input_text, input_file, "input")
     if input_value is None:
         input_value = {}
-    loaded, wid = _prepare(ctx, file, input_value)
-    max_queued = loaded.workflow.settings.queue.max_size
+    prepared = _prepare(ctx, file, input_value)
+    max_queued = prepared.max_queued
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         try:
             eid = ctx.store().create_execution(
-                wid, loaded.workflow.name, input_value, priority=priority, max_queued=max_queued
+                prepared.workflow_id,
+                prepared.name,
+                input_value,
+                priority=priority,
+                max_queued=max_queued,
             )
             break
         except QueueFull:
@@ -394,6 +502,9 @@ def daemon(
     max_worker_memory: int | None,
 ) -> None:
     """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
+    import logging
+    import socket
+
     from fm_local.supervisor import Supervisor
 
     n = workers or os.cpu_count() or 2
@@ -450,10 +561,23 @@ def daemon(
 @pass_ctx
 @read_only
 def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
-    """List executions, newest first."""
+    """List executions, newest first. Running ones show their loop progress."""
+    from fm_local.lock import is_served
+    from fm_local.progress import headline
     from fm_local.store import loads
 
-    rows = ctx.store().list_executions(status=status, limit=limit)
+    store = ctx.store()
+    rows = store.list_executions(status=status, limit=limit)
+    now = time.time()
+    # Nothing progresses without a supervisor: no ETA then, as while paused.
+    served = not any(r["status"] in ACTIVE for r in rows) or bool(is_served(ctx.db))
+    progress = {
+        r["id"]: headline(
+            store.loop_progress(r["id"]), now, paused=r["status"] == "paused" or not served
+        )
+        for r in rows
+        if r["status"] in ("running", "paused")
+    }
     if ctx.json:
         _emit_json(
             [
@@ -466,6 +590,7 @@ def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
                     "startedAt": r["started_at"],
                     "finishedAt": r["finished_at"],
                     "error": loads(r["error"]),
+                    "progress": p.as_json() if (p := progress.get(r["id"])) else None,
                 }
                 for r in rows
             ]
@@ -474,13 +599,20 @@ def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
     if not rows:
         click.echo("no executions")
         return
-    click.echo(f"{'ID':<13} {'WORKFLOW':<24} {'STATUS':<10} {'STARTED':<19} {'SECONDS':>8}")
+    waiting = not served
+    head = f"{'ID':<13} {'WORKFLOW':<24} {'STATUS':<10} {'STARTED':<19} {'SECONDS':>8}"
+    click.echo(head + ("  PROGRESS" if any(progress.values()) else ""))
     for r in rows:
         started = _fmt_time(r["started_at"])
         took = _duration(r)
+        st = r["status"] + ("*" if waiting and r["status"] in ACTIVE else "")
+        p = progress.get(r["id"])
         click.echo(
-            f"{r['id']:<13} {r['workflow'][:24]:<24} {r['status']:<10} {started:<19} {took:>8}"
+            f"{r['id']:<13} {r['workflow'][:24]:<24} {st:<10} {started:<19} {took:>8}"
+            + (f"  {p.text()}" if p else "")
         )
+    if waiting:
+        click.echo(f"* waiting {NO_SUPERVISOR}")
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -510,39 +642,75 @@ def _node_json(n: dict[str, Any]) -> dict[str, Any]:
         "branch": n["branch_id"],
         "workerPid": n["worker_pid"],
         "port": n["port"],
+        "code": n.get("code"),
+        "items": n.get("items"),
         "input": loads(n["input"]),
         "output": loads(n["output"]),
         "error": loads(n["error"]),
     }
 
 
+LOOP_LINES = 10  # loops fm show gives a progress line
+TRACEBACKS = 5  # failed nodes fm show prints the traceback of
+
+
 @cli.command()
 @click.argument("execution")
 @click.option("--all", "show_all", is_flag=True, help="List every node instance, however many.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(NODE_STATUSES),
+    help="Only node instances with this status (repeatable).",
+)
 @json_option
 @pass_ctx
 @read_only
-def show(ctx: Ctx, execution: str, show_all: bool) -> None:
-    """An execution: status, input, output, error and its node instances."""
+def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) -> None:
+    """An execution: status, input, output, error and its node instances. Also the
+    progress of its loops, and failed nodes' errors in full with their tracebacks."""
+    from fm_local.lock import is_served
+    from fm_local.progress import ACTIVE_LOOP, headline, of_row
     from fm_local.store import loads
 
     row = _execution(ctx, execution)
     store = ctx.store()
+    now = time.time()
+    served = row["status"] not in ACTIVE or bool(is_served(ctx.db))
+    # Nothing progresses without a supervisor: no ETA then, as while paused.
+    paused = row["status"] == "paused" or not served
+    loops = store.loop_progress(row["id"])
     if ctx.json:
         from fm_local.api import execution_record
 
-        nodes = store.node_runs(row["id"])
+        if statuses:
+            nodes = store.node_runs_in(row["id"], statuses)
+        else:
+            nodes = store.node_runs(row["id"])
+        live = row["status"] in ("running", "paused")
+        head = headline(loops, now, paused) if live else None
         _emit_json(
             {
                 **execution_record(row),
+                "progress": head.as_json() if head else None,
+                "loops": [
+                    {
+                        "path": lp["loop"],
+                        "status": lp["status"],
+                        "progress": of_row(lp, now, paused).as_json(),
+                    }
+                    for lp in loops
+                ],
                 "nodes": [_node_json(n) for n in nodes],
             }
         )
         return
     err = loads(row["error"])
+    status = row["status"] if served else f"{row['status']}  {NO_SUPERVISOR}"
     click.echo(f"execution  {row['id']}")
     click.echo(f"workflow   {row['workflow']}")
-    click.echo(f"status     {row['status']}")
+    click.echo(f"status     {status}")
     click.echo(f"trace      {row['trace_id']}")
     if row["priority"]:
         click.echo(f"priority   {row['priority']}")
@@ -553,11 +721,62 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
         click.echo(f"error      {err.get('code')}: {err.get('message')}")
     counts = store.node_counts(row["id"])
     click.echo("nodes      " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    # One line per loop: top-level loops first, then the nested ones still running.
+    shown = [lp for lp in loops if "[" not in lp["loop"]]
+    shown += [lp for lp in loops if "[" in lp["loop"] and lp["status"] in ACTIVE_LOOP]
+    for lp in shown[:LOOP_LINES]:
+        click.echo(f"loop       {lp['loop']}  {of_row(lp, now, paused).text()}")
+    if len(loops) > min(len(shown), LOOP_LINES):
+        click.echo(f"           ({len(loops)} loops in all: fm show {row['id']} --json lists them)")
     total = sum(counts.values())
-    summarize = total > SHOW_LIMIT and not show_all
-    nodes = store.top_level_runs(row["id"]) if summarize else store.node_runs(row["id"])
+    listed = total
+    summarize = False
+    if statuses:
+        listed = store.count_node_runs_in(row["id"], statuses)
+        nodes = store.node_runs_in(row["id"], statuses, None if show_all else SHOW_LIMIT)
+    else:
+        summarize = total > SHOW_LIMIT and not show_all
+        nodes = store.top_level_runs(row["id"]) if summarize else store.node_runs(row["id"])
     click.echo("")
-    click.echo(f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8} {'TRACE':<9} ERROR")
+    if statuses and not nodes:
+        click.echo(f"no node instances with status {' or '.join(statuses)}")
+    else:
+        _node_table(row, nodes)
+    if statuses and listed > len(nodes):
+        click.echo(
+            f"({len(nodes)} of {listed} node instances with status {' or '.join(statuses)}; "
+            f"--all lists them all)"
+        )
+    _failed_section(ctx, row, nodes, summarize)
+    if summarize:
+        by_path = {lp["loop"]: lp for lp in loops}
+        click.echo("")
+        click.echo(f"{'LOOP':<32} {'ITEMS':>8}  {'PROGRESS':<36} BY STATUS")
+        by_loop: dict[str, dict[str, int]] = {}
+        for r in store.loop_summaries(row["id"]):
+            by_loop.setdefault(r["loop"], {})[r["status"]] = r["items"]
+        for lp, st in by_loop.items():
+            parts = ", ".join(f"{v} {k}" for k, v in sorted(st.items()))
+            prog = of_row(by_path[lp], now, paused).text() if lp in by_path else "-"
+            click.echo(f"{lp[:32]:<32} {sum(st.values()):>8}  {prog:<36} {parts}")
+        click.echo(
+            f"({total} node instances; this is a summary: fm show {row['id']} --all lists "
+            f"them all, --status STATUS lists those, fm logs/timeline --node PATH narrows)"
+        )
+    if row["status"] == "succeeded" and not statuses:
+        click.echo("")
+        click.echo("output     " + json.dumps(loads(row["output"]))[:2000])
+
+
+def _node_table(row: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
+    """fm show's table: one line per node instance; a long error is cut here and
+    printed in full below it (:func:`_failed_section`)."""
+    from fm_local.store import loads
+
+    codes = [n["code"] for n in nodes if n.get("code")]
+    cw = min(max(map(len, codes)), 40) if codes else 0
+    code_head = f"{'CODE':<{cw}} " if cw else ""
+    click.echo(f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8} {'TRACE':<9} {code_head}ERROR")
     root = row["trace_id"]
     for n in nodes:
         ms = (
@@ -567,28 +786,60 @@ def show(ctx: Ctx, execution: str, show_all: bool) -> None:
         )
         e = loads(n["error"])
         etext = f"{e.get('code')}: {e.get('message')}" if e else ""
+        etext = etext.splitlines()[0] if etext else ""
+        if len(etext) > 80:
+            etext = etext[:79] + "…"
         # The node's trace id is the execution's plus its branch suffix (SPEC §9).
         trace = (n["trace_id"] or "")[len(root) :] if (n["trace_id"] or "").startswith(root) else ""
+        code = f"{(n.get('code') or '-')[:cw]:<{cw}} " if cw else ""
         click.echo(
             f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8} "
-            f"{trace or '-':<9} {etext[:80]}"
+            f"{trace or '-':<9} {code}{etext}".rstrip()
         )
-    if summarize:
-        click.echo("")
-        click.echo(f"{'LOOP':<32} {'ITEMS':>8}  BY STATUS")
-        by_loop: dict[str, dict[str, int]] = {}
-        for r in store.loop_summaries(row["id"]):
-            by_loop.setdefault(r["loop"], {})[r["status"]] = r["items"]
-        for lp, st in by_loop.items():
-            parts = ", ".join(f"{v} {k}" for k, v in sorted(st.items()))
-            click.echo(f"{lp[:32]:<32} {sum(st.values()):>8}  {parts}")
+
+
+def _failed_section(
+    ctx: Ctx, row: dict[str, Any], nodes: list[dict[str, Any]], summarize: bool
+) -> None:
+    """The failed nodes of the table: each one's error in full, and the traceback of
+    the first few (a loop summarized without its items: the first failed node's in it).
+    An item's error wraps its failed body node's: that node, listed too, shows it."""
+    from fm_local.store import loads
+
+    failed = [n for n in nodes if n["status"] == "failed" and n["error"]]
+    if not failed:
+        return
+    click.echo("")
+    click.echo("failed nodes")
+    printed, left_out = 0, 0
+    for n in failed:
+        e = loads(n["error"]) or {}
+        message = str(e.get("message") or "")
+        first, *rest = message.splitlines() or [""]
+        click.echo(f"  {n['path']}: {e.get('code')}: {first}")
+        for line in rest:
+            click.echo(f"    {line}")
+        tb = None if n["node_type"] == "item" and not summarize else _traceback_of(e)
+        where = None
+        if tb is None and summarize and n["node_type"] == "loop":
+            found = ctx.store().failed_with_traceback(row["id"], n["path"])
+            if found:
+                tb = _traceback_of(loads(found[0]["error"]))
+                where = found[0]["path"]
+        if tb is None:
+            continue
+        if printed >= TRACEBACKS:
+            left_out += 1
+            continue
+        if where is not None:
+            click.echo(f"    {where}:")
+        _echo_traceback(tb, "      ")
+        printed += 1
+    if left_out:
         click.echo(
-            f"({total} node instances; this is a summary: fm show {row['id']} --all lists "
-            f"them all, fm logs/timeline --node PATH narrows)"
+            f"  ({left_out} more tracebacks left out: fm logs {row['id']} --node PATH "
+            "prints one at its failed attempt)"
         )
-    if row["status"] == "succeeded":
-        click.echo("")
-        click.echo("output     " + json.dumps(loads(row["output"]))[:2000])
 
 
 @cli.command()
@@ -629,7 +880,10 @@ def wait_cmd(ctx: Ctx, execution: str, timeout: float | None) -> None:
 @pass_ctx
 @read_only
 def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
-    """Captured log lines of an execution's node attempts."""
+    """Captured log lines of an execution's node attempts. A failed try's error
+    follows its lines, with its traceback."""
+    from fm_local.store import loads
+
     row = _execution(ctx, execution)
     lines = ctx.store().logs(row["id"], node_path)
     if ctx.json:
@@ -646,9 +900,25 @@ def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
             ]
         )
         return
-    for r in lines:
-        ts = time.strftime("%H:%M:%S", time.localtime(r["ts"])) + f".{int(r['ts'] % 1 * 1000):03d}"
-        click.echo(f"{ts} {r['path']}#{r['attempt']} {r['stream']}: {r['line']}")
+    # A failed try's error (and traceback) goes after its last line, in time order.
+    entries: list[tuple[float, int, dict[str, Any]]] = [(r["ts"], 0, r) for r in lines]
+    for a in ctx.store().failed_attempts(row["id"], node_path):
+        ts = a["finished_at"] or a["started_at"] or 0.0
+        entries.append((ts, 1, a))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    for ts_, kind, r in entries:
+        ts = time.strftime("%H:%M:%S", time.localtime(ts_)) + f".{int(ts_ % 1 * 1000):03d}"
+        if kind == 0:
+            click.echo(f"{ts} {r['path']}#{r['attempt']} {r['stream']}: {r['line']}")
+            continue
+        e = loads(r["error"]) or {}
+        first, *rest = str(e.get("message") or "").splitlines() or [""]
+        click.echo(f"{ts} {r['path']}#{r['seq']} {r['status']}: {e.get('code')}: {first}")
+        for line in rest:
+            click.echo(f"    {line}")
+        tb = _traceback_of(e)
+        if tb is not None:
+            _echo_traceback(tb)
 
 
 @cli.command()
@@ -666,7 +936,7 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: st
     row = _execution(ctx, execution)
     store = ctx.store()
     if not ctx.json and not show_all and not node_path:
-        if store.count_node_runs(row["id"]) > SHOW_LIMIT:
+        if store.count_node_runs(row["id"]) > TIMELINE_LIMIT:
             click.echo(
                 render_summary(
                     row,
@@ -691,7 +961,7 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: st
             ]
         )
         return
-    click.echo(render_timeline(row, nodes, width=width, limit=None if show_all else SHOW_LIMIT))
+    click.echo(render_timeline(row, nodes, width=width, limit=None if show_all else TIMELINE_LIMIT))
 
 
 @cli.command()
@@ -725,9 +995,23 @@ def trace(ctx: Ctx, execution: str, fmt: str, out: str | None) -> None:
 @pass_ctx
 @read_only
 def queue(ctx: Ctx) -> None:
-    """Queue depth by state and priority, queued executions, dead letters."""
+    """Queue depth by state and priority, queued executions, dead letters. Loop items
+    not started yet count as waiting."""
+    from fm_local.progress import not_started
+
     store = ctx.store()
     rows = store.queue_depth()
+    # A loop materialises its items as it goes (maxConcurrency, back-pressure): those
+    # without a row wait all the same.
+    unstarted: dict[int, int] = {}
+    for ex in store.active_executions():
+        if ex["status"] in ("running", "paused"):
+            n = not_started(store.loop_progress(ex["id"]))
+            if n:
+                unstarted[ex["priority"]] = unstarted.get(ex["priority"], 0) + n
+    if unstarted:
+        rows += [{"status": "waiting", "priority": p, "tasks": n} for p, n in unstarted.items()]
+        rows.sort(key=lambda r: (r["status"], -r["priority"]))
     waiting = store.conn.execute(
         "SELECT count(*) FROM executions WHERE status='queued'"
     ).fetchone()[0]
@@ -741,6 +1025,11 @@ def queue(ctx: Ctx) -> None:
         click.echo(f"{'STATE':<12} {'PRIORITY':>8} {'TASKS':>8}")
         for r in rows:
             click.echo(f"{r['status']:<12} {r['priority']:>8} {r['tasks']:>8}")
+    if unstarted:
+        click.echo(
+            f"items not yet started: {sum(unstarted.values()):,} (in loops still running; "
+            "counted as waiting above)"
+        )
     click.echo(f"executions waiting to start: {waiting}; dead letters: {dead} (fm dlq ls)")
 
 
@@ -872,7 +1161,6 @@ def _send_signal(
     the outcome once a supervisor applied it (SPEC §8)."""
     from fm_local import signals as sigs
     from fm_local.lock import is_served
-    from fm_local.model import Workflow
 
     data = _load_json_option(data_text, None, "data")
     row = _execution(ctx, execution)
@@ -883,13 +1171,19 @@ def _send_signal(
         )
     store = ctx.store()
     wrow = store.get_workflow(row["workflow_id"])
-    workflow = Workflow.model_validate(json.loads(wrow["document"]))
-    why = sigs.refusal(workflow, type_)
+    # The document passed validation when it was saved: its signal types are read
+    # from the JSON, without building the pydantic model (a third of a second).
+    why = sigs.document_refusal(json.loads(wrow["document"]), type_)
     if why is not None:
         raise FmError(f"execution {eid}: {why}", errors.EXIT_USAGE)
     sid = store.add_signal(eid, type_, reason, data)
     if not is_served(ctx.db):
-        msg = f"signal {sid} ({type_}) queued for execution {eid}; it is applied when a supervisor serves {ctx.db}"
+        done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}.get(type_)
+        effect = f"execution {eid} is not {done} yet" if done else "nothing applied it yet"
+        msg = (
+            f"signal {sid} ({type_}) queued until a supervisor starts: no supervisor serves "
+            f"{ctx.db}, so {effect} — start `fm daemon`"
+        )
         _say(
             ctx,
             {"id": sid, "execution": eid, "type": type_, "status": "pending", "outcome": None},
@@ -979,7 +1273,7 @@ _shorthand("cancel", "Cancel an execution: running nodes are stopped, nothing ne
 @pass_ctx
 def token(ctx: Ctx) -> None:
     """Print the HTTP API's bearer token (created on first use, mode 0600)."""
-    from fm_local.httpapi import ensure_token
+    from fm_local.apitoken import ensure_token
 
     click.echo(ensure_token(ctx.db))
 
@@ -1050,6 +1344,12 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _print_traceback() -> None:
+    import traceback
+
+    traceback.print_exc()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
@@ -1062,11 +1362,11 @@ def main(argv: list[str] | None = None) -> None:
         for p in exc.problems:
             click.echo(p, err=True)
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         sys.exit(exc.exit_code)
     except FmError as exc:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         _fail(str(exc), exc.exit_code)
     except click.exceptions.Abort:
         _fail("aborted", 130)
@@ -1079,7 +1379,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         problem = _storage_problem(exc)
         if problem is not None:
             _fail(str(problem), errors.EXIT_ENGINE)

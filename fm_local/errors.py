@@ -89,6 +89,10 @@ class StorageError(FmError):
     exit_code = EXIT_ENGINE
 
 
+class AlreadyServed(FmError):
+    """Another supervisor holds the database's lock."""
+
+
 class QueueFull(FmError):
     """``settings.queue.maxSize`` executions of this workflow are already queued."""
 

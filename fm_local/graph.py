@@ -170,8 +170,17 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
         # errorStrategy "goto" to a node of this graph is an error edge (SPEC §6).
         if n.error_strategy == "goto" and n.goto_node_id in by_id:
             edges.append(Edge(source=n.id, target=n.goto_node_id, source_handle=ERROR_HANDLE))
+    handle_maps: dict[str, dict[str, str]] = {}  # per switch, built once
     for e in edges:
         if e.source in by_id and e.target in by_id:
+            source_node = by_id[e.source]
+            if isinstance(source_node, SwitchNode) and e.source_handle is not None:
+                hmap = handle_maps.get(e.source)
+                if hmap is None:
+                    hmap = handle_maps[e.source] = source_node.handle_map()
+                handle = hmap.get(e.source_handle, e.source_handle)
+                if handle != e.source_handle:  # a labelled case named by its value
+                    e = Edge(source=e.source, target=e.target, source_handle=handle)
             deps[e.target].append(Dep(e.source, e.source_handle))
             out_edges[e.source].append(e)
     refs: dict[str, frozenset[str]] = {}

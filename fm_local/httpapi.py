@@ -26,10 +26,7 @@ import ipaddress
 import json
 import os
 import re
-import secrets
-import shlex
 import socket
-import stat
 import sys
 import threading
 import time
@@ -41,7 +38,7 @@ from typing import Any
 
 from fm_local import signals as sigs
 from fm_local.api import execution_record
-from fm_local.errors import FmError
+from fm_local.apitoken import ensure_token, token_path  # noqa: F401 - token_path is part of this module's API
 from fm_local.jsonio import JsonProblem, PathPart, format_path, strict_loads
 from fm_local.model import Workflow
 from fm_local.store import Store
@@ -75,38 +72,6 @@ TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 _SIGNAL = re.compile(r"^/api/executions/([A-Za-z0-9_-]+)/signal/?$")
 _EXECUTION = re.compile(r"^/api/executions/([A-Za-z0-9_-]+)/?$")
 _DIGITS = re.compile(r"[0-9]+")
-
-
-def token_path(db: Path) -> Path:
-    return db.with_name(db.name + ".token")
-
-
-def ensure_token(db: Path) -> str:
-    """The API token, created (mode 0600) on first use; raises :class:`FmError` when
-    the file is open to group or others (the fix is in the message)."""
-    path = token_path(db)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        pass
-    else:
-        if mode & 0o077:
-            raise FmError(
-                f"the API token file {path} is open to group or others (mode {mode:03o}); "
-                f"run: chmod 600 {shlex.quote(str(path))}"
-            )
-        text = path.read_text().strip()
-        if text:
-            return text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (token + "\n").encode())
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
-    return token
 
 
 def execution_json(store: Store, row: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from fm_local.errors import FmError
+from fm_local.errors import AlreadyServed
 
 
 def lock_path(db: Path) -> Path:
@@ -41,7 +41,7 @@ class SupervisorLock:
             os.close(fd)
             holder = read_holder(self.path)
             who = f"pid {holder['pid']}" if holder else "another process"
-            raise FmError(
+            raise AlreadyServed(
                 f"another supervisor ({who}) already serves {self.path.with_suffix('')}; "
                 "stop it first, or use it: fm run/submit talk to it through the database"
             ) from None

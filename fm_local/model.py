@@ -3,13 +3,26 @@
 Attributes are snake_case; every key is accepted in camelCase (the documented
 spelling, used when dumping) and in snake_case. Unknown keys are errors.
 These types only describe shape; cross-node rules live in ``validate``.
+
+Importing this module builds no validator (``defer_build``): a command that never
+validates a document (``fm token``, signals) does not pay for it, and the one that
+does builds ``Workflow``'s validator once, on its first use. The node classes are
+completed only when a document fails validation (:func:`complete_models`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -21,6 +34,9 @@ class Base(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=False,
+        # Build a class's validator on its first use, not at import: building them
+        # all, each through the recursive Node union, took ~0.3 s of every command.
+        defer_build=True,
     )
 
 
@@ -76,9 +92,11 @@ class SignalHandler(Base):
 class Settings(Base):
     timeout: Annotated[int, Field(gt=0)] | None = 1800000
     max_concurrency: Annotated[int, Field(gt=0)] | None = None
-    retry: RetryPolicy = RetryPolicy()
-    parallel: SectionPolicy = SectionPolicy(fail_fast=True)
-    queue: QueueSettings = QueueSettings()
+    # Defaults made with model_construct: calling the class would build its
+    # validator at import. The values are the same as validated ones.
+    retry: RetryPolicy = RetryPolicy.model_construct()
+    parallel: SectionPolicy = SectionPolicy.model_construct(fail_fast=True)
+    queue: QueueSettings = QueueSettings.model_construct()
     rate_limits: dict[str, RateSpec] = {}
     concurrency_limits: dict[str, Annotated[int, Field(gt=0)]] = {}
     signal_handlers: dict[str, SignalHandler] = {}
@@ -155,17 +173,43 @@ class SwitchCase(Base):
     label: str | None = None
 
     @property
-    def port(self) -> str:
-        """The sourceHandle naming this case: its label, else its value as text."""
-        if self.label is not None:
-            return self.label
+    def value_port(self) -> str:
+        """The case's value as text: its port by SPEC §3."""
         return self.value if isinstance(self.value, str) else _json_text(self.value)
+
+    @property
+    def port(self) -> str:
+        """The port the engine records for this case: its label when it has one (so
+        cases of equal text, 1 and "1", stay apart), else its value as text. Edges
+        may name a labelled case by either (SwitchNode.canonical_handle)."""
+        return self.label if self.label is not None else self.value_port
 
 
 class SwitchNode(NodeBase):
     type: Literal["switch"]
     expression: str
     cases: list[SwitchCase]
+
+    def handle_map(self) -> dict[str, str]:
+        """sourceHandle -> the port the engine records, for every accepted handle
+        (build it once per switch: a switch may have thousands of cases)."""
+        mapping = {c.port: c.port for c in self.cases}
+        for c in self.cases:
+            if c.label is not None:
+                mapping.setdefault(c.value_port, c.port)
+        return mapping
+
+    def canonical_handle(self, handle: str | None) -> str | None:
+        """An edge's sourceHandle as the port the engine records: a labelled case's
+        value text stands for its label, unless that text is another case's port."""
+        if handle is None:
+            return None
+        return self.handle_map().get(handle, handle)
+
+    def handles(self) -> list[str]:
+        """Every sourceHandle accepted for a case: each port, and a labelled case's
+        value text (when no other case has it as its port)."""
+        return list(self.handle_map())
 
 
 class MergeNode(NodeBase):
@@ -288,11 +332,23 @@ class Workflow(Base):
     name: Annotated[str, Field(min_length=1)]
     description: str | None = None
     version: int | str = 1
-    settings: Settings = Settings()
+    settings: Settings = Settings.model_construct()
     inputs: dict[str, Any] | None = None
     nodes: list[Node]
     edges: list[Edge] = []
     handlers: list[Node] = []
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _complete_on_error(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Workflow]
+    ) -> Workflow:
+        try:
+            return handler(data)
+        except ValidationError:
+            # Reporting the errors reads the fields of the models they are in.
+            complete_models()
+            raise
 
 
 def _json_text(value: Any) -> str:
@@ -301,11 +357,16 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-NodeBase.model_rebuild()
-for _cls in NODE_TYPES.values():
-    _cls.model_rebuild()
-Graph.model_rebuild()
-Workflow.model_rebuild()
+def complete_models() -> None:
+    """Resolve the forward references (``Node``, ``Graph``) in every model's fields.
+
+    Until then a node class's ``model_fields`` may hold them unresolved: validating a
+    ``Workflow`` does not need them resolved, but reading a validation error's
+    location through the fields does (``validate``). This builds each class's
+    validator (~0.2 s in all), once per process; later calls return at once."""
+    models: list[type[Base]] = [NodeBase, *NODE_TYPES.values(), Graph, Workflow]
+    for cls in models:
+        cls.model_rebuild()
 
 
 def workflow_json_schema() -> dict[str, Any]:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_ex
 from fm_local.errors import QueueFull, StorageError, UsageError
 from fm_local.jsonio import INT64_MAX, INT64_MIN, clean_text, find_problem, format_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TERMINAL_EXEC = ("succeeded", "failed", "cancelled", "timed_out")
 ACTIVE_EXEC = ("queued", "running", "paused")
@@ -206,6 +204,15 @@ MIGRATIONS: list[str] = [
         FROM node_runs n ORDER BY n.execution_id, n.started_at;
     CREATE VIEW queue_depth AS
         SELECT status, priority, count(*) AS tasks FROM queue GROUP BY status, priority;
+    """,
+    # 2: which code a python node ran ("tasks.py@<sha256 prefix>"), how many
+    # items a loop has (known when it starts: progress is done / items), and what
+    # validating a workflow document said (fm_local.prepare: a known document is
+    # not validated again at submit).
+    """
+    ALTER TABLE node_runs ADD COLUMN code TEXT;
+    ALTER TABLE node_runs ADD COLUMN items INTEGER;
+    ALTER TABLE workflows ADD COLUMN checked TEXT;
     """,
 ]
 
@@ -644,10 +651,14 @@ def loads(text: str | None) -> Any:
 
 
 def new_execution_id() -> str:
+    import uuid  # here, not at the top: commands that only read start faster
+
     return uuid.uuid4().hex[:12]
 
 
 def new_trace_id() -> str:
+    import secrets  # here, not at the top: commands that only read start faster
+
     return "trace-" + secrets.token_hex(6)
 
 
@@ -717,6 +728,8 @@ NODE_COLS = (
     "next_attempt_at",
     "item_index",
     "input",
+    "code",
+    "items",
 )
 ATTEMPT_COLS = (
     "execution_id",
@@ -923,6 +936,11 @@ class Store:
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
             with self.atomic() as c:
+                # Read again inside the write transaction: another process (a client
+                # and a starting daemon) may have applied this step meanwhile.
+                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row and int(row[0]) >= version:
+                    continue
                 for stmt in _split_sql(MIGRATIONS[version - 1]):
                     c.execute(stmt)
                 c.execute(
@@ -941,28 +959,43 @@ class Store:
 
     @client_retry
     def save_workflow(
-        self, name: str, document: dict[str, Any], path: str | None, folder: str
+        self,
+        name: str,
+        document: dict[str, Any],
+        path: str | None,
+        folder: str,
+        *,
+        checked: dict[str, Any] | None = None,
     ) -> int:
+        """The id of this document (in this folder), saved if new. ``checked``: what
+        its validation said (``fm_local.prepare``), kept for the next submit."""
+        from fm_local.prepare import document_hash
+
         for what, text in (("path", path), ("folder", folder)):
             if text is not None and clean_text(text) != text:
                 raise UsageError(
                     f"the workflow's {what} {text!r} is not valid UTF-8: rename it to use it"
                 )
         name = clean_text(name)
-        doc = json.dumps(document, sort_keys=True, separators=(",", ":"))
-        import hashlib
-
-        digest = hashlib.sha256((doc + "\0" + folder).encode()).hexdigest()
+        doc, digest = document_hash(document, folder)
+        note = None if checked is None else json.dumps(checked, separators=(",", ":"))
         with self.atomic() as c:
-            row = c.execute("SELECT id FROM workflows WHERE hash=?", (digest,)).fetchone()
+            row = c.execute("SELECT id, checked FROM workflows WHERE hash=?", (digest,)).fetchone()
             if row:
+                if note is not None and row[1] != note:
+                    c.execute("UPDATE workflows SET checked=? WHERE id=?", (note, row[0]))
                 return int(row[0])
             cur = c.execute(
-                "INSERT INTO workflows(name, hash, document, path, folder, created_at) "
-                "VALUES(?,?,?,?,?,?)",
-                (name, digest, doc, path, folder, time.time()),
+                "INSERT INTO workflows(name, hash, document, path, folder, created_at, checked) "
+                "VALUES(?,?,?,?,?,?,?)",
+                (name, digest, doc, path, folder, time.time(), note),
             )
             return int(cur.lastrowid or 0)
+
+    def known_workflow(self, digest: str) -> dict[str, Any] | None:
+        """The saved workflow with this hash (``prepare.document_hash``): id, name,
+        checked; None if there is none."""
+        return self._one("SELECT id, name, checked FROM workflows WHERE hash=?", (digest,))
 
     @client_retry
     def create_execution(
@@ -1007,6 +1040,9 @@ class Store:
                     now,
                 ),
             )
+        from fm_local import wake
+
+        wake.notify(self.path)  # committed: the supervisor may look now
         return eid
 
     @client_retry
@@ -1024,7 +1060,11 @@ class Store:
                 "VALUES(?,?,?,?,?)",
                 (execution_id, type_, reason, None if data is None else dumps(data), time.time()),
             )
-            return int(cur.lastrowid or 0)
+            sid = int(cur.lastrowid or 0)
+        from fm_local import wake
+
+        wake.notify(self.path)  # committed: the supervisor may look now
+        return sid
 
     def get_signal(self, signal_id: int) -> dict[str, Any] | None:
         return self._one("SELECT * FROM signals WHERE id=?", (signal_id,))
@@ -1091,6 +1131,83 @@ class Store:
             "min(started_at) AS first_start, max(finished_at) AS last_end FROM node_runs "
             "WHERE execution_id=? AND node_type='item' GROUP BY loop, status ORDER BY loop",
             (execution_id,),
+        )
+
+    def loop_progress(self, execution_id: str) -> list[dict[str, Any]]:
+        """Per loop instance, in the order the loops started: ``loop`` (its path),
+        ``status``, ``total`` (its item count, set when it starts; NULL before),
+        ``materialised`` (item rows that exist), ``done`` (items in a final status),
+        ``failed`` (failed or timed out), ``running`` (items open now), and the
+        ``first_start`` and ``last_end`` of its items. See fm_local.progress."""
+        return self._all(
+            "WITH agg AS (SELECT loop, count(*) AS materialised, "
+            "sum(status IN ('succeeded','failed','cancelled','skipped','timed_out')) AS done, "
+            "sum(status IN ('failed','timed_out')) AS failed, "
+            "sum(status = 'running') AS running, "
+            "min(started_at) AS first_start, max(finished_at) AS last_end "
+            "FROM (SELECT rtrim(rtrim(path, '0123456789]'), '[') AS loop, status, "
+            "started_at, finished_at FROM node_runs "
+            "WHERE execution_id=? AND node_type='item') GROUP BY loop) "
+            "SELECT l.path AS loop, l.status, l.items AS total, "
+            "coalesce(a.materialised, 0) AS materialised, coalesce(a.done, 0) AS done, "
+            "coalesce(a.failed, 0) AS failed, coalesce(a.running, 0) AS running, "
+            "a.first_start, a.last_end FROM node_runs l LEFT JOIN agg a ON a.loop = l.path "
+            "WHERE l.execution_id=? AND l.node_type='loop' ORDER BY l.id",
+            (execution_id, execution_id),
+        )
+
+    def node_runs_in(
+        self, execution_id: str, statuses: tuple[str, ...], limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """node_runs rows in one of ``statuses`` (``fm show --status``), in the order
+        of :meth:`node_runs`; at most ``limit`` of them."""
+        marks = ",".join("?" * len(statuses))
+        return self._all(
+            f"SELECT * FROM node_runs WHERE execution_id=? AND status IN ({marks}) "
+            "ORDER BY coalesce(started_at, queued_at, finished_at), id LIMIT ?",
+            (execution_id, *statuses, -1 if limit is None else limit),
+        )
+
+    def count_node_runs_in(self, execution_id: str, statuses: tuple[str, ...]) -> int:
+        marks = ",".join("?" * len(statuses))
+        return int(
+            self.conn.execute(
+                f"SELECT count(*) FROM node_runs WHERE execution_id=? AND status IN ({marks})",
+                (execution_id, *statuses),
+            ).fetchone()[0]
+        )
+
+    def failed_with_traceback(
+        self, execution_id: str, under: str | None = None, limit: int = 1
+    ) -> list[dict[str, Any]]:
+        """Failed node instances whose error records a python traceback, at or under
+        the path ``under``: unhandled ones first, then the earliest to fail."""
+        where = ""
+        args: tuple[Any, ...] = (execution_id,)
+        if under:
+            where = "AND (path=? OR substr(path, 1, ?) IN (?, ?)) "
+            args += (under, len(under) + 1, under + ".", under + "[")
+        return self._all(
+            "SELECT * FROM node_runs WHERE execution_id=? AND status='failed' "
+            + where
+            + "AND json_extract(error, '$.details.traceback') IS NOT NULL "
+            "ORDER BY handled, finished_at, id LIMIT ?",
+            (*args, limit),
+        )
+
+    def failed_attempts(self, execution_id: str, path: str | None = None) -> list[dict[str, Any]]:
+        """Tries that ended in an error (failed or timed out), with their error, at or
+        under ``path`` (``fm logs``)."""
+        where = ""
+        args: tuple[Any, ...] = (execution_id,)
+        if path:
+            where = "AND (path=? OR substr(path, 1, ?) IN (?, ?)) "
+            args += (path, len(path) + 1, path + ".", path + "[")
+        return self._all(
+            "SELECT * FROM attempts WHERE execution_id=? AND status IN ('failed','timed_out') "
+            + where
+            + "AND error IS NOT NULL ORDER BY id",
+            args,
         )
 
     def item_intervals(

@@ -54,6 +54,7 @@ from fm_local.model import (
 from fm_local.nodes import condition, delay, loop, merge, output, switch, transform
 from fm_local.resources import KEEP_SECONDS, Sampler
 from fm_local.store import Batch, Rejected, Store, dumps, loads, storage_error
+from fm_local.wake import Listener
 from fm_local.workers import ProcessPool, Slot
 
 log = logging.getLogger("fm_local.supervisor")
@@ -162,6 +163,8 @@ class Run:
         "aux_kind",
         "ready_at",
         "input_json",
+        "code",
+        "items",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -201,6 +204,8 @@ class Run:
         self.aux_kind: str | None = None  # fallback, goto, compensate, handler
         self.ready_at = 0.0  # when it last entered the ready queue
         self.input_json: str | None = None  # the resolved task input (worker nodes)
+        self.code: str | None = None  # which module file (and its hash) a python node ran
+        self.items: int | None = None  # a loop's item count
 
     def value(self) -> Any:
         if self._value is _UNSET:
@@ -539,6 +544,7 @@ class Supervisor:
         self.wake_pending: set[int] = set()
         self.on_tick: Callable[[], None] | None = None
         self.rejected: list[Rejected] = []  # rows the last group commit refused
+        self.wake: Listener | None = None  # nudged by clients after they commit
         # Expected run time per node (by node object: a loop body's node is one
         # object for every item), an average of what workers reported.
         self.durations: dict[int, float] = {}
@@ -557,6 +563,7 @@ class Supervisor:
             self.pool.start()
             self.pool.wait_ready(WORKER_START_TIMEOUT)
             self.sampler = Sampler()
+            self.wake = Listener(self.db)
             self._recover()
         except BaseException:
             self.close()
@@ -568,6 +575,9 @@ class Supervisor:
             if self.store is not None and dirty and not self.storage_failed:
                 self.flush()
         finally:
+            if self.wake is not None:
+                self.wake.close()
+                self.wake = None
             if self.pool is not None:
                 self.pool.shutdown()
                 self.pool = None
@@ -615,7 +625,9 @@ class Supervisor:
         pool = self.pool
         assert pool is not None
         timeout = self._wait_time(time.monotonic())
-        self._take_events(pool.poll(timeout))
+        self._take_events(pool.poll(timeout, self.wake))
+        if self.wake is not None and self.wake.drain():
+            self.last_poll = 0.0  # a client committed something: look now
         self._settle()
         now = time.time()
         self._fire_timers(now)
@@ -852,6 +864,8 @@ class Supervisor:
             run.next_attempt_at = r["next_attempt_at"]
             run.worker_pid = r["worker_pid"]
             run.input_json = r["input"]
+            run.code = r.get("code")
+            run.items = r.get("items")
             run.in_queue_table = run.status in ACTIVE_STATUSES
             run.seq, kind = last.get(run.path, (0, "attempt"))
             frame.runs[node.id] = run
@@ -1539,10 +1553,16 @@ class Supervisor:
         """A loop's or merge's policy: its own keys over ``settings.parallel``."""
         base = ex.workflow.settings.parallel
         merged = base.model_dump()
+        own_keys = own.model_fields_set if own is not None else set()
         if own is not None:
-            merged.update(own.model_dump(include=own.model_fields_set))
+            merged.update(own.model_dump(include=own_keys))
+            if "on_partial_failure" in own_keys and "fail_fast" not in own_keys:
+                # A section that says its own mode does not inherit failFast.
+                merged["fail_fast"] = None
         if merged.get("fail_fast") is None:
-            merged["fail_fast"] = True  # the execution default (SPEC §6)
+            # SPEC §6: failFast defaults to true only under "fail"; continue and
+            # collect exist to run every item.
+            merged["fail_fast"] = merged["on_partial_failure"] == "fail"
         return SectionPolicy.model_validate(merged)
 
     def _limiter(self, spec: Any, ex: Exec, key: Any) -> RateLimiter | None:
@@ -1579,6 +1599,9 @@ class Supervisor:
             return None
         body = self._body(node)
         ls = LoopState(run, node, body, items, n)
+        if run.items != n:
+            run.items = n  # the total is known from the start: progress is done / items
+            self._mark(run)
         ex = run.ex
         ls.policy = self._section_policy(ex, node.section_policy)
         if node.is_parallel:
@@ -1805,6 +1828,7 @@ class Supervisor:
             errors_list=ls.errors,
             first_error=ls.first_error,
             loop_path=run.path,
+            not_started=ls.n - ls.started.count(1),
         )
         run.finished_at = time.time()
         if ok:
@@ -1873,10 +1897,12 @@ class Supervisor:
 
     def _poll_signals(self) -> None:
         assert self.store is not None
+        # Applied or refused, but not committed yet: the file still says pending.
+        uncommitted = {entry[4] for entry in self.batch.signals}
         for row in self.store.pending_signals(0):
             if self.only_execution and row["execution_id"] != self.only_execution:
                 continue
-            if row["id"] in self.signals_in_progress:
+            if row["id"] in self.signals_in_progress or row["id"] in uncommitted:
                 continue
             ex = self.execs.get(row["execution_id"])
             self._signal_applying = False
@@ -2542,6 +2568,8 @@ class Supervisor:
         if kind == "compensate":
             self._next_compensation(ex)
             return
+        if kind == "replay":
+            return  # a dead letter replayed in place: recorded, it serves no node
         parent = aux.parent
         assert parent is not None
         if parent.terminal:
@@ -2884,7 +2912,9 @@ class Supervisor:
 
     def _on_result(self, run: Run, result: tuple[Any, ...]) -> None:
         run.task_id = None
-        _, ok, out, err, logs, started, finished = result
+        ok, out, err, logs, started, finished = result[1:7]
+        if len(result) > 7 and result[7] is not None:
+            run.code = result[7]
         ex = run.ex
         ex.running -= 1
         self._release(run)
@@ -3052,6 +3082,12 @@ class Supervisor:
                 self._queue_timed_out(r, now)
 
     def _queue_timed_out(self, r: Run, now: float) -> None:
+        if r.input_json is None and isinstance(r.node, WORKER_TYPES):
+            # The input it would have run with, for its dead letter and its record.
+            try:
+                r.input_json = jsonio.bounded_dumps(self._task_spec(r))
+            except Exception:  # noqa: BLE001 - no input then: the timeout is what counts
+                pass
         limit = r.ex.workflow.settings.queue.timeout
         r.seq += 1
         r.attempt += 1
@@ -3247,6 +3283,8 @@ class Supervisor:
                 run.next_attempt_at,
                 run.item_index,
                 run.input_json,
+                run.code,
+                run.items,
             )
             if status in ACTIVE_STATUSES and run.ntype != "item" and run.ntype != "loop":
                 qstatus = "timer" if isinstance(run.node, DelayNode) else status

@@ -121,7 +121,10 @@ def render_summary(
 
 
 def chrome_trace(execution: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Trace-event JSON: one complete event per node instance, one track per worker."""
+    """Trace-event JSON: one complete event per node instance. Slices never share a
+    track while they overlap: each worker's nodes get a track (more if its records
+    overlap), supervisor-side nodes (loops, items, transforms…) as many tracks as
+    run at once, so Perfetto draws a parallel loop as overlapping bars."""
     events: list[dict[str, Any]] = [
         {
             "name": "process_name",
@@ -130,33 +133,45 @@ def chrome_trace(execution: dict[str, Any], nodes: list[dict[str, Any]]) -> dict
             "args": {"name": f"execution {execution['id']}"},
         }
     ]
-    tracks: dict[Any, int] = {}
-    for n in nodes:
-        if not n["started_at"]:
-            continue
-        track = n["worker_pid"] or "supervisor"
-        if track not in tracks:
-            tracks[track] = len(tracks) + 1
-            name = f"worker {track}" if track != "supervisor" else "supervisor"
+    # Per group (a worker pid, or the supervisor): lanes, each the end time of its
+    # last slice; a slice takes the first lane free at its start.
+    lanes: dict[Any, list[float]] = {}
+    tids: dict[tuple[Any, int], int] = {}
+    started = sorted((n for n in nodes if n["started_at"]), key=lambda n: n["started_at"])
+    for n in started:
+        group = n["worker_pid"] or "supervisor"
+        start = n["started_at"]
+        end = n["finished_at"] or start
+        group_lanes = lanes.setdefault(group, [])
+        for lane, free_at in enumerate(group_lanes):
+            if free_at <= start:
+                group_lanes[lane] = end
+                break
+        else:
+            lane = len(group_lanes)
+            group_lanes.append(end)
+        key = (group, lane)
+        if key not in tids:
+            tids[key] = len(tids) + 1
+            name = "supervisor" if group == "supervisor" else f"worker {group}"
             events.append(
                 {
                     "name": "thread_name",
                     "ph": "M",
                     "pid": 1,
-                    "tid": tracks[track],
-                    "args": {"name": name},
+                    "tid": tids[key],
+                    "args": {"name": name if lane == 0 else f"{name} ({lane + 1})"},
                 }
             )
-        end = n["finished_at"] or n["started_at"]
         events.append(
             {
                 "name": n["path"],
                 "cat": n["node_type"],
                 "ph": "X",
-                "ts": int(n["started_at"] * 1e6),
-                "dur": max(1, int((end - n["started_at"]) * 1e6)),
+                "ts": int(start * 1e6),
+                "dur": max(1, int((end - start) * 1e6)),
                 "pid": 1,
-                "tid": tracks[track],
+                "tid": tids[key],
                 "args": {
                     "status": n["status"],
                     "traceId": n["trace_id"],

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_snake
 
@@ -57,6 +56,7 @@ from fm_local.model import (
     TransformNode,
     Workflow,
 )
+from fm_local.prepare import check_input, message_path, read_text
 
 __all__ = [
     "LoadedWorkflow",
@@ -107,16 +107,7 @@ class LoadedWorkflow:
 def load_workflow(path: str | Path) -> LoadedWorkflow:
     """Read and validate a workflow file; raise ``WorkflowInvalid`` on any error."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise WorkflowInvalid([f"{p}: no such file"]) from None
-    except IsADirectoryError:
-        raise WorkflowInvalid([f"{p}: is a directory, not a workflow file"]) from None
-    except UnicodeDecodeError as e:
-        raise WorkflowInvalid([f"{p}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
-    except OSError as e:
-        raise WorkflowInvalid([f"{p}: cannot read the file: {e.strerror or e}"]) from None
+    text = read_text(p)
     return parse_workflow(text, path=p)
 
 
@@ -174,25 +165,7 @@ def validate_input(workflow: Workflow, value: Any) -> list[str]:
 
     Each line names the offending path, e.g. ``input.users[2].email: ...``; any
     JSON value is accepted when the workflow declares no ``inputs``."""
-    schema = workflow.inputs
-    if schema is None:
-        return []
-    try:
-        validator = jsonschema.Draft202012Validator(
-            schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-        )
-        errors = sorted(
-            validator.iter_errors(value), key=lambda e: (list(map(str, e.absolute_path)), e.message)
-        )
-    except jsonschema.exceptions.SchemaError as e:
-        return [f"inputs: not a valid JSON Schema: {e.message}"]
-    except Exception as e:  # an unresolvable $ref and the like: still one line
-        return [f"inputs: cannot check the input against the schema: {_one_line(str(e))}"]
-    lines = []
-    for err in errors:
-        where = _format_path(["input", *err.absolute_path])
-        lines.append(f"{where}: {_one_line(err.message)}")
-    return lines
+    return check_input(workflow.inputs, value)
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -216,16 +189,7 @@ def _json_path(parts: Sequence[PathPart]) -> str:
     return _format_path(parts)
 
 
-def _format_path(parts: Iterable[PathPart]) -> str:
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif _IDENT.match(p):
-            out += f".{p}" if out else p
-        else:
-            out += f"[{json.dumps(p)}]"
-    return out
+_format_path = message_path
 
 
 def _json_type(v: Any) -> str:
@@ -900,6 +864,8 @@ class _Checker:
         schema = self.wf.inputs
         if schema is None:
             return
+        import jsonschema  # ~0.1 s to import: only for workflows that declare inputs
+
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.exceptions.SchemaError as e:
@@ -1003,15 +969,22 @@ class _Checker:
         out_handles: dict[str, set[str | None]] = {nid: set() for nid in by_id}
         # Ports per source, listed once: a switch with many cases has many edges.
         ports: dict[str, tuple[list[str], frozenset[str]]] = {}
+        switch_maps: dict[str, dict[str, str]] = {}  # per switch: handle -> its port
         for k, e in enumerate(edges):
             src = by_id.get(e.source)
             if src is None or e.target not in by_id:
                 continue
             deps[e.target].append(Dep(e.source, e.source_handle))
-            out_handles[e.source].add(e.source_handle)
+            handle = e.source_handle
+            if isinstance(src, SwitchNode) and handle is not None:
+                hmap = switch_maps.get(e.source)
+                if hmap is None:
+                    hmap = switch_maps[e.source] = src.handle_map()
+                handle = hmap.get(handle, handle)
+            out_handles[e.source].add(handle)
             if e.source_handle is not None:
                 if e.source not in ports:
-                    listed = _ports(src) + [ERROR_HANDLE]
+                    listed = _ports(src, accepted=True) + [ERROR_HANDLE]
                     ports[e.source] = (listed, frozenset(listed))
                 allowed, allowed_set = ports[e.source]
                 if e.source_handle not in allowed_set:
@@ -1262,12 +1235,14 @@ class _Checker:
             )
 
 
-def _ports(node: NodeBase) -> list[str]:
-    """The named output ports of a node, besides 'error'."""
+def _ports(node: NodeBase, accepted: bool = False) -> list[str]:
+    """The named output ports of a node, besides 'error' (``accepted``: also the
+    other spellings an edge may use, a labelled switch case's value)."""
     if isinstance(node, ConditionNode):
         return ["true", "false"]
     if isinstance(node, SwitchNode):
-        return list(dict.fromkeys([c.port for c in node.cases] + [DEFAULT_HANDLE]))
+        names = node.handles() if accepted else [c.port for c in node.cases]
+        return list(dict.fromkeys([*names, DEFAULT_HANDLE]))
     return []
 
 

@@ -61,7 +61,7 @@ class Executor(Protocol):
     def submit(
         self, slot: Slot, tasks: list[dict[str, Any]]
     ) -> list[tuple[dict[str, Any], BaseException]]: ...
-    def poll(self, timeout: float) -> list[tuple[str, Slot, Any]]: ...
+    def poll(self, timeout: float, extra: Any = None) -> list[tuple[str, Slot, Any]]: ...
     def stop_slot(self, slot: Slot) -> list[dict[str, Any]]: ...
     def drop(self, slot: Slot, task_ids: list[int]) -> None: ...
     def wait_ready(self, timeout: float) -> None: ...
@@ -229,8 +229,9 @@ class ProcessPool:
             pass  # the death shows up in poll()
         return bad
 
-    def poll(self, timeout: float) -> list[tuple[str, Slot, Any]]:
-        """Wait up to ``timeout`` for results. Returns events:
+    def poll(self, timeout: float, extra: Any = None) -> list[tuple[str, Slot, Any]]:
+        """Wait up to ``timeout`` for results (or for ``extra``, a file-like object
+        such as a wake-up socket, to be readable). Returns events:
         ``("results", slot, [(task, result), ...])`` and ``("died", slot, [tasks])``
         (the tasks it held, head first) and ``("ready", slot, None)``."""
         self._reap()
@@ -239,10 +240,13 @@ class ProcessPool:
             if s.pidfd is not None:
                 by_conn[s.pidfd] = s
         events: list[tuple[str, Slot, Any]] = []
-        if not by_conn:
+        waiting = list(by_conn)
+        if extra is not None and extra.fileno() >= 0:
+            waiting.append(extra)
+        if not waiting:
             time.sleep(timeout)
             return events
-        ready = wait(list(by_conn), timeout)
+        ready = [r for r in wait(waiting, timeout) if r is not extra]
         gone = {by_conn[r] for r in ready if isinstance(r, int)}  # type: ignore[index]
         for s in self.slots:
             if s.pidfd is None and s.proc.poll() is not None:

@@ -3,7 +3,9 @@ module, and helpers that run the real supervisor with real worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -70,6 +72,13 @@ def show(db: Path, eid: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
+def show_cli(db: Path, eid: str) -> dict[str, Any]:
+    """Like :func:`show`, in this process (:func:`fm_cli`)."""
+    out = fm_cli(db, "show", eid, "--json")
+    assert out.exit_code == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 def fm(
     db: Path, *args: str, timeout: float = 120, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -101,14 +110,75 @@ def fm_cli(db: Path, *args: str, input: str | None = None) -> CliResult:
     from fm_local.cli import main
 
     runner = CliRunner()
-    with runner.isolation(input=input, env={"FM_DB": str(db)}) as streams:
+    with (
+        process_state_kept(),
+        runner.isolation(input=input, env={"FM_DB": str(db)}) as streams,
+    ):
         try:
             main(list(args))
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        # What was written without click.echo (print, traceback.print_exc) may still
+        # sit in the text wrappers' buffers (CliRunner.invoke flushes too).
+        sys.stdout.flush()
+        sys.stderr.flush()
         out, err = streams[0].getvalue(), streams[1].getvalue()
     return CliResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
+
+
+def _subreaper(set_to: int | None = None) -> int | None:
+    """This process's child-subreaper flag (Linux), or set it; None where unknown."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if set_to is not None:
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, set_to, 0, 0, 0)
+            return set_to
+        flag = ctypes.c_int(0)
+        if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) != 0:
+            return None
+        return flag.value
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def process_state_kept() -> Iterator[None]:
+    """Give back the process-wide state an in-process ``fm`` command changes: the
+    SIGINT/SIGTERM handlers (the embedded supervisor of ``fm run`` installs its own),
+    the ``fm_local`` logger (``fm run`` adds a file handler beside its database), the
+    child-subreaper flag (``fm run``'s worker pool sets it: orphans of later tests
+    would become zombies of pytest) and the working directory."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    logger = logging.getLogger("fm_local")
+    log_handlers, log_level = list(logger.handlers), logger.level
+    subreaper = _subreaper()
+    cwd = os.getcwd()
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for h in [h for h in logger.handlers if h not in log_handlers]:
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(log_level)
+        if subreaper == 0 and _subreaper() != 0:
+            _subreaper(0)
+        os.chdir(cwd)
+
+
+@pytest.fixture
+def restore_process_state() -> Iterator[None]:
+    """For a test that calls ``fm_local.cli.main`` itself: see :func:`process_state_kept`
+    (:func:`fm_cli` keeps it by itself)."""
+    with process_state_kept():
+        yield
 
 
 class Daemon:

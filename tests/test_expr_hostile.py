@@ -1,7 +1,9 @@
-"""Hostile expressions: each must fail with ExpressionError, quickly, and nothing else.
+"""Hostile expressions: each must fail with ExpressionError, and nothing else.
 
 The evaluator runs inside the supervisor, so an expression must never escape the
-whitelist, hang, exhaust memory or crash the process (SPEC §7).
+whitelist, hang, exhaust memory or crash the process (SPEC §7). How quickly each is
+refused is a speed, measured by ``make bench`` (the slowest refusal of CORPUS), not
+asserted here: a busy machine is slow, not wrong.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fm_local import expr
 from fm_local.expr import (
     MAX_SOURCE,
     ExpressionError,
@@ -20,8 +23,6 @@ from fm_local.expr import (
     compile_template,
     render_value,
 )
-
-SECONDS = 2.0
 
 # Two equal but distinct strings of about a million characters: comparing them costs
 # a full memcmp, so repeated comparisons are the classic way to hang a C loop.
@@ -163,11 +164,9 @@ def _attempt(source: str, scope: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("source", CORPUS, ids=lambda s: repr(s[:50]))
-def test_hostile_expression_is_refused_quickly(source: str) -> None:
-    start = time.monotonic()
+def test_hostile_expression_is_refused(source: str) -> None:
     with pytest.raises(ExpressionError):
         _attempt(source, dict(SCOPE))
-    assert time.monotonic() - start < SECONDS
 
 
 def test_corpus_is_large() -> None:
@@ -221,22 +220,36 @@ def test_deep_call_stack_does_not_break_evaluation() -> None:
     recurse(sys.getrecursionlimit() - 60)
 
 
-def test_hostile_templates() -> None:
+def test_hostile_templates(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ExpressionError):
         compile_template("{{ __import__('os') }}")
     template = compile_template("a{{ 'x' * 999999 }}b{{ 'y' * 999999 }}c")
     assert template is not None
     with pytest.raises(ExpressionError, match="too long"):
         template.render({})
-    start = time.monotonic()
-    with pytest.raises(ExpressionError):
+    # With the default limit out of reach, only time_limit (0.2 s) can stop these
+    # endless loops with "time limit" (else the step limit would, seconds later).
+    monkeypatch.setattr(expr, "TIME_LIMIT", 3600.0)
+    with pytest.raises(ExpressionError, match="time limit"):
         render_value(
             ["{{ [0 for a in range(10**6) for b in range(10**6) if 0] }}"] * 5,
             {},
             time_limit=0.2,
         )
-    # One budget covers the whole structure, not 0.2 s per string.
-    assert time.monotonic() - start < 1
+
+    # One budget covers the whole structure, not 0.2 s per string: the first string
+    # spends 0.3 s (in log), so the second, short one starts over the shared budget.
+    # With a budget per string it would pass: 5000 steps take milliseconds.
+    def slow_log(line: str) -> None:
+        time.sleep(0.3)
+
+    with pytest.raises(ExpressionError, match="time limit"):
+        render_value(
+            ["{{ log('first') }}", "{{ len([0 for a in range(5000)]) }}"],
+            {},
+            slow_log,
+            time_limit=0.2,
+        )
 
 
 def test_deeply_nested_value_is_refused() -> None:
@@ -263,14 +276,12 @@ TOKENS = [
 def test_random_token_soup_only_raises_expression_error(tokens: list[str], spaced: bool) -> None:
     source = (" " if spaced else "").join(tokens)
     lines: list[str] = []
-    start = time.monotonic()
     try:
         compile_expr(source).evaluate(
             {"x": 3, "s": "ab", "l": [1, 2], "d": {"k": 1}, "k": "k"}, lines.append
         )
     except ExpressionError:
         pass
-    assert time.monotonic() - start < SECONDS
 
 
 ATOMS = st.sampled_from(
@@ -304,7 +315,6 @@ def _expressions() -> st.SearchStrategy[str]:
 @settings(max_examples=300, deadline=None)
 @given(_expressions())
 def test_random_expressions_only_raise_expression_error(source: str) -> None:
-    start = time.monotonic()
     try:
         result = compile_expr(source).evaluate(
             {"x": 3, "s": "ab", "l": [1, 2], "d": {"k": 1}}, lambda line: None
@@ -313,7 +323,6 @@ def test_random_expressions_only_raise_expression_error(source: str) -> None:
         pass
     else:
         _assert_plain(result)
-    assert time.monotonic() - start < SECONDS
 
 
 def _assert_plain(value: Any) -> None:

@@ -390,18 +390,17 @@ def test_merge_cancel_on_failure_stops_sibling_now(fwf, db, mark, daemon):
         ],
         merge({"onPartialFailure": "collect", "failFast": True, "cancelOnFailure": True}),
     )
-    t0 = time.monotonic()
     res = run_wf(fwf(doc), db)
-    assert time.monotonic() - t0 < 20
     assert res["status"] == "succeeded", res
     start = marks_of(mark, "c", "start")[0]
     for pid in (start["pid"], start["child_pid"]):
-        wait_until(lambda pid=pid: gone(pid), 10, f"process {pid} of branch c to exit")
+        wait_until(lambda pid=pid: gone(pid), 30, f"process {pid} of branch c to exit")
     assert marks_of(mark, "c", "end") == []
     nodes = nodes_of(db, res["id"])
     assert nodes["c"]["status"] == "cancelled"
     assert nodes["c"]["error"]["code"] == "CANCELLED"
-    assert nodes["c"]["finishedAt"] - nodes["b"]["finishedAt"] < 2
+    # Stopped because b failed, long before its own 60 s could end (order, not speed).
+    assert nodes["b"]["finishedAt"] <= nodes["c"]["finishedAt"] < start["t"] + 60
     out = res["output"]["m"]
     assert out["results"]["a"] == {"success": True, "data": {"tag": "a"}}
     assert out["results"]["b"]["success"] is False and out["results"]["b"]["error"]["code"]
@@ -434,9 +433,7 @@ def test_merge_total_timeout(fwf, db, mark, on_timeout):
         ],
         merge({"totalTimeout": 800, "onTimeout": on_timeout}),
     )
-    t0 = time.monotonic()
-    res = run_wf(fwf(doc), db, workers=4)
-    assert time.monotonic() - t0 < 15
+    res = run_wf(fwf(doc), db, workers=4)  # b and c sleep 60 s: only the timeout ends it
     nodes = nodes_of(db, res["id"])
     assert nodes["b"]["status"] == nodes["c"]["status"] == "cancelled"
     assert marks_of(mark, "b", "end") == marks_of(mark, "c", "end") == []
@@ -512,22 +509,21 @@ def test_first_success_fastest_wins_and_losers_are_killed(fwf, db, mark, daemon)
         ],
         merge(mode="first_success"),
     )
-    t0 = time.monotonic()
     res = run_wf(fwf(doc), db)
-    assert time.monotonic() - t0 < 20
     assert res["status"] == "succeeded", res
     assert res["output"] == {"m": {"tag": "fast"}}
     s1, s2 = marks_of(mark, "slow1", "start")[0], marks_of(mark, "slow2", "start")[0]
     for pid in (s1["pid"], s1["child_pid"], s2["pid"]):
-        wait_until(lambda pid=pid: gone(pid), 10, f"loser process {pid} to exit")
+        wait_until(lambda pid=pid: gone(pid), 30, f"loser process {pid} to exit")
     assert marks_of(mark, "slow1", "end") == marks_of(mark, "slow2", "end") == []
     nodes = nodes_of(db, res["id"])
     assert nodes["m"]["port"] == "fast"  # the merge's record names the winner
     assert nodes["fast"]["status"] == "succeeded"
-    for p in ("slow1", "slow2"):
+    for p, started in (("slow1", s1), ("slow2", s2)):
         assert nodes[p]["status"] == "cancelled"
         assert nodes[p]["error"]["code"] == "CANCELLED"
-        assert nodes[p]["finishedAt"] - nodes["fast"]["finishedAt"] < 2
+        # Stopped because fast won, long before its own 60 s could end.
+        assert nodes["fast"]["finishedAt"] <= nodes[p]["finishedAt"] < started["t"] + 60
 
 
 def test_first_success_failing_fast_branch_does_not_win(fwf, db):
@@ -741,21 +737,21 @@ def test_loop_cancel_on_failure_stops_running_items(fwf, db, mark, daemon):
         "mark": str(mark),
     }
     doc = loop_doc([0, 1], body, parallel={"failFast": True, "cancelOnFailure": True})
-    t0 = time.monotonic()
     res = run_wf(fwf(doc), db)
-    assert time.monotonic() - t0 < 20
     assert res["status"] == "failed"
     assert res["error"]["message"] == (
         "node 'each' failed: 1 of 2 items of loop 'each' failed; first: each[1].w: 1 failed"
     )
     start = marks_of(mark, 0, "start")[0]
     for pid in (start["pid"], start["child_pid"]):
-        wait_until(lambda pid=pid: gone(pid), 10, f"process {pid} of item 0 to exit")
+        wait_until(lambda pid=pid: gone(pid), 30, f"process {pid} of item 0 to exit")
     assert marks_of(mark, 0, "end") == []
     nodes = nodes_of(db, res["id"])
     assert nodes["each[0].w"]["status"] == "cancelled"
     assert nodes["each[0].w"]["error"]["code"] == "CANCELLED"
-    assert nodes["each[0].w"]["finishedAt"] - nodes["each[1].w"]["finishedAt"] < 2
+    # Stopped because item 1 failed, long before its own 60 s could end.
+    stopped = nodes["each[0].w"]["finishedAt"]
+    assert nodes["each[1].w"]["finishedAt"] <= stopped < start["t"] + 60
 
 
 def test_loop_item_stopped_by_cancel_on_failure_is_cancelled(fwf, db):
@@ -777,9 +773,7 @@ def test_loop_total_timeout(fwf, db, mark, on_timeout):
     body = {"seconds": "{{ 60 if item in (1, 2) else 0.05 }}", "mark": str(mark)}
     policy = {"totalTimeout": 800, "onTimeout": on_timeout}
     doc = loop_doc([0, 1, 2, 3, 4], body, maxConcurrency=2, policy=policy)
-    t0 = time.monotonic()
-    res = run_wf(fwf(doc), db, workers=4)
-    assert time.monotonic() - t0 < 15
+    res = run_wf(fwf(doc), db, workers=4)  # items 1, 2 sleep 60 s: only the timeout ends it
     assert sorted({m["tag"] for m in read_marks(mark) if m["phase"] == "start"}) == [0, 1, 2]
     assert [m["tag"] for m in read_marks(mark) if m["phase"] == "end"] == [0]
     nodes = nodes_of(db, res["id"])
@@ -824,9 +818,7 @@ def test_loop_item_timeout(fwf, db, mark, on_timeout, policy):
     extra: dict[str, Any] = {"timeout": 700, "onTimeout": on_timeout, "outputOnError": "late"}
     if policy:
         extra["policy"] = {"onPartialFailure": policy}
-    t0 = time.monotonic()
-    res = run_wf(fwf(loop_doc([0, 1, 2], body, **extra)), db, workers=4)
-    assert time.monotonic() - t0 < 15
+    res = run_wf(fwf(loop_doc([0, 1, 2], body, **extra)), db, workers=4)  # item 1: 60 s
     assert marks_of(mark, 1, "end") == []
     nodes = nodes_of(db, res["id"])
     assert nodes["each[1].w"]["status"] == "cancelled"
@@ -1192,8 +1184,10 @@ def test_example_fail_fast_validation(db):
     nodes = nodes_of(db, res["id"])
     assert nodes["payment"]["status"] == "failed"
     for check in ("inventory", "shipping"):
-        assert nodes[check]["status"] == "cancelled"  # stopped, not let run 2 s
-        assert nodes[check]["finishedAt"] - nodes["payment"]["finishedAt"] < 1.0
+        assert nodes[check]["status"] == "cancelled"  # stopped, not let run 2 s:
+        # stopped after the payment failed, before its own 2 s sleep could end.
+        stopped = nodes[check]["finishedAt"]
+        assert nodes["payment"]["finishedAt"] <= stopped < nodes[check]["startedAt"] + 2
     assert nodes["process"]["status"] == "skipped"
     ok = run_wf(EXAMPLES / "fail_fast_validation.json", db, input=order, workers=4)
     assert ok["status"] == "succeeded", ok

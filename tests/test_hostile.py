@@ -297,3 +297,23 @@ def test_the_daemon_survives_hostile_executions_beside_canaries(hwf, db, daemon)
     assert status[ids["deep"]]["status"] == "failed"
     assert status[ids["print"]]["status"] == "succeeded"
     assert status[ids["log"]]["status"] == "succeeded"
+
+
+def _open_store(path: str) -> None:
+    Store(path).close()
+
+
+def test_concurrent_first_opens_migrate_once(tmp_path):
+    """A client and a starting daemon may create the database at the same moment:
+    each migration step is applied once (checked inside its write transaction)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for round_no in range(3):
+        path = str(tmp_path / f"race{round_no}.db")
+        procs = [ctx.Process(target=_open_store, args=(path,)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0]

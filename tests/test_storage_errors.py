@@ -479,6 +479,10 @@ import sqlite3, difflib, heapq
 import fm_local.api, fm_local.cli, fm_local.lock, fm_local.store, fm_local.timeline
 import fm_local.supervisor, fm_local.validate
 import tui.app, tui.data
+# What fm imports only when used, imported (and pydantic's validators built) now,
+# while the interpreter's files are still readable.
+import jsonschema, logging, secrets, socket, traceback, uuid
+fm_local.model.complete_models()
 if os.geteuid() == 0:
     os.setgroups([])
     os.setgid(int(sys.argv[1]))

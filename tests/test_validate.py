@@ -329,9 +329,13 @@ def test_switch_ports_are_labels_or_values() -> None:
         {"source": "s", "target": "x", "sourceHandle": h} for h in ("1", "b", "three", "default")
     ]
     assert problems(doc([switch, py("x")], edges)) == []
+    # A labelled case answers to its value too (issue 10: SPEC §3 says the port is
+    # the value; the label stays accepted).
     edges[2]["sourceHandle"] = "3"
+    assert problems(doc([switch, py("x")], edges)) == []
+    edges[2]["sourceHandle"] = "4"
     p = at(errors(doc([switch, py("x")], edges)), "edges[2].sourceHandle")
-    assert "expected one of: 1, b, three, default, error" in p.message
+    assert "expected one of: 1, b, three, 3, default, error" in p.message
 
 
 def test_switch_duplicate_case_port() -> None:

@@ -52,8 +52,8 @@ def strs(ps: list[validate.Problem]) -> list[str]:
 # --- chains: no recursion, cycles printed whole -------------------------------------
 
 
-def test_20000_node_chain_validates_and_compiles_in_order(tmp_path: Path) -> None:
-    n = 20_000
+def test_long_chain_validates_and_compiles_in_order(tmp_path: Path) -> None:
+    n = 5_000
     f = tmp_path / "chain.json"
     f.write_text(json.dumps(chain(n)))
     lw = load_workflow(f)
@@ -65,8 +65,8 @@ def test_20000_node_chain_validates_and_compiles_in_order(tmp_path: Path) -> Non
     assert set(g.branches.values()) == {Branch(None, None, ())}
 
 
-def test_20000_node_chain_of_references_validates() -> None:
-    n = 20_000
+def test_long_chain_of_references_validates() -> None:
+    n = 5_000
     nodes = [transform("n0")] + [transform(f"n{i}", f"n{i - 1} + 1") for i in range(1, n)]
     wf = loaded({"name": "refs", "nodes": nodes})
     g = compile_graph(wf.nodes, wf.edges)
@@ -75,8 +75,8 @@ def test_20000_node_chain_of_references_validates() -> None:
     assert g.has_edges == dict.fromkeys(g.order, False)
 
 
-def test_cycle_in_a_20000_node_chain_is_reported_with_its_path() -> None:
-    n = 20_000
+def test_cycle_in_a_long_chain_is_reported_with_its_path() -> None:
+    n = 5_000
     doc = chain(n)
     doc["edges"].append({"source": f"n{n - 1}", "target": "n0"})
     with pytest.raises(WorkflowInvalid) as ei:
@@ -88,7 +88,7 @@ def test_cycle_in_a_20000_node_chain_is_reported_with_its_path() -> None:
 
 
 def test_cycle_through_references_in_a_long_chain() -> None:
-    n = 20_000
+    n = 5_000
     nodes = [transform("n0", f"n{n - 1}")] + [transform(f"n{i}", f"n{i - 1}") for i in range(1, n)]
     ps = validate.check_document({"name": "c", "nodes": nodes})[1]
     assert [p.path for p in ps] == ["nodes[0]"]
@@ -130,18 +130,18 @@ def padded(doc: dict[str, Any], n: int) -> dict[str, Any]:
     return big
 
 
-def test_padding_with_20000_nodes_changes_no_problem() -> None:
+def test_padding_with_5000_nodes_changes_no_problem() -> None:
     small = check_document(SMALL)[1]
     assert len(small) >= 5  # the planted problems are there
     assert any("did you mean 'get'?" in p.message for p in small)
     assert any("did you mean 'db'?" in p.message for p in small)
-    assert check_document(padded(SMALL, 20_000))[1] == small
+    assert check_document(padded(SMALL, 5_000))[1] == small
 
 
 def test_valid_small_and_padded_documents_compile_alike() -> None:
     small = fan(3)
     g_small = compile_graph(*_graph(small))
-    g_big = compile_graph(*_graph(padded(small, 10_000)))
+    g_big = compile_graph(*_graph(padded(small, 3_000)))
     assert [nid for nid in g_big.order if nid in g_small.nodes] == g_small.order
     for nid in g_small.nodes:
         assert [(d.source, d.handle, d.is_ref) for d in g_big.deps[nid]] == [
@@ -157,9 +157,9 @@ def _graph(doc: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     return wf.nodes, wf.edges
 
 
-@pytest.mark.slow
-def test_100000_independent_nodes_validate(tmp_path: Path) -> None:
-    n = 100_000
+def test_many_independent_nodes_validate(tmp_path: Path) -> None:
+    # Correctness at size; the 100,000-node timing is in make bench.
+    n = 5_000
     doc = {"name": "wide", "nodes": [transform(f"n{i}", f"{i} + 1") for i in range(n)]}
     f = tmp_path / "wide.json"
     f.write_text(json.dumps(doc))
@@ -174,9 +174,8 @@ def test_100000_independent_nodes_validate(tmp_path: Path) -> None:
     assert g.branches[f"n{n - 1}"] == Branch(f"n{n - 1}", f"n{n - 1}", (n,))
 
 
-@pytest.mark.slow
 def test_wide_fan_out_and_fan_in_is_one_section() -> None:
-    n = 20_000
+    n = 5_000
     g = compile_graph(*_graph(fan(n)))
     sec = g.sections["join"]
     assert sec.fanout == "start"
@@ -188,9 +187,8 @@ def test_wide_fan_out_and_fan_in_is_one_section() -> None:
     assert g.dependents["start"] == [f"b{i}" for i in range(n)]
 
 
-@pytest.mark.slow
 def test_section_after_a_long_chain_stops_at_the_fan_out() -> None:
-    half = 10_000
+    half = 5_000
     doc = chain(half)
     doc["nodes"] += [transform(f"b{i}") for i in range(half)] + [{"id": "m", "type": "merge"}]
     doc["edges"] += [{"source": f"n{half - 1}", "target": f"b{i}"} for i in range(half)]
@@ -201,7 +199,7 @@ def test_section_after_a_long_chain_stops_at_the_fan_out() -> None:
 
 
 def test_many_diamonds_each_have_their_own_section() -> None:
-    k = 5_000
+    k = 2_000
     nodes, edges = [transform("d0")], []
     for i in range(k):
         nodes += [transform(f"a{i}"), transform(f"b{i}"), {"id": f"d{i + 1}", "type": "merge"}]
@@ -216,18 +214,18 @@ def test_many_diamonds_each_have_their_own_section() -> None:
         assert sec.branches == {f"a{i}": frozenset({f"a{i}"}), f"b{i}": frozenset({f"b{i}"})}
 
 
-def test_loop_with_a_20000_node_body() -> None:
-    body = chain(20_000, "item + 1")
+def test_loop_with_a_5000_node_body() -> None:
+    body = chain(5_000, "item + 1")
     loop = {"id": "each", "type": "loop", "arrayPath": "{{[1, 2]}}", "body": body}
     del body["name"]
     wf = loaded({"name": "l", "nodes": [loop]})
     g = compile_graph(wf.nodes[0].body.nodes, wf.nodes[0].body.edges)
-    assert g.order[:3] == ["n0", "n1", "n2"] and len(g.order) == 20_000
+    assert g.order[:3] == ["n0", "n1", "n2"] and len(g.order) == 5_000
     assert g.free_names == frozenset({"item"})
 
 
 def test_many_loops_read_their_own_item_and_the_outer_scope() -> None:
-    n = 10_000
+    n = 3_000
     nodes = [transform("base")] + [
         {
             "id": f"l{i}",

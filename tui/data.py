@@ -17,17 +17,21 @@ from typing import Any
 
 from tui.records import (
     ACTIVE_EXEC,
+    ACTIVE_NODE,
     EXEC_STATUSES,
     TERMINAL_EXEC,
     TERMINAL_NODE,
+    WAITING,
     AttemptRow,
     DetailSnapshot,
     ExecutionInfo,
     ExecutionRow,
     ExecutionsSnapshot,
     LogLine,
+    LoopProgress,
     LoopStats,
     NodeDetail,
+    Progress,
     QueuedExecution,
     QueueSnapshot,
     ResourceSnapshot,
@@ -40,11 +44,13 @@ ITEMS_LIMIT = 300  # items listed when a loop is expanded
 ROWS_LIMIT = 3000  # timeline rows in all
 LOG_LIMIT = 200  # newest log lines of the selected node
 JSON_LIMIT = 20_000  # characters of an output/error/input shown
+LOOPS_LIMIT = 100  # loops in progress on the queue screen
 THROUGHPUT_SECONDS = 60
 HISTORY_SECONDS = 120
 RECENT_SAMPLE = 5.0  # a sample older than this means no daemon is sampling
 
 _TERMINAL_NODE_SQL = "('" + "','".join(TERMINAL_NODE) + "')"
+_ACTIVE_NODE_SQL = "('" + "','".join(ACTIVE_NODE) + "')"
 
 
 def connect_readonly(db: Path) -> sqlite3.Connection:
@@ -94,7 +100,7 @@ class Reader:
         self.db = Path(db)
         self.conn = connect_readonly(self.db)
         self._version: int | None = None
-        self._progress: dict[str, tuple[int, int]] = {}  # finished executions only
+        self._progress: dict[str, Progress] = {}  # finished executions only
         self._documents: dict[int, dict[str, Any]] = {}
 
     def close(self) -> None:
@@ -151,7 +157,7 @@ class Reader:
                 self._progress[eid] = value  # a finished execution's counts never change
         out = []
         for r in rows:
-            done, total = self._progress.get(r[0]) or fresh.get(r[0], (0, 0))
+            progress = self._progress.get(r[0]) or fresh.get(r[0], Progress(0, 0))
             out.append(
                 ExecutionRow(
                     id=r[0],
@@ -161,23 +167,70 @@ class Reader:
                     created_at=r[4],
                     started_at=r[5],
                     finished_at=r[6],
-                    done=done,
-                    total=total,
+                    progress=progress,
                 )
             )
         return ExecutionsSnapshot(out, status_filter, now)
 
-    def _progress_of(self, c: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[int, int]]:
-        found: dict[str, tuple[int, int]] = {eid: (0, 0) for eid in ids}
+    def _progress_of(self, c: sqlite3.Connection, ids: list[str]) -> dict[str, Progress]:
+        """Each execution's progress: the items of its top-level loops (a loop row's
+        ``items``, known when it starts) once one has started, else its node
+        instances. Nested loops count through the items of the loop around them.
+
+        Cheap on a big execution: the rows and the top-level item rows are counted
+        in the (execution_id, path) index alone, the unfinished ones (few) through
+        the status index; done = counted - unfinished."""
+        found: dict[str, Progress] = {eid: Progress(0, 0) for eid in ids}
+        # A top-level item's path has a "[" and no "."; a top-level node's neither.
+        top_item = "instr(path, '.') = 0 AND instr(path, '[') > 0"
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            for eid, total, done in c.execute(
-                f"SELECT execution_id, count(*), sum(status IN {_TERMINAL_NODE_SQL}) "
-                f"FROM node_runs WHERE execution_id IN ({','.join('?' * len(chunk))}) "
-                "GROUP BY execution_id",
+            marks = ",".join("?" * len(chunk))
+            counted = {
+                eid: (int(n), int(items or 0))
+                for eid, n, items in c.execute(
+                    f"SELECT execution_id, count(*), sum({top_item}) FROM node_runs "
+                    f"WHERE execution_id IN ({marks}) GROUP BY execution_id",
+                    chunk,
+                )
+            }
+            unfinished = {
+                eid: (int(n), int(items or 0))
+                for eid, n, items in c.execute(
+                    f"SELECT execution_id, count(*), sum({top_item}) FROM node_runs "
+                    f"INDEXED BY node_runs_status WHERE status IN {_ACTIVE_NODE_SQL} "
+                    f"AND execution_id IN ({marks}) GROUP BY execution_id",
+                    chunk,
+                )
+            }
+            loops: dict[str, list[tuple[Any, ...]]] = {}
+            for eid, *loop in c.execute(
+                "SELECT execution_id, items, status, started_at, finished_at FROM node_runs "
+                f"WHERE execution_id IN ({marks}) AND instr(path, '.') = 0 "
+                "AND instr(path, '[') = 0 AND node_type = 'loop'",
                 chunk,
             ):
-                found[eid] = (int(done or 0), int(total))
+                loops.setdefault(eid, []).append(tuple(loop))
+            for eid in chunk:
+                rows, item_rows = counted.get(eid, (0, 0))
+                open_rows, open_items = unfinished.get(eid, (0, 0))
+                top = loops.get(eid, [])
+                # A file from before schema version 2 has no item counts: the
+                # item rows are the best total there is.
+                total = max(sum(int(items or 0) for items, *_ in top), item_rows)
+                if not total:
+                    found[eid] = Progress(rows - open_rows, rows)
+                    continue
+                starts = [started for _, _, started, _ in top if started is not None]
+                ends = [finished for _, _, _, finished in top if finished is not None]
+                running = any(status not in TERMINAL_NODE for _, status, _, _ in top)
+                found[eid] = Progress(
+                    item_rows - open_items,
+                    total,
+                    "items",
+                    min(starts, default=None),
+                    None if running or not ends else max(ends),
+                )
         return found
 
     # --- one execution ---------------------------------------------------------------
@@ -199,7 +252,7 @@ class Reader:
             ).fetchone()
             if row is None:
                 return DetailSnapshot(None, [], None, None, width, None, now)
-            done, total = self._progress_of(c, [execution_id])[execution_id]
+            progress = self._progress_of(c, [execution_id])[execution_id]
             info = ExecutionInfo(
                 id=row[0],
                 workflow=row[1],
@@ -211,8 +264,7 @@ class Reader:
                 created_at=row[7],
                 started_at=row[8],
                 finished_at=row[9],
-                done=done,
-                total=total,
+                progress=progress,
                 trace_id=row[11] or "",
             )
             t0 = info.started_at
@@ -241,7 +293,7 @@ class Reader:
             "SELECT node_id, node_type, status, attempts, recoveries, worker_pid, queued_at, "
             "started_at, finished_at, substr(output, 1, ?), length(output) > ?, "
             "substr(error, 1, ?), length(error) > ?, trace_id, substr(input, 1, ?), "
-            "length(input) > ? FROM node_runs "
+            "length(input) > ?, code, items FROM node_runs "
             "WHERE execution_id=? AND path=?",
             (JSON_LIMIT,) * 6 + (execution_id, path),
         ).fetchone()
@@ -297,6 +349,8 @@ class Reader:
             logs_dropped=dropped,
             trace_id=r[13],
             input=_json(r[14], bool(r[15])) if r[14] is not None else None,
+            code=r[16],
+            items=r[17],
         )
 
     # --- queue -----------------------------------------------------------------------
@@ -319,6 +373,7 @@ class Reader:
                 )
             ]
             dead = int(c.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
+            loops = _loops_in_progress(c)
             # Completions of the window come from executions that ran in it: the
             # node_runs lookups then go through the (execution_id, path) index.
             per_second = dict(
@@ -331,7 +386,12 @@ class Reader:
                 ).fetchall()
             )
         throughput = [int(per_second.get(since + i, 0)) for i in range(THROUGHPUT_SECONDS)]
-        return QueueSnapshot(depth, queued, throughput, dead, now)
+        waiting: dict[int, int] = {}
+        for lp in loops:
+            if lp.waiting:
+                waiting[lp.priority] = waiting.get(lp.priority, 0) + lp.waiting
+        depth += [(WAITING, p, n) for p, n in sorted(waiting.items(), reverse=True)]
+        return QueueSnapshot(depth, queued, throughput, dead, now, loops[:LOOPS_LIMIT])
 
     # --- resources -------------------------------------------------------------------
 
@@ -354,6 +414,51 @@ class Reader:
         return ResourceSnapshot(
             latest, newest, now, history_of(rows, now, HISTORY_SECONDS), RECENT_SAMPLE
         )
+
+
+def item_filter(execution_id: str, loop_path: str) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (and its arguments) of a loop's item rows: ``loop[3]``,
+    not ``loop[3].step``."""
+    return (
+        "execution_id=? AND path GLOB ? AND node_type='item' AND instr(substr(path, ?), '.') = 0",
+        (execution_id, glob_escape(loop_path) + "[[]*]", len(loop_path) + 1),
+    )
+
+
+def _loops_in_progress(c: sqlite3.Connection) -> list[LoopProgress]:
+    """Every loop still running in a running or paused execution, oldest first,
+    with its items opened and done. Unfinished rows (the loops, their open items)
+    are few and found through the status index; a loop's item rows are counted
+    in the (execution_id, path) index alone; done = opened - still open."""
+    loops: list[tuple[Any, ...]] = []
+    open_items: dict[tuple[str, str], int] = {}
+    for eid, workflow, status, priority, path, node_type, state, items, started in c.execute(
+        "SELECT n.execution_id, e.workflow, e.status, e.priority, n.path, n.node_type, "
+        "n.status, n.items, n.started_at FROM node_runs n INDEXED BY node_runs_status "
+        "JOIN executions e ON e.id = n.execution_id "
+        f"WHERE n.status IN {_ACTIVE_NODE_SQL} AND n.node_type IN ('loop', 'item') "
+        "AND e.status IN ('running', 'paused') ORDER BY e.created_at, n.started_at, n.id"
+    ):
+        if node_type == "item":
+            key = (eid, path[: path.rfind("[")])
+            open_items[key] = open_items.get(key, 0) + 1
+        elif state == "running":  # started: its item count is known
+            loops.append((eid, workflow, status, int(priority), path, items, started))
+    out = []
+    for eid, workflow, status, priority, path, items, started in loops:
+        opened = int(
+            c.execute(
+                "SELECT count(*) FROM node_runs WHERE execution_id=? AND path GLOB ? "
+                "AND instr(substr(path, ?), '.') = 0",
+                (eid, glob_escape(path) + "[[]*]", len(path) + 1),
+            ).fetchone()[0]
+        )
+        done = opened - open_items.get((eid, path), 0)
+        total = int(items) if items is not None else opened
+        out.append(
+            LoopProgress(eid, workflow, status, priority, path, total, opened, done, started)
+        )
+    return out
 
 
 def history_of(samples: list[Sample], now: float, seconds: int) -> dict[str, list[float]]:
@@ -422,13 +527,13 @@ class _Timeline:
         """The direct children of a frame (``""`` = top level, ``"loop[3]."`` = an item)."""
         n = len(prefix)
         rows = self.c.execute(
-            "SELECT path, node_type, status, attempts, started_at, finished_at FROM node_runs "
-            "WHERE execution_id=? AND path GLOB ? AND node_type != 'item' "
+            "SELECT path, node_type, status, attempts, started_at, finished_at, items "
+            "FROM node_runs WHERE execution_id=? AND path GLOB ? AND node_type != 'item' "
             "AND instr(substr(path, ?), '.') = 0 AND instr(substr(path, ?), '[') = 0 "
             "ORDER BY coalesce(started_at, queued_at, finished_at), id",
             (self.eid, glob_escape(prefix) + "*", n + 1, n + 1),
         ).fetchall()
-        for path, node_type, status, attempts, started, finished in rows:
+        for path, node_type, status, attempts, started, finished, items in rows:
             if self._full():
                 return
             if node_type == "loop":
@@ -445,7 +550,7 @@ class _Timeline:
                         finished_at=finished,
                         attempts=attempts,
                         expanded=open_,
-                        loop=self._loop_stats(path),
+                        loop=self._loop_stats(path, items),
                     )
                 )
                 if open_:
@@ -465,17 +570,11 @@ class _Timeline:
                     )
                 )
 
-    def _item_filter(self, loop_path: str) -> tuple[str, tuple[Any, ...]]:
-        return (
-            "execution_id=? AND path GLOB ? AND node_type='item' "
-            "AND instr(substr(path, ?), '.') = 0",
-            (self.eid, glob_escape(loop_path) + "[[]*]", len(loop_path) + 1),
-        )
-
-    def _loop_stats(self, loop_path: str) -> LoopStats:
+    def _loop_stats(self, loop_path: str, items: int | None) -> LoopStats:
         """Counts by status, and the number of items running in each column,
-        aggregated in SQL (at most width² groups come back)."""
-        where, args = self._item_filter(loop_path)
+        aggregated in SQL (at most width² groups come back); ``items`` is the
+        loop's item count, recorded when it started."""
+        where, args = item_filter(self.eid, loop_path)
         counts: dict[str, int] = {}
         density = [0] * self.width
         if self.t0 is None or self.t1 is None:
@@ -483,7 +582,7 @@ class _Timeline:
                 f"SELECT status, count(*) FROM node_runs WHERE {where} GROUP BY status", args
             ):
                 counts[status] = n
-            return LoopStats(counts, tuple(density))
+            return LoopStats(counts, tuple(density), items)
         span = max(self.t1 - self.t0, 1e-6)
         w = self.width
         diff = [0] * (w + 1)
@@ -496,7 +595,7 @@ class _Timeline:
         for col in range(w):
             level += diff[col]
             density[col] = level
-        return LoopStats(counts, tuple(density))
+        return LoopStats(counts, tuple(density), items)
 
     def _density_rows(
         self, where: str, args: tuple[Any, ...], span: float
@@ -513,7 +612,7 @@ class _Timeline:
         return [(a, int(b), s, int(n)) for a, b, s, n in self.c.execute(sql, params)]
 
     def items(self, loop_path: str, depth: int) -> None:
-        where, args = self._item_filter(loop_path)
+        where, args = item_filter(self.eid, loop_path)
         rows = self.c.execute(
             "SELECT path, status, attempts, started_at, finished_at FROM node_runs "
             f"WHERE {where} ORDER BY item_index LIMIT ?",

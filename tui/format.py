@@ -1,13 +1,15 @@
-"""How values look on screen: status colours, times, durations, sizes, bars.
+"""How values look on screen: status colours, times, durations, sizes, bars,
+progress (percent, rate, ETA).
 
-Pure functions returning ``str`` or Rich ``Text``; the one place that knows the
-colour of a status.
+Pure functions returning ``str`` or Rich ``Text`` (and :func:`pace`, the
+arithmetic of a rate and an ETA); the one place that knows the colour of a status.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
@@ -80,12 +82,65 @@ def size(n: float | None) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover - the loop always returns
 
 
-def progress(done: int, total: int, width: int = 10) -> Text:
-    """``██████░░░░ 60/100``."""
-    filled = 0 if total == 0 else round(done / total * width)
+@dataclass(frozen=True)
+class Pace:
+    """How far something got and how fast it goes: ``percent`` done, ``rate`` in
+    units per second, ``eta`` in seconds left (0 when done); None when unknown."""
+
+    percent: float | None
+    rate: float | None
+    eta: float | None
+
+
+def pace(total: int, done: int, first_start: float | None, now: float) -> Pace:
+    """The percentage, rate and ETA of ``done`` of ``total`` units counted since
+    ``first_start`` (pass the end time as ``now`` once it stopped). The rate is the
+    average since the start; there is none before the first unit is done."""
+    percent = None if total <= 0 else min(100.0, 100.0 * done / total)
+    elapsed = None if first_start is None else now - first_start
+    rate = done / elapsed if done > 0 and elapsed is not None and elapsed > 0 else None
+    if total > 0 and done >= total:
+        eta: float | None = 0.0
+    elif rate is not None and total > 0:
+        eta = (total - done) / rate
+    else:
+        eta = None
+    return Pace(percent, rate, eta)
+
+
+def percent(done: int, total: int) -> str:
+    """``95%``, rounded down: 100% only when everything is done."""
+    if total <= 0:
+        return "-"
+    return f"{min(100, done * 100 // total)}%"
+
+
+def rate(per_second: float | None, unit: str = "/s") -> str:
+    """``1234/s``, ``12.3/s``, ``0.45/s`` (``unit`` after the number)."""
+    if per_second is None:
+        return f"-{unit}"
+    if per_second >= 100:
+        return f"{per_second:.0f}{unit}"
+    if per_second >= 1:
+        return f"{per_second:.1f}{unit}"
+    return f"{per_second:.2f}{unit}"
+
+
+def pace_text(p: Pace, going: bool) -> str:
+    """``12.3/s ETA 4m05s`` while it goes; the average rate alone once it stopped."""
+    if not going:
+        return "" if p.rate is None else rate(p.rate)
+    return f"{rate(p.rate)} ETA {duration(p.eta)}"
+
+
+def progress(done: int, total: int, width: int = 5) -> Text:
+    """``███░░ 60/100 60%``."""
+    filled = 0 if total <= 0 else min(width, done * width // total)
     text = Text().append("█" * filled, style="green")
     text.append("░" * (width - filled), style="bright_black")
     text.append(f" {done}/{total}")
+    if total > 0:
+        text.append(f" {percent(done, total)}", style="bold")
     return text
 
 

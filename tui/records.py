@@ -11,13 +11,43 @@ from typing import Any
 
 TERMINAL_EXEC = ("succeeded", "failed", "cancelled", "timed_out")
 TERMINAL_NODE = ("succeeded", "failed", "cancelled", "skipped", "timed_out")
+ACTIVE_NODE = ("pending", "queued", "running", "retry_wait")  # the other node statuses
 ACTIVE_EXEC = ("queued", "running", "paused")
 EXEC_STATUSES = (*ACTIVE_EXEC, *TERMINAL_EXEC)
 QUEUE_STATES = ("queued", "running", "retry_wait", "timer")
+WAITING = "waiting"  # loop items not started yet (no row in node_runs or queue)
 
 
 @dataclass(frozen=True)
-class ExecutionRow:
+class Progress:
+    """How far an execution got: ``done`` of ``total`` units. With loops the units
+    are their items, and a loop's total is known when it starts; without, they
+    are node instances (so far). ``started_at``/``ended_at`` bound the counting
+    (for the rate): the first loop's start, the last loop's end (None while one runs)."""
+
+    done: int
+    total: int
+    unit: str = "nodes"  # "items" | "nodes"
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class _HasProgress:
+    """``done``/``total`` read through a record's ``progress``."""
+
+    progress: Progress
+
+    @property
+    def done(self) -> int:
+        return self.progress.done
+
+    @property
+    def total(self) -> int:
+        return self.progress.total
+
+
+@dataclass(frozen=True)
+class ExecutionRow(_HasProgress):
     """One line of the executions table."""
 
     id: str
@@ -27,8 +57,7 @@ class ExecutionRow:
     created_at: float
     started_at: float | None
     finished_at: float | None
-    done: int
-    total: int
+    progress: Progress
 
     @property
     def finished(self) -> bool:
@@ -44,14 +73,21 @@ class ExecutionsSnapshot:
 
 @dataclass(frozen=True)
 class LoopStats:
-    """A loop's items: counts by status and how many ran in each timeline column."""
+    """A loop's items: counts by status (of the items started so far), how many
+    ran in each timeline column, and ``items``, the loop's item count, recorded
+    when it starts (None in a file written before schema version 2)."""
 
     counts: dict[str, int]
     density: tuple[int, ...]
+    items: int | None = None
+
+    @property
+    def started(self) -> int:
+        return sum(self.counts.values())
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        return self.items if self.items is not None else self.started
 
     @property
     def done(self) -> int:
@@ -123,10 +159,12 @@ class NodeDetail:
     logs_dropped: int
     trace_id: str | None = None
     input: Any = None  # the resolved task input of a worker node, when recorded
+    code: str | None = None  # python nodes: "tasks.py@<sha256 prefix>" of the code that ran
+    items: int | None = None  # loops: the item count
 
 
 @dataclass(frozen=True)
-class ExecutionInfo:
+class ExecutionInfo(_HasProgress):
     id: str
     workflow: str
     status: str
@@ -137,8 +175,7 @@ class ExecutionInfo:
     created_at: float
     started_at: float | None
     finished_at: float | None
-    done: int
-    total: int
+    progress: Progress
     trace_id: str = ""
 
 
@@ -163,15 +200,37 @@ class QueuedExecution:
 
 
 @dataclass(frozen=True)
+class LoopProgress:
+    """A loop still running in a running or paused execution: ``total`` items (known
+    when it started), ``opened`` of them have a row so far, ``done`` finished."""
+
+    execution_id: str
+    workflow: str
+    execution_status: str
+    priority: int
+    path: str
+    total: int
+    opened: int
+    done: int
+    started_at: float | None
+
+    @property
+    def waiting(self) -> int:
+        """Items not started yet: they have no row in ``node_runs`` or ``queue``."""
+        return max(0, self.total - self.opened)
+
+
+@dataclass(frozen=True)
 class QueueSnapshot:
-    depth: list[tuple[str, int, int]]  # (state, priority, tasks)
+    depth: list[tuple[str, int, int]]  # (state, priority, tasks); WAITING: loop items
     queued: list[QueuedExecution]
     throughput: list[int]  # node completions per second, oldest first, ending now
     dead_letters: int
     now: float
+    loops: list[LoopProgress] = field(default_factory=list)
 
     def by_state(self) -> dict[str, int]:
-        totals = dict.fromkeys(QUEUE_STATES, 0)
+        totals = dict.fromkeys((*QUEUE_STATES, WAITING), 0)
         for state, _, tasks in self.depth:
             totals[state] = totals.get(state, 0) + tasks
         return totals

@@ -7,7 +7,9 @@ delay), 5xx -> SERVER_ERROR, other 4xx -> CLIENT_ERROR, no connection -> NETWORK
 from __future__ import annotations
 
 import email.utils
+import json
 import time
+import urllib.parse
 from typing import Any
 
 from fm_local import errors
@@ -38,6 +40,14 @@ def _retry_after_ms(value: str | None) -> int | None:
         return None
 
 
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
 def run(task: dict[str, Any], cap: Any) -> Any:
     import httpx
 
@@ -45,11 +55,17 @@ def run(task: dict[str, Any], cap: Any) -> Any:
     method = str(spec.get("method") or "GET").upper()
     url = str(spec["url"])
     timeout_ms = spec.get("timeout")
+    # The url's own query string is kept; ``query`` adds to it (httpx's ``params``
+    # would replace it).
+    split = urllib.parse.urlsplit(url)
+    params: list[tuple[str, str]] = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
+    for k, v in (spec.get("query") or {}).items():
+        for item in v if isinstance(v, list) else [v]:
+            params.append((str(k), _text(item)))
+    url = urllib.parse.urlunsplit(split._replace(query=""))
     kwargs: dict[str, Any] = {
         "headers": {k: str(v) for k, v in (spec.get("headers") or {}).items()},
-        "params": {
-            k: v if isinstance(v, list) else str(v) for k, v in (spec.get("query") or {}).items()
-        },
+        "params": params,
         "timeout": (timeout_ms / 1000.0) if timeout_ms else 30.0,
     }
     if spec.get("json") is not None:

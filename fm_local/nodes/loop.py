@@ -70,10 +70,14 @@ def assemble(
     errors_list: list[dict[str, Any]],
     first_error: dict[str, Any] | None,
     loop_path: str,
+    not_started: int = 0,
 ) -> tuple[str | None, bool, dict[str, Any] | None]:
     """(output JSON text, ok, error). ``rows`` are (index, status, output, error)
     of the recorded items in item order; missing indices never started."""
     mode = policy.on_partial_failure
+    unstarted = ""
+    if not_started and policy.fail_fast:
+        unstarted = f"; {not_started} not started because failFast"
     if timed_out and policy.on_timeout == "fail":
         return (
             None,
@@ -95,8 +99,8 @@ def assemble(
             False,
             {
                 "code": first.get("code") or PARTIAL_FAILURE,
-                "message": f"{failed} of {n} items of loop '{loop_path}' failed; first: {where}: "
-                f"{_strip(first.get('message'))}",
+                "message": f"{failed} of {n} items of loop '{loop_path}' failed{unstarted}; "
+                f"first: {where}: {_strip(first.get('message'))}",
                 "details": details,
             },
         )
@@ -154,7 +158,7 @@ def assemble(
             {
                 "code": PARTIAL_FAILURE,
                 "message": f"only {succeeded} of {n} items of loop '{loop_path}' succeeded "
-                f"({succeeded / n:.0%}); minSuccessRate is {rate:.0%}",
+                f"({succeeded / n:.0%}){unstarted}; minSuccessRate is {rate:.0%}",
                 "details": {"successCount": succeeded, "failureCount": n - succeeded},
             },
         )

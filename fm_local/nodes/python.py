@@ -7,6 +7,7 @@ folders may each have a ``tasks.py`` and never see each other's.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import inspect
 import os
@@ -84,8 +85,58 @@ def _inside(path: str | None, folder: str) -> bool:
         return False
 
 
+# Per workflow folder: the (mtime, size) of each module file loaded from it. A file
+# that changed since makes the folder's modules load again: the daemon runs the
+# code that is on disk.
+_stamps: dict[str, dict[str, tuple[int, int]]] = {}
+# Per (folder, call): "<file>@<sha256 prefix>" of the module the function is in.
+_code: dict[tuple[str, str], str] = {}
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _changed(folder: str) -> bool:
+    return any(_stamp(path) != stamp for path, stamp in _stamps.get(folder, {}).items())
+
+
+def _forget(folder: str) -> None:
+    """Drop every module loaded from ``folder`` (they load again on next use)."""
+    for name in _folder_modules.pop(folder, {}):
+        sys.modules.pop(name, None)
+    _stamps.pop(folder, None)
+    for key in [k for k in _functions if k[0] == folder]:
+        del _functions[key]
+        _code.pop(key, None)
+    importlib.invalidate_caches()
+
+
+def _code_id(folder: str, path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    except OSError:
+        return None
+    rel = os.path.relpath(path, folder) if _inside(path, folder) else path
+    return f"{rel}@{digest}"
+
+
+def code_of(folder: str, call: str) -> str | None:
+    """Which code a call ran: its module file and the hash of its content."""
+    return _code.get((folder, call))
+
+
 def load_function(folder: str, call: str) -> Callable[..., Any]:
     key = (folder, call)
+    if folder in _stamps and _changed(folder):
+        _forget(folder)
     fn = _functions.get(key)
     _activate(folder)
     if fn is not None:
@@ -102,10 +153,15 @@ def load_function(folder: str, call: str) -> Callable[..., Any]:
             errors.IMPORT_ERROR,
         ) from exc
     own = _folder_modules.setdefault(folder, {})
+    stamps = _stamps.setdefault(folder, {})
     for name in set(sys.modules) - before:
         mod = sys.modules.get(name)
-        if mod is not None and _inside(getattr(mod, "__file__", None), folder):
+        path = getattr(mod, "__file__", None)
+        if mod is not None and _inside(path, folder):
             own[name] = mod
+            stamp = _stamp(path) if path else None
+            if path and stamp is not None:
+                stamps[path] = stamp
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         raise errors.NodeError(
@@ -113,6 +169,9 @@ def load_function(folder: str, call: str) -> Callable[..., Any]:
             errors.IMPORT_ERROR,
         )
     _functions[key] = fn
+    code = _code_id(folder, getattr(module, "__file__", None))
+    if code is not None:
+        _code[key] = code
     return fn
 
 
@@ -132,6 +191,7 @@ def run(task: dict[str, Any], cap: Any) -> Any:
         _wants_ctx[fn] = wants
     if wants:
         kwargs["ctx"] = NodeContext(task["ctx"], lambda line: cap.add("log", line))
+    cap.code = code_of(task["folder"], spec["call"])
     cap.started = time.time()
     result = fn(**kwargs)
     if inspect.isawaitable(result):

@@ -1,6 +1,6 @@
 """Worker-side dispatch: run one task, capture its logs, return a result tuple.
 
-A result is ``(task_id, ok, output_json, error, logs, started, finished)``; the
+A result is ``(task_id, ok, output_json, error, logs, started, finished, code)``; the
 output is JSON text (validated here, so garbage never reaches the supervisor)
 and ``error`` is ``{code, message, details}``. Nothing raised by node code escapes.
 """
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import sysconfig
 import time
 import traceback
 from typing import Any
@@ -51,6 +53,7 @@ class LogCapture:
         # When the node's own code began (after imports and argument set-up): the
         # start that rate limits count. Set by the node runtime, else the task's start.
         self.started: float | None = None
+        self.code: str | None = None  # "<module file>@<sha256 prefix>" of a python node
         self.lines: list[tuple[float, str, str]] = []
         self.dropped = 0
         self._partial: dict[str, str] = {}
@@ -111,13 +114,61 @@ def error_dict(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"code": code, "message": message, "details": details}
 
 
+MAX_TRACEBACK = 4000  # characters of a recorded traceback (the newest frames are kept)
+_ENGINE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_STDLIB_DIRS = tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib")})
+
+
+def _machinery(filename: str) -> bool:
+    """Standard-library or import-system code, which runs between the engine and the
+    user's function (asyncio.run, importlib)."""
+    return filename.startswith("<frozen ") or (
+        filename.startswith(_STDLIB_DIRS) and "site-packages" not in filename
+    )
+
+
+def user_traceback(exc: BaseException, limit: int = MAX_TRACEBACK) -> str:
+    """The formatted traceback of ``exc`` with the user's frames only: frames in the
+    fm_local package are dropped, and so is the standard-library machinery that leads
+    from them to the user's code; the exception lines (and chained exceptions) stay.
+    At most ``limit`` characters, the newest frames kept."""
+    te = traceback.TracebackException.from_exception(exc)
+    todo, seen = [te], set()
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        frames = [f for f in t.stack if not f.filename.startswith(_ENGINE_DIR)]
+        first = 0
+        while first < len(frames) - 1 and _machinery(frames[first].filename):
+            first += 1
+        t.stack = traceback.StackSummary.from_list(frames[first:])
+        todo.extend(
+            x for x in (t.__cause__, t.__context__, *(getattr(t, "exceptions", None) or [])) if x
+        )
+    text = "".join(te.format())
+    if len(text) <= limit:
+        return text
+    lines = [ln if len(ln) <= 500 else ln[:500] + "…\n" for ln in text.splitlines(True)]
+    note = "  … (earlier frames cut)\n"
+    kept: list[str] = []
+    size = len(note)
+    for ln in reversed(lines):
+        if size + len(ln) > limit:
+            break
+        kept.append(ln)
+        size += len(ln)
+    return note + "".join(reversed(kept))
+
+
 def exception_error(exc: BaseException) -> dict[str, Any]:
     """Map an exception from node code to an error record."""
     names = [c.__name__ for c in type(exc).__mro__ if c not in (object, BaseException)]
     details: dict[str, Any] = {
         "exception": type(exc).__name__,
         "exceptionTypes": names,
-        "traceback": clean_text("".join(traceback.format_exception(exc)[-6:])[-4000:]),
+        "traceback": clean_text(user_traceback(exc)),
     }
     if isinstance(exc, errors.NodeError):
         if exc.details is not None:
@@ -211,4 +262,14 @@ def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
         sys.stdout, sys.stderr = old_out, old_err
         root.removeHandler(handler)
         root.setLevel(old_level)
-    return (task["id"], err is None, out, err, cap.finish(), cap.started or started, time.time())
+    finished = time.time()
+    return (
+        task["id"],
+        err is None,
+        out,
+        err,
+        cap.finish(),
+        cap.started or started,
+        finished,
+        cap.code,
+    )

@@ -1,5 +1,6 @@
-"""Screen 3: the durable queue — depth by state and priority, throughput over
-the last minute, queued executions, dead letters."""
+"""Screen 3: the durable queue — depth by state and priority (loop items not
+started yet count as waiting), throughput over the last minute, loops in
+progress (done / total, percent, rate, ETA), queued executions, dead letters."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from textual.widgets import Label
 from tui.data import Reader
 from tui.messages import QueueLoaded
 from tui.screens.base import PollingScreen
-from tui.widgets.queue_panels import DepthSummary, DepthTable, QueuedTable, Throughput
+from tui.widgets.queue_panels import (
+    DepthSummary,
+    DepthTable,
+    LoopsTable,
+    QueuedTable,
+    Throughput,
+)
 
 
 class QueueScreen(PollingScreen):
@@ -28,6 +35,8 @@ class QueueScreen(PollingScreen):
         with Horizontal(id="top"):
             yield DepthTable()
             yield Throughput()
+        yield Label("loops in progress", classes="title", id="loops-title")
+        yield LoopsTable()
         yield Label("queued executions (next to start first)", classes="title", id="queued-title")
         yield QueuedTable()
         yield from self.compose_footer()
@@ -41,6 +50,11 @@ class QueueScreen(PollingScreen):
         self.query_one(DepthTable).show(snap)
         self.query_one(Throughput).show(snap)
         self.query_one(QueuedTable).show(snap)
+        self.query_one(LoopsTable).show(snap)
+        loops = f"loops in progress: {len(snap.loops)}" + (
+            " (first 100)" if len(snap.loops) >= 100 else ""
+        )
+        self.query_one("#loops-title", Label).update(loops)
         title = f"queued executions: {len(snap.queued)}" + (
             " (first 100)" if len(snap.queued) >= 100 else ""
         )

@@ -10,6 +10,21 @@ from tui import format as fmt
 from tui.records import ExecutionInfo
 
 
+def progress_text(info: ExecutionInfo, now: float) -> Text:
+    """``  items ███░░ 600/1000 60%  12.3 items/s  ETA 32.5 s`` (its loops' items),
+    or ``  nodes ███░░ 3/5 60%`` for an execution without loops."""
+    p = info.progress
+    text = Text(f"  {p.unit} ").append_text(fmt.progress(p.done, p.total, width=10))
+    if p.unit == "items":
+        end = p.ended_at if p.ended_at is not None else (info.finished_at or now)
+        pace = fmt.pace(p.total, p.done, p.started_at, end)
+        if pace.rate is not None:
+            text.append(f"  {fmt.rate(pace.rate, ' items/s')}")
+        if info.status == "running" and p.ended_at is None:
+            text.append(f"  ETA {fmt.duration(pace.eta)}")
+    return text
+
+
 def header_text(info: ExecutionInfo, now: float) -> Text:
     text = Text().append(info.id, style="bold")
     text.append(f"  {info.workflow}  ")
@@ -20,8 +35,7 @@ def header_text(info: ExecutionInfo, now: float) -> Text:
     text.append("\n")
     text.append(f"started {fmt.clock(info.started_at)}  took ")
     text.append(fmt.duration(fmt.span(info.started_at, info.finished_at, now)))
-    text.append("  nodes ")
-    text.append_text(fmt.progress(info.done, info.total))
+    text.append_text(progress_text(info, now))
     if isinstance(info.error, dict) and info.error.get("message"):
         text.append(f"\n{info.error['message']}", style="red")
     return text

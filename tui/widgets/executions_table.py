@@ -1,4 +1,5 @@
-"""The executions table: id, workflow, status, progress, started, duration."""
+"""The executions table: id, workflow, status, progress (done/total and percent),
+rate and ETA, started, duration."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from tui.records import ExecutionRow, ExecutionsSnapshot
 from tui.widgets.table_sync import cursor_key, sync_rows
 
 # Fixed widths: the columns do not jump about as rows come and go.
-COLUMNS = (
-    ("id", 12),
-    ("workflow", 22),
-    ("status", 9),
-    ("progress", 22),
-    ("started", 19),
-    ("duration", 8),
+COLUMNS = (  # (key, title, width)
+    ("id", "id", 12),
+    ("workflow", "workflow", 18),
+    ("status", "status", 9),
+    ("progress", "progress", 21),
+    ("rate", "rate / ETA", 17),
+    ("started", "started", 19),
+    ("duration", "duration", 8),
 )
 
 
@@ -30,8 +32,8 @@ class ExecutionsTable(DataTable[Any]):
         self.by_id: dict[str, ExecutionRow] = {}
 
     def on_mount(self) -> None:
-        for name, width in COLUMNS:
-            self.add_column(name, key=name, width=width)
+        for key, title, width in COLUMNS:
+            self.add_column(title, key=key, width=width)
 
     def show(self, snapshot: ExecutionsSnapshot) -> None:
         self.by_id = {r.id: r for r in snapshot.rows}
@@ -49,9 +51,21 @@ def cells(r: ExecutionRow, now: float) -> tuple[Any, ...]:
         r.workflow,
         fmt.status_text(r.status),
         fmt.progress(r.done, r.total),
+        pace(r, now),
         started(r),
         fmt.duration(fmt.span(r.started_at, r.finished_at, now)),
     )
+
+
+def pace(r: ExecutionRow, now: float) -> str:
+    """Items per second and the time left, for an execution with loops (its node
+    instances have no total known in advance, so no ETA)."""
+    p = r.progress
+    if p.unit != "items":
+        return ""
+    end = p.ended_at if p.ended_at is not None else (r.finished_at or now)
+    going = r.status == "running" and p.ended_at is None
+    return fmt.pace_text(fmt.pace(p.total, p.done, p.started_at, end), going)
 
 
 def started(r: ExecutionRow) -> Text:

@@ -1,8 +1,11 @@
-"""Below the timeline: the selected node instance (input, output, error,
-attempts, log) or, with no node selected, the execution's input, output, error.
+"""Below the timeline: the selected node instance (the code it ran, input,
+output, error, attempts, log) or, with no node selected, the execution's input,
+output, error.
 
 A worker node's "input" is the resolved input the worker received (recorded in
-``node_runs.input``); a supervisor-side node shows its definition instead."""
+``node_runs.input``); a supervisor-side node shows its definition instead. A
+python node's ``code`` (``tasks.py@<sha256 prefix>``) names the module file and
+hash of the code that ran."""
 
 from __future__ import annotations
 
@@ -96,6 +99,10 @@ def node_view(node: NodeDetail, now: float) -> Group:
         head.append(f"  worker {node.worker_pid}")
     if node.trace_id:
         head.append(f"  {node.trace_id}", style="dim")
+    if node.items is not None:
+        head.append(f"  items {node.items}")
+    if node.code:
+        head.append("\ncode ", style="dim").append(node.code)
     times = Text(
         f"queued {fmt.short_clock(node.queued_at)}  started {fmt.short_clock(node.started_at)}  "
         f"finished {fmt.short_clock(node.finished_at)}  took "

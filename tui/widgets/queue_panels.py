@@ -1,4 +1,5 @@
-"""The queue screen's areas: depth by state and priority, throughput sparkline,
+"""The queue screen's areas: depth by state and priority (with the loop items
+not started yet as ``waiting``), throughput sparkline, loops in progress,
 queued executions."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Label, Sparkline, Static
 
 from tui import format as fmt
-from tui.records import QUEUE_STATES, QueueSnapshot
+from tui.records import QUEUE_STATES, WAITING, LoopProgress, QueueSnapshot
 from tui.widgets.table_sync import sync_rows
 
 
@@ -20,6 +21,8 @@ def depth_line(snapshot: QueueSnapshot) -> Text:
     for state, n in snapshot.by_state().items():
         text.append(f"{state} ", style=fmt.STATUS_STYLE.get(state, ""))
         text.append(f"{n}", style="bold")
+        if state == WAITING:
+            text.append(" (loop items not started)", style="dim")
         text.append("   ")
     text.append("dead letters ", style="red" if snapshot.dead_letters else "")
     text.append(str(snapshot.dead_letters), style="bold")
@@ -46,7 +49,7 @@ class DepthTable(DataTable[Any]):
             self.add_column(name, key=name)
 
     def show(self, snapshot: QueueSnapshot) -> None:
-        order = {s: i for i, s in enumerate(QUEUE_STATES)}
+        order = {s: i for i, s in enumerate((*QUEUE_STATES, WAITING))}
         rows = sorted(snapshot.depth, key=lambda r: (order.get(r[0], 9), -r[1]))
         sync_rows(
             self,
@@ -76,6 +79,51 @@ class Throughput(Vertical):
             f"now {now}/s, peak {peak}/s, {total} in all"
         )
         self.query_one(Sparkline).data = [float(x) for x in data]
+
+
+LOOP_COLUMNS = (  # (key, title)
+    ("execution", "execution"),
+    ("workflow", "workflow"),
+    ("loop", "loop"),
+    ("progress", "progress"),
+    ("rate", "rate / ETA"),
+    ("waiting", "not started"),
+)
+
+
+class LoopsTable(DataTable[Any]):
+    """Loops running in running or paused executions: items done / total (known
+    when the loop started), percent, rate, ETA, and items not started yet."""
+
+    DEFAULT_CSS = "LoopsTable { height: 1fr; }"
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        for key, title in LOOP_COLUMNS:
+            self.add_column(title, key=key)
+
+    def show(self, snapshot: QueueSnapshot) -> None:
+        sync_rows(
+            self,
+            [
+                (f"{lp.execution_id}:{lp.path}", loop_cells(lp, snapshot.now))
+                for lp in snapshot.loops
+            ],
+        )
+
+
+def loop_cells(lp: LoopProgress, now: float) -> tuple[Any, ...]:
+    pace = fmt.pace(lp.total, lp.done, lp.started_at, now)
+    going = lp.execution_status == "running"
+    rate = fmt.pace_text(pace, going) if going else f"{fmt.rate(pace.rate)} (paused)"
+    return (
+        lp.execution_id,
+        lp.workflow,
+        lp.path,
+        fmt.progress(lp.done, lp.total),
+        rate,
+        str(lp.waiting),
+    )
 
 
 class QueuedTable(DataTable[Any]):

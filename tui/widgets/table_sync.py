@@ -4,7 +4,7 @@ position. So a refresh every second neither flickers nor loses the user's place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from textual.widgets import DataTable
@@ -20,7 +20,13 @@ def cursor_key(table: DataTable[Any]) -> str | None:
     return keys[row] if 0 <= row < len(keys) else None
 
 
-def sync_rows(table: DataTable[Any], rows: Sequence[tuple[str, Sequence[Any]]]) -> None:
+def sync_rows(
+    table: DataTable[Any],
+    rows: Sequence[tuple[str, Sequence[Any]]],
+    heights: Mapping[str, int] | None = None,
+) -> None:
+    """Show ``rows`` (key, cells); ``heights`` gives the rows taller than one line
+    (a row's height must follow from its key)."""
     keys = [key for key, _ in rows]
     if keys == row_keys(table):
         columns = list(table.columns)
@@ -34,7 +40,7 @@ def sync_rows(table: DataTable[Any], rows: Sequence[tuple[str, Sequence[Any]]]) 
     scroll_x, scroll_y = table.scroll_x, table.scroll_y
     table.clear()
     for key, cells in rows:
-        table.add_row(*cells, key=key)
+        table.add_row(*cells, key=key, height=(heights or {}).get(key, 1))
     if keep is not None and keep in keys:
         table.move_cursor(row=keys.index(keep), scroll=False)
     # The new rows are measured on the next refresh; scroll back after it.

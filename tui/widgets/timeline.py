@@ -1,7 +1,8 @@
 """The branch timeline: one row per node instance with a bar on a shared time
-axis, coloured by status. A loop is one aggregated row (a density bar: how many
-of its items ran in each column); Enter expands it into its items, and an item
-into its body's nodes."""
+axis, coloured by status. A loop is one aggregated row, two lines high: its
+items done / total (the total known when it started), percent, rate and ETA, and
+a density bar (how many of its items ran in each column); Enter expands it into
+its items, and an item into its body's nodes."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tui.widgets.table_sync import cursor_key, sync_rows
 PADDING = 1  # DataTable cell padding, each side
 TIME_W = 9
 SCROLLBAR = 2
+LOOP_HEIGHT = 2  # a loop row's second line: percent, rate, ETA
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,18 @@ def label(row: TimelineRow, width: int) -> Text:
     return text
 
 
-def status_cell(row: TimelineRow) -> Text:
+def loop_pace(row: TimelineRow, snapshot: DetailSnapshot) -> str:
+    """``95% 123/s ETA 4m05s`` while the loop runs; ``100% 28.0/s`` once it ended."""
+    assert row.loop is not None
+    done, total = row.loop.done, row.loop.total
+    end = row.finished_at if row.finished_at is not None else snapshot.now
+    info = snapshot.execution
+    going = row.status == "running" and (info is None or info.status == "running")
+    pace = fmt.pace_text(fmt.pace(total, done, row.started_at, end), going)
+    return f"{fmt.percent(done, total)} {pace}".rstrip()
+
+
+def status_cell(row: TimelineRow, snapshot: DetailSnapshot) -> Text:
     if row.kind == "more":
         return Text("")
     text = fmt.status_text(row.status)
@@ -71,6 +84,7 @@ def status_cell(row: TimelineRow) -> Text:
         failed = sum(n for s, n in row.loop.counts.items() if s in ("failed", "timed_out"))
         if failed:
             text.append(f" ✗{failed}", style="red")
+        text.append("\n" + loop_pace(row, snapshot))
     elif row.attempts > 1:
         text.append(f" ×{row.attempts}", style="magenta")
     return text
@@ -90,7 +104,7 @@ def cells(row: TimelineRow, snapshot: DetailSnapshot, widths: Widths) -> tuple[A
     took = fmt.span(row.started_at, row.finished_at, snapshot.t1 or snapshot.now)
     return (
         label(row, widths.label),
-        status_cell(row),
+        status_cell(row, snapshot),
         fmt.duration(took) if row.kind != "more" else "",
         bar_cell(row, snapshot, widths.bar),
     )
@@ -129,7 +143,11 @@ class TimelineTable(DataTable[Any]):
     def show(self, snapshot: DetailSnapshot) -> None:
         self.rows_by_key = {r.key: r for r in snapshot.rows}
         # A snapshot read for another width is drawn at this one (and read again).
-        sync_rows(self, [(r.key, cells(r, snapshot, self.widths)) for r in snapshot.rows])
+        sync_rows(
+            self,
+            [(r.key, cells(r, snapshot, self.widths)) for r in snapshot.rows],
+            {r.key: LOOP_HEIGHT for r in snapshot.rows if r.loop is not None},
+        )
 
     @property
     def selected(self) -> TimelineRow | None:
