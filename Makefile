@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install -qq --upgrade pip
+	@# -qq: errors only (setuptools prints an info banner on every editable install)
+	$(BIN)/pip install -qq -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,13 +24,16 @@ run: $(STAMP)
 	FM_DB="$$db" $(BIN)/fm run examples/fan_out_fan_in.json --input '{"count": 6}' --workers 4 && \
 	echo "The database is $$abs. Next: FM_DB=$$abs .venv/bin/fm ls  (then fm show ID, fm timeline ID)"
 
-# The whole test suite, crash and slow tests included (what CI runs).
+# The whole test suite, crash and slow tests included (what CI runs). Two pytest
+# processes: most tests wait on worker processes, timers and sockets, so two share
+# the 2 cores well (11 min -> 6.5 min here); every test owns its database, tmp
+# folder and ports, so they cannot see each other.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # The quick loop while developing: everything but slow and crash tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not crash"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not crash"
 
 lint: $(STAMP)
 	$(BIN)/ruff check fm_local tui tests benchmarks docs

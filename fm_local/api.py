@@ -111,25 +111,41 @@ def execution_record(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait_row(store: Store, execution_id: str, timeout: float | None = None) -> dict[str, Any]:
-    """Poll committed state until the execution ends; return its row. The row is
-    read again only when the file changed (``PRAGMA data_version``, checked every
-    few milliseconds: cheap), so the end is seen within ~5 ms."""
+    """Wait until the execution ends; return its row.
+
+    The waiter registers with the supervisor serving the database (``wake.Waiter``),
+    which nudges it once the end is committed: the end is seen within a few ms, and
+    the file is read only then (reading it every few ms would cost the supervisor
+    it waits for). A fallback poll covers a lost nudge, a restarted daemon, and no
+    daemon at all (``PRAGMA data_version``: the row is read only when the file
+    changed)."""
+    from fm_local import wake
+
     deadline = None if timeout is None else time.monotonic() + timeout
+    waiter = wake.Waiter(store.path, execution_id)
     seen = -1
     status = "?"
-    while True:
-        version = store.data_version()
-        if version != seen:
-            seen = version
-            row = store.get_execution(execution_id)
-            if row is None:
-                raise FmError(f"no execution '{execution_id}'")
-            if row["status"] in TERMINAL:
-                return row
-            status = row["status"]
-        if deadline is not None and time.monotonic() > deadline:
-            raise FmError(f"execution {execution_id} still {status} after {timeout} s", 1)
-        time.sleep(0.005)
+    delay = 0.01
+    try:
+        while True:
+            version = store.data_version()
+            if version != seen:
+                seen = version
+                row = store.get_execution(execution_id)
+                if row is None:
+                    raise FmError(f"no execution '{execution_id}'")
+                if row["status"] in TERMINAL:
+                    return row
+                status = row["status"]
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                raise FmError(f"execution {execution_id} still {status} after {timeout} s", 1)
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - now))
+            waiter.wait(pause)
+            # Registered: the nudge is what counts, the poll only a safety net.
+            delay = min(delay * 1.5, 0.5 if waiter.registered else 0.2)
+    finally:
+        waiter.close()
 
 
 def result_of(row: dict[str, Any]) -> dict[str, Any]:

@@ -735,7 +735,10 @@ def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) ->
         listed = store.count_node_runs_in(row["id"], statuses)
         nodes = store.node_runs_in(row["id"], statuses, None if show_all else SHOW_LIMIT)
     else:
-        summarize = total > SHOW_LIMIT and not show_all
+        # A loop of more items than a screen is summarized from its start, so the
+        # view does not change shape halfway through the run.
+        big_loop = any((lp["total"] or 0) > SHOW_LIMIT for lp in loops)
+        summarize = (total > SHOW_LIMIT or big_loop) and not show_all
         nodes = store.top_level_runs(row["id"]) if summarize else store.node_runs(row["id"])
     click.echo("")
     if statuses and not nodes:

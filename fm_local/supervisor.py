@@ -626,8 +626,13 @@ class Supervisor:
         assert pool is not None
         timeout = self._wait_time(time.monotonic())
         self._take_events(pool.poll(timeout, self.wake))
-        if self.wake is not None and self.wake.drain():
-            self.last_poll = 0.0  # a client committed something: look now
+        if self.wake is not None:
+            woke, waiting = self.wake.drain()
+            if woke:
+                self.last_poll = 0.0  # a client committed something: look now
+            for eid in waiting:
+                if eid in self.finished:
+                    self.wake.ended(eid)  # it ended before the waiter registered
         self._settle()
         now = time.time()
         self._fire_timers(now)
@@ -1542,6 +1547,8 @@ class Supervisor:
         # The result becomes observable only once committed.
         self.flush()
         self.finished.add(ex.id)
+        if self.wake is not None:
+            self.wake.ended(ex.id)
         self.execs.pop(ex.id, None)
         self._unlist_ready(ex)
         self.ready_count -= len(ex.ready)

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, ROOT, fm, read_marks, show, wait_until
+from conftest import HERE, ROOT, fm, fm_cli, read_marks, show, wait_until
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -211,9 +211,11 @@ def test_timers_falling_due_while_paused_start_nothing_until_resume(
                 "r",
                 "fail_first",
                 {"mark": m, "tag": "r"},
-                retry={"maxAttempts": 2, "initialDelay": 2500, "backoff": "fixed"},
+                # 6 s: the pause must come before both fall due, on a machine at load
+                # 10 too (where noticing the retry wait and pausing take seconds).
+                retry={"maxAttempts": 2, "initialDelay": 6000, "backoff": "fixed"},
             ),
-            {"id": "d", "type": "delay", "duration": 2500},
+            {"id": "d", "type": "delay", "duration": 6000},
             py("after_d", "work", {"mark": m, "tag": "after_d"}),
             # Keeps a worker busy through the pause (a running node at pause time).
             py("g", "gated", {"mark": m, "tag": "g", "gate": str(gate)}),
@@ -224,7 +226,8 @@ def test_timers_falling_due_while_paused_start_nothing_until_resume(
     daemon()
     wait_until(lambda: node_status(db, eid, "r") == "retry_wait", 30, "r to wait for its retry")
     wait_until(lambda: node_status(db, eid, "d") == "running", 30, "the delay to run")
-    ok(db, "pause", eid)
+    paused = fm_cli(db, "pause", eid)  # in this process: no interpreter start-up
+    assert paused.returncode == 0, paused.stderr
     paused_at = time.time()
     r_due = node_row(db, eid, "r")["next_attempt_at"]
     d_due = node_row(db, eid, "d")["next_attempt_at"]

@@ -261,6 +261,23 @@ def test_show_summarizes_a_loop_of_a_screen_or_more(vwf, db):
     assert len([ln for ln in every if ln.startswith("each[") and ".w " in ln]) == 60
 
 
+def test_show_summarizes_a_big_loop_from_its_start(vwf, db, daemon, tmp_path):
+    """A 200-item loop with a few items started: already the summary."""
+    from fm_local import api
+
+    gate = tmp_path / "gate"
+    eid = api.submit(vwf(loop_doc(200, vpy("w", "wait_for", gate=str(gate)), 2)), db=db)
+    daemon()
+    started = "SELECT count(*) AS n FROM node_runs WHERE execution_id=? AND node_type='item'"
+    wait_until(lambda: query(db, started, (eid,))[0]["n"] >= 2, 60, "two items to start")
+    out = fm_cli(db, "show", eid)
+    gate.touch()
+    assert out.exit_code == 0, out.stderr
+    assert [ln for ln in out.stdout.splitlines() if ln.startswith("each[")] == []
+    assert "this is a summary" in out.stdout
+    assert fm_cli(db, "wait", eid).exit_code == 0
+
+
 def test_fm_run_on_a_daemon_warns_and_prints_the_traceback(vwf, db, daemon):
     daemon()
     path = str(vwf(FAILING))
