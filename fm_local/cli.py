@@ -759,9 +759,14 @@ def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) ->
         for r in store.loop_summaries(row["id"]):
             by_loop.setdefault(r["loop"], {})[r["status"]] = r["items"]
         for lp, st in by_loop.items():
+            opened = sum(st.values())
+            known = by_path[lp]["total"] if lp in by_path else None
+            items = known if known is not None and known >= opened else opened
             parts = ", ".join(f"{v} {k}" for k, v in sorted(st.items()))
+            if items > opened:
+                parts += f", {items - opened} not started"
             prog = of_row(by_path[lp], now, paused).text() if lp in by_path else "-"
-            click.echo(f"{lp[:32]:<32} {sum(st.values()):>8}  {prog:<36} {parts}")
+            click.echo(f"{lp[:32]:<32} {items:>8}  {prog:<36} {parts}")
         click.echo(
             f"({total} node instances; this is a summary: fm show {row['id']} --all lists "
             f"them all, --status STATUS lists those, fm logs/timeline --node PATH narrows)"

@@ -275,6 +275,9 @@ def test_show_summarizes_a_big_loop_from_its_start(vwf, db, daemon, tmp_path):
     assert out.exit_code == 0, out.stderr
     assert [ln for ln in out.stdout.splitlines() if ln.startswith("each[")] == []
     assert "this is a summary" in out.stdout
+    # the loop's line: all its items, those not started yet said so
+    (line,) = [ln for ln in out.stdout.splitlines() if ln.startswith("each ") and "/200" in ln]
+    assert line.split()[1] == "200" and "not started" in line, line
     assert fm_cli(db, "wait", eid).exit_code == 0
 
 
