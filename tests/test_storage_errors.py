@@ -476,12 +476,18 @@ def test_read_only_store_refuses_to_write(copy_db: Callable[..., Path]) -> None:
 AS_OTHER_USER = """
 import os, sys, json, time
 import sqlite3, difflib, heapq
-import fm_local.api, fm_local.cli, fm_local.lock, fm_local.store, fm_local.timeline
-import fm_local.supervisor, fm_local.validate
-import tui.app, tui.data
-# What fm imports only when used, imported (and pydantic's validators built) now,
-# while the interpreter's files are still readable.
-import jsonschema, logging, secrets, socket, traceback, uuid
+import importlib, pkgutil
+import fm_local, tui
+# Every module of both packages, and what fm imports only when used, imported (and
+# pydantic's validators built) now, while the files are still readable (a checkout
+# under a 0700 directory, such as mktemp's, is not readable by the other user).
+for pkg in (fm_local, tui):
+    for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        if not mod.name.endswith("__main__"):
+            importlib.import_module(mod.name)
+import fm_local.model, tui.app, tui.data
+import jsonschema, jsonschema.validators, logging, secrets, select, socket, traceback, uuid
+import importlib.metadata
 fm_local.model.complete_models()
 if os.geteuid() == 0:
     os.setgroups([])
