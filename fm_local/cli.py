@@ -1166,59 +1166,35 @@ def _send_signal(
     ctx: Ctx, execution: str, type_: str, reason: str | None, data_text: str | None, wait: float
 ) -> None:
     """Write a signal row; refuse at once what the supervisor would refuse; report
-    the outcome once a supervisor applied it (SPEC §8)."""
-    from fm_local import signals as sigs
-    from fm_local.lock import is_served
+    the outcome once a supervisor applied it (SPEC §8; fm_local.client)."""
+    from fm_local.client import SignalRefused, send_signal
 
     data = _load_json_option(data_text, None, "data")
-    row = _execution(ctx, execution)
-    eid = row["id"]
-    if row["status"] in TERMINAL:
-        raise FmError(
-            f"execution {eid} is already {row['status']}: signal '{type_}' refused", EXIT_FAILED
-        )
-    store = ctx.store()
-    wrow = store.get_workflow(row["workflow_id"])
-    # The document passed validation when it was saved: its signal types are read
-    # from the JSON, without building the pydantic model (a third of a second).
-    why = sigs.document_refusal(json.loads(wrow["document"]), type_)
-    if why is not None:
-        raise FmError(f"execution {eid}: {why}", errors.EXIT_USAGE)
-    sid = store.add_signal(eid, type_, reason, data)
-    if not is_served(ctx.db):
+    eid = _execution(ctx, execution)["id"]
+    try:
+        sent = send_signal(ctx.store(), eid, type_, reason, data, wait=wait)
+    except SignalRefused as exc:
+        if exc.why == "finished":
+            raise FmError(f"{exc}: signal '{type_}' refused", EXIT_FAILED) from None
+        raise FmError(f"execution {eid}: {exc}", errors.EXIT_USAGE) from None
+    out = sent.as_json()
+    if not sent.served:
         done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}.get(type_)
         effect = f"execution {eid} is not {done} yet" if done else "nothing applied it yet"
         msg = (
-            f"signal {sid} ({type_}) queued until a supervisor starts: no supervisor serves "
+            f"signal {sent.id} ({type_}) queued until a supervisor starts: no supervisor serves "
             f"{ctx.db}, so {effect} — start `fm daemon`"
         )
-        _say(
-            ctx,
-            {"id": sid, "execution": eid, "type": type_, "status": "pending", "outcome": None},
-            msg,
-        )
+        _say(ctx, out, msg)
         return
-    deadline = time.monotonic() + wait
-    while True:
-        sig = store.get_signal(sid)
-        if sig["status"] != "pending" or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    out = {
-        "id": sid,
-        "execution": eid,
-        "type": type_,
-        "status": sig["status"],
-        "outcome": sig["outcome"],
-    }
-    if sig["status"] == "refused":
+    if sent.status == "refused":
         if ctx.json:
             _emit_json(out)
-        raise FmError(f"signal '{type_}' refused: {sig['outcome']}", EXIT_FAILED)
-    if sig["status"] == "pending":
-        _say(ctx, out, f"signal {sid} ({type_}) sent; not applied yet")
+        raise FmError(f"signal '{type_}' refused: {sent.outcome}", EXIT_FAILED)
+    if sent.status == "pending":
+        _say(ctx, out, f"signal {sent.id} ({type_}) sent; not applied yet")
     else:
-        _say(ctx, out, f"execution {eid}: {sig['outcome']}")
+        _say(ctx, out, f"execution {eid}: {sent.outcome}")
 
 
 def _say(ctx: Ctx, value: Any, line: str) -> None:

@@ -36,11 +36,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
-from fm_local import signals as sigs
 from fm_local.api import execution_record
 from fm_local.apitoken import ensure_token, token_path  # noqa: F401 - token_path is part of this module's API
+from fm_local.client import SignalRefused, send_signal
 from fm_local.jsonio import JsonProblem, PathPart, format_path, strict_loads
-from fm_local.model import Workflow
 from fm_local.store import Store
 
 
@@ -257,35 +256,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _signal(self, eid: str, body: dict[str, Any]) -> None:
         store = Store(self.server.db, create=False)
         try:
-            row = store.get_execution(eid)
-            if row is None:
-                self._reply(404, {"error": f"no execution '{eid}'"})
+            try:
+                sent = send_signal(
+                    store,
+                    eid,
+                    body["type"],
+                    body.get("reason"),
+                    body.get("data"),
+                    wait=2.0,
+                    served=True,  # this daemon serves it
+                )
+            except SignalRefused as exc:
+                code = {"missing": 404, "finished": 409}.get(exc.why, 400)
+                self._reply(code, {"error": str(exc)})
                 return
-            if row["status"] in TERMINAL:
-                self._reply(409, {"error": f"execution {eid} is already {row['status']}"})
-                return
-            wrow = store.get_workflow(row["workflow_id"])
-            assert wrow is not None
-            why = sigs.refusal(Workflow.model_validate(json.loads(wrow["document"])), body["type"])
-            if why is not None:
-                self._reply(400, {"error": why})
-                return
-            sid = store.add_signal(eid, body["type"], body.get("reason"), body.get("data"))
-            deadline = time.monotonic() + 2.0
-            sig = store.get_signal(sid)
-            while sig is not None and sig["status"] == "pending" and time.monotonic() < deadline:
-                time.sleep(0.02)
-                sig = store.get_signal(sid)
-            assert sig is not None
-            result = {
-                "id": sid,
-                "execution": eid,
-                "type": body["type"],
-                "status": sig["status"],
-                "outcome": sig["outcome"],
-            }
-            code = {"applied": 200, "refused": 409}.get(sig["status"], 202)
-            self._reply(code, result)
+            code = {"applied": 200, "refused": 409}.get(sent.status, 202)
+            self._reply(code, sent.as_json())
         finally:
             store.close()
 
