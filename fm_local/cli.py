@@ -219,7 +219,64 @@ def _echo_failed_traceback(ctx: Ctx, row: dict[str, Any], err: Any) -> None:
     _echo_traceback(tb, err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+PLUGIN_GROUP = "fm_local.commands"  # entry points that add commands to fm (fm tui)
+
+
+class FmGroup(click.Group):
+    """The ``fm`` group: its own commands, and those other installed packages add
+    through the ``fm_local.commands`` entry-point group (the ``tui`` package adds
+    ``fm tui``: the engine never imports the UI). The entry points are read only
+    when a name is not one of fm's own or the help lists every command."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(plugin_commands()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        own = super().get_command(ctx, cmd_name)
+        if own is not None:
+            return own
+        target = plugin_commands().get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        try:
+            import importlib
+
+            command = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise FmError(
+                f"fm {cmd_name} is not available: {exc} (it comes from {target}; "
+                "reinstall it, e.g. pip install -e '.[dev]')"
+            ) from None
+        return command if isinstance(command, click.Command) else None
+
+
+def plugin_commands() -> dict[str, str]:
+    """name -> "module:attribute" of every ``fm_local.commands`` entry point of the
+    distributions on ``sys.path``. Read from their ``entry_points.txt`` directly:
+    ``importlib.metadata`` alone takes longer to import than fm takes to start."""
+    import configparser
+
+    found: dict[str, str] = {}
+    for folder in sys.path:
+        try:
+            entries = [e for e in os.scandir(folder or ".") if e.name.endswith(".dist-info")]
+        except OSError:
+            continue
+        for entry in entries:
+            parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+            parser.optionxform = str  # type: ignore[assignment,method-assign]
+            try:
+                parser.read(os.path.join(entry.path, "entry_points.txt"), encoding="utf-8")
+            except (configparser.Error, UnicodeDecodeError):
+                continue
+            if parser.has_section(PLUGIN_GROUP):
+                for name, target in parser.items(PLUGIN_GROUP):
+                    found.setdefault(name, target.strip())
+    return found
+
+
+@click.group(cls=FmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--db", envvar="FM_DB", help="Database file (env FM_DB; default ~/.local/share/fm_local/fm.db)."
 )
@@ -1282,17 +1339,6 @@ def workers(ctx: Ctx) -> None:
         click.echo(
             f"{r['role']:<11} {pid:>7} {r['cpu_percent']:>6.1f} {r['rss_bytes'] / 2**20:>8.1f}  {node}"
         )
-
-
-@cli.command()
-@pass_ctx
-def tui(ctx: Ctx) -> None:
-    """The terminal UI: executions, timelines, queue, resources; sends signals."""
-    try:
-        from tui.app import main as tui_main
-    except ImportError as exc:
-        raise FmError(f"the TUI is not available: {exc} (pip install textual)") from None
-    tui_main(ctx.db)
 
 
 @cli.command()

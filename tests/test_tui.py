@@ -839,6 +839,37 @@ def test_snapshot_resources(frozen: FmApp, snap_compare: Any) -> None:
 # --- the engine never imports the UI ------------------------------------------------------
 
 
+def test_no_fm_local_module_names_tui_or_textual_in_any_import() -> None:
+    """The direction holds in the source too, imports inside functions included:
+    ``fm tui`` comes from the tui package's entry point, not from fm_local."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "fm_local").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] in ("tui", "textual"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert offenders == []
+
+
+def test_fm_tui_is_contributed_by_the_tui_package() -> None:
+    from click.testing import CliRunner
+
+    from fm_local.cli import cli, plugin_commands
+
+    assert plugin_commands()["tui"] == "tui.command:tui"
+    res = CliRunner().invoke(cli, ["--help"])
+    assert res.exit_code == 0 and "  tui " in res.output
+    res = CliRunner().invoke(cli, ["tui", "--help"])
+    assert res.exit_code == 0 and "The terminal UI" in res.output
+
+
 def test_fm_local_never_imports_textual_or_tui() -> None:
     code = """
 import importlib, pkgutil, sys
