@@ -17,7 +17,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, read_marks, wait_until
+from conftest import HERE, query, read_marks, wait_until
 
 from fm_local import api
 
@@ -50,16 +49,6 @@ def py(nid: str, call: str, **kw: Any) -> dict[str, Any]:
 
 
 marks = read_marks  # one reader for every mark file (tests/conftest.py)
-
-
-def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Committed state, read with a fresh sqlite3 connection (as a user would)."""
-    con = sqlite3.connect(str(db), timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, args).fetchall()]
-    finally:
-        con.close()
 
 
 def node_run(db: Path, eid: str, path: str) -> dict[str, Any] | None:

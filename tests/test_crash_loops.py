@@ -20,7 +20,6 @@ to a mark file, the tests' view of what really ran and when.
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, read_marks, wait_until
+from conftest import HERE, query, read_marks, wait_until
 
 from fm_local import api
 
@@ -54,16 +53,6 @@ def starts(path: Path) -> list[dict[str, Any]]:
 
 def ends(path: Path) -> list[dict[str, Any]]:
     return [m for m in marks(path) if m["phase"] == "end"]
-
-
-def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Committed state, read with a fresh sqlite3 connection (as a user would)."""
-    con = sqlite3.connect(str(db), timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, args).fetchall()]
-    finally:
-        con.close()
 
 
 def items(db: Path, eid: str, status: str | None = None) -> list[dict[str, Any]]:

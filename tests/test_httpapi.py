@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, fm, wait_until
+from conftest import ROOT, fm, query, wait_until
 
 from fm_local.lock import is_served
 
@@ -158,15 +157,6 @@ def tags(mark: Path) -> list[str]:
     if not mark.exists():
         return []
     return [json.loads(x)["tag"] for x in mark.read_text().splitlines() if x.strip()]
-
-
-def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    con = sqlite3.connect(str(db), timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, args).fetchall()]
-    finally:
-        con.close()
 
 
 def submit(db: Path, path: Path) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, fm, read_marks, run_wf, show, wait_until
+from conftest import ROOT, fm, query, read_marks, run_wf, show, wait_until
 
 QUIET = 1.5  # seconds a negative check watches for something that must not happen
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
@@ -97,15 +97,6 @@ marks = read_marks  # one reader for every mark file (tests/conftest.py)
 
 def tags(path: Path) -> list[str]:
     return [m["tag"] for m in marks(path)]
-
-
-def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    con = sqlite3.connect(str(db), timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, args).fetchall()]
-    finally:
-        con.close()
 
 
 def exec_status(db: Path, eid: str) -> str | None:

@@ -13,7 +13,6 @@ for a bounded time and fail at the first thing that started.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, ROOT, fm, fm_cli, read_marks, show, wait_until
+from conftest import HERE, ROOT, fm, fm_cli, query, read_marks, show, wait_until
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -50,15 +49,6 @@ marks = read_marks  # one reader for every mark file (tests/conftest.py)
 
 def events(mark: Path, event: str, tag: str | None = None) -> list[dict[str, Any]]:
     return [m for m in marks(mark) if m["event"] == event and (tag is None or m["tag"] == tag)]
-
-
-def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    con = sqlite3.connect(str(db), timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, args).fetchall()]
-    finally:
-        con.close()
 
 
 def exec_status(db: Path, eid: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HERE, ROOT, wait_until
+from conftest import HERE, ROOT, query, wait_until
 from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Sparkline, Static
@@ -124,15 +124,6 @@ def capture_notes(app: FmApp) -> list[tuple[str, str]]:
 
     app.notify = recording  # type: ignore[method-assign]
     return notes
-
-
-def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    con = sqlite3.connect(str(db), timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, args).fetchall()]
-    finally:
-        con.close()
 
 
 def write_workflow(folder: Path, doc: dict[str, Any]) -> Path:
