@@ -122,7 +122,7 @@ def wait_row(store: Store, execution_id: str, timeout: float | None = None) -> d
     from fm_local import wake
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    waiter = wake.Waiter(store.path, execution_id)
+    waiter: wake.Waiter | None = None  # registered once the first read says it runs
     seen = -1
     status = "?"
     delay = 0.01
@@ -140,12 +140,16 @@ def wait_row(store: Store, execution_id: str, timeout: float | None = None) -> d
             now = time.monotonic()
             if deadline is not None and now > deadline:
                 raise FmError(f"execution {execution_id} still {status} after {timeout} s", 1)
+            if waiter is None:
+                waiter = wake.Waiter(store.path, execution_id)
+                continue  # it may have ended before the supervisor heard of us
             pause = delay if deadline is None else min(delay, max(0.0, deadline - now))
             waiter.wait(pause)
             # Registered: the nudge is what counts, the poll only a safety net.
             delay = min(delay * 1.5, 0.5 if waiter.registered else 0.2)
     finally:
-        waiter.close()
+        if waiter is not None:
+            waiter.close()
 
 
 def result_of(row: dict[str, Any]) -> dict[str, Any]:
