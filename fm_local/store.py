@@ -217,6 +217,23 @@ MIGRATIONS: list[str] = [
 ]
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode=WAL``, waiting out other processes that open a new file
+    at the same moment: SQLite answers this pragma "database is locked" at once,
+    without its busy handler, while another connection switches the journal mode.
+    Gives up after the busy timeout, as any other write would."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.002
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def default_db_path() -> Path:
     """``$FM_DB``, else ``$XDG_DATA_HOME/fm_local/fm.db`` (~/.local/share/fm_local/fm.db)."""
     env = os.environ.get("FM_DB")
@@ -821,7 +838,7 @@ class Store:
             self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             if check and existed:
                 self.check_integrity()
-            mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _switch_to_wal(self.conn)
             if mode.lower() != "wal":
                 raise StorageError(f"{self.path}: could not switch the database to WAL mode")
             sync = "NORMAL" if durability == "normal" else "FULL"
