@@ -217,6 +217,17 @@ MIGRATIONS: list[str] = [
 ]
 
 
+def _at_or_under(path: str) -> tuple[str, tuple[Any, ...]]:
+    """SQL (and its arguments) for "``path`` itself, or a node instance inside it":
+    ``a`` matches ``a``, ``a.b`` and ``a[3].b``, not ``ab``."""
+    return "(path=? OR substr(path, 1, ?) IN (?, ?))", (
+        path,
+        len(path) + 1,
+        path + ".",
+        path + "[",
+    )
+
+
 def _switch_to_wal(conn: sqlite3.Connection) -> str:
     """``PRAGMA journal_mode=WAL``, waiting out other processes that open a new file
     at the same moment: SQLite answers this pragma "database is locked" at once,
@@ -1123,10 +1134,10 @@ class Store:
 
     def node_runs(self, execution_id: str, path: str | None = None) -> list[dict[str, Any]]:
         if path:
+            under, args = _at_or_under(path)
             return self._all(
-                "SELECT * FROM node_runs WHERE execution_id=? AND (path=? OR "
-                "substr(path, 1, ?) IN (?, ?)) ORDER BY id",
-                (execution_id, path, len(path) + 1, path + ".", path + "["),
+                f"SELECT * FROM node_runs WHERE execution_id=? AND {under} ORDER BY id",
+                (execution_id, *args),
             )
         return self._all(
             "SELECT * FROM node_runs WHERE execution_id=? ORDER BY coalesce(started_at, "
@@ -1202,8 +1213,8 @@ class Store:
         where = ""
         args: tuple[Any, ...] = (execution_id,)
         if under:
-            where = "AND (path=? OR substr(path, 1, ?) IN (?, ?)) "
-            args += (under, len(under) + 1, under + ".", under + "[")
+            sql, more = _at_or_under(under)
+            where, args = f"AND {sql} ", args + more
         return self._all(
             "SELECT * FROM node_runs WHERE execution_id=? AND status='failed' "
             + where
@@ -1218,8 +1229,8 @@ class Store:
         where = ""
         args: tuple[Any, ...] = (execution_id,)
         if path:
-            where = "AND (path=? OR substr(path, 1, ?) IN (?, ?)) "
-            args += (path, len(path) + 1, path + ".", path + "[")
+            sql, more = _at_or_under(path)
+            where, args = f"AND {sql} ", args + more
         return self._all(
             "SELECT * FROM attempts WHERE execution_id=? AND status IN ('failed','timed_out') "
             + where
@@ -1259,10 +1270,10 @@ class Store:
 
     def logs(self, execution_id: str, path: str | None = None) -> list[dict[str, Any]]:
         if path:
+            under, args = _at_or_under(path)
             return self._all(
-                "SELECT * FROM logs WHERE execution_id=? AND (path=? OR "
-                "substr(path, 1, ?) IN (?, ?)) ORDER BY id",
-                (execution_id, path, len(path) + 1, path + ".", path + "["),
+                f"SELECT * FROM logs WHERE execution_id=? AND {under} ORDER BY id",
+                (execution_id, *args),
             )
         return self._all("SELECT * FROM logs WHERE execution_id=? ORDER BY id", (execution_id,))
 
