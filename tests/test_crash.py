@@ -441,6 +441,9 @@ def test_restart_after_kill9_dispatches_again(cwf, db, daemon, tmp_path):
     d = daemon(workers=2)
     eid = api.submit(cwf(doc), db=db)
     wait_until(lambda: marks(mark), 20, "a first node start")
+    # A worker may mark its start before the group commit that records the execution
+    # running (the supervisor is woken at the submit): wait for that commit too.
+    wait_until(lambda: exec_status(db, eid) == "running", 20, "the execution to be running")
     figures = []
     for _ in range(3):
         t_kill, procs = kill_daemon(d)
