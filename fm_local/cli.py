@@ -125,17 +125,18 @@ def _execution(ctx: Ctx, ident: str) -> dict[str, Any]:
 def _prepare(ctx: Ctx, file: str, input_value: Any) -> Any:
     """Validate the workflow (or find it validated before: ``fm_local.prepare``) and
     its input; save the workflow. Returns a ``prepare.Prepared``."""
-    from fm_local.prepare import check_input, prepare
+    from fm_local.prepare import check_input_served, prepare
 
     prepared = prepare(
         file,
         # a corrupt database is refused before anything is written to it
         lambda: ctx.store(create=True, check=True),
         known_only_if=ctx.db.exists(),
+        db=ctx.db,
     )
     for w in prepared.warnings:
         click.echo(f"{file}: {w}", err=True)
-    problems = check_input(prepared.raw.get("inputs"), input_value)
+    problems = check_input_served(ctx.db, prepared.raw.get("inputs"), input_value)
     if problems:
         raise WorkflowInvalid([f"{file}: {p}" for p in problems])
     return prepared

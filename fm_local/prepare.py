@@ -8,7 +8,9 @@ warnings, the queue's ``maxSize``), stamped with the validation rules that passe
 it (:func:`rules_stamp`: this package's version and its validating modules' files).
 ``fm submit``/``fm run`` of a document already known under the same rules reads it
 back and checks only the input; anything else — a new or edited document, another
-folder, new rules, a database that does not exist yet — is validated in full.
+folder, new rules, a database that does not exist yet — is validated in full: by
+the supervisor serving the database if one answers (:mod:`fm_local.checkd`, which
+has the validator warm), else here.
 
 The daemon parses and compiles every document again when it loads it, whatever
 this says: a document it cannot run fails that execution only.
@@ -20,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,6 @@ from fm_local.errors import WorkflowInvalid
 
 if TYPE_CHECKING:
     from fm_local.store import Store
-    from fm_local.validate import LoadedWorkflow
 
 # The modules whose code decides whether a document is valid.
 _RULES = ("validate.py", "model.py", "expr.py", "graph.py", "jsonio.py", "calls.py")
@@ -84,20 +86,85 @@ def read_text(path: Path) -> str:
         raise WorkflowInvalid([f"{path}: cannot read the file: {e.strerror or e}"]) from None
 
 
-def prepare(file: str, open_store: Callable[[], Store], *, known_only_if: bool = True) -> Prepared:
+def prepare(
+    file: str,
+    open_store: Callable[[], Store],
+    *,
+    known_only_if: bool = True,
+    db: str | os.PathLike[str] | None = None,
+) -> Prepared:
     """Validate ``file`` (or find it validated before) and save the document.
 
     ``open_store`` is called only when needed: to look the document up (when
     ``known_only_if``, e.g. the database exists) and, once the document is valid, to
-    save it — so a bad file creates no database. Raises ``WorkflowInvalid`` with one
-    line per problem, each starting with the file's name."""
+    save it — so a bad file creates no database. A new document is checked by the
+    supervisor serving ``db`` if one answers (``fm_local.checkd``), else here.
+    Raises ``WorkflowInvalid`` with one line per problem, each starting with the
+    file's name."""
     path = Path(file)
     known = _known(open_store(), path) if known_only_if else None
     if known is not None:
         return known
+    if db is not None:
+        served = _checked_by_supervisor(db, path, open_store)
+        if served is not None:
+            return served
     from fm_local.validate import load_workflow
 
-    return _save(open_store(), load_workflow(path))
+    loaded = load_workflow(path)
+    assert loaded.path is not None
+    return _save(
+        open_store(),
+        name=loaded.workflow.name,
+        raw=loaded.raw,
+        path=loaded.path,
+        folder=loaded.folder,
+        warnings=[str(w) for w in loaded.warnings],
+        max_queued=loaded.workflow.settings.queue.max_size,
+        nodes=len(loaded.workflow.nodes),
+    )
+
+
+def _checked_by_supervisor(
+    db: str | os.PathLike[str], path: Path, open_store: Callable[[], Store]
+) -> Prepared | None:
+    """The document validated by the supervisor serving ``db`` and saved, or None
+    (nobody answered, or anything is in doubt: validate here)."""
+    from fm_local import checkd
+
+    text = read_text(path)
+    if len(text) > checkd.MAX_DOCUMENT:
+        return None
+    try:
+        raw = jsonio.strict_loads(text, what=str(path))
+    except jsonio.JsonProblem:
+        return None  # the local validation names the problem
+    if not isinstance(raw, dict):
+        return None
+    answer = checkd.ask(db, {"kind": "workflow", "what": str(path), "text": text})
+    if answer is None:
+        return None
+    warnings, errors = answer.get("warnings"), answer.get("errors")
+    if not isinstance(warnings, list):
+        return None
+    if answer.get("ok") is False and isinstance(errors, list) and errors:
+        raise WorkflowInvalid([str(e) for e in errors], [str(w) for w in warnings])
+    name, nodes, max_queued = answer.get("name"), answer.get("nodes"), answer.get("maxQueued")
+    if answer.get("ok") is not True or not isinstance(name, str) or not isinstance(nodes, int):
+        return None
+    if max_queued is not None and not isinstance(max_queued, int):
+        return None
+    path = path.absolute()
+    return _save(
+        open_store(),
+        name=name,
+        raw=raw,
+        path=path,
+        folder=path.parent,
+        warnings=[str(w) for w in warnings],
+        max_queued=max_queued,
+        nodes=nodes,
+    )
 
 
 def _known(store: Store, path: Path) -> Prepared | None:
@@ -131,30 +198,49 @@ def _known(store: Store, path: Path) -> Prepared | None:
     )
 
 
-def _save(store: Store, loaded: LoadedWorkflow) -> Prepared:
-    assert loaded.path is not None
-    warnings = [str(w) for w in loaded.warnings]
-    max_queued = loaded.workflow.settings.queue.max_size
-    nodes = len(loaded.workflow.nodes)
+def _save(
+    store: Store,
+    *,
+    name: str,
+    raw: dict[str, Any],
+    path: Path,
+    folder: Path,
+    warnings: list[str],
+    max_queued: int | None,
+    nodes: int,
+) -> Prepared:
     checked = {
         "rules": rules_stamp(),
         "warnings": warnings,
         "maxQueued": max_queued,
         "nodes": nodes,
     }
-    wid = store.save_workflow(
-        loaded.workflow.name, loaded.raw, str(loaded.path), str(loaded.folder), checked=checked
-    )
+    wid = store.save_workflow(name, raw, str(path), str(folder), checked=checked)
     return Prepared(
         workflow_id=wid,
-        name=loaded.workflow.name,
-        raw=loaded.raw,
-        path=loaded.path,
-        folder=loaded.folder,
+        name=name,
+        raw=raw,
+        path=path,
+        folder=folder,
         warnings=warnings,
         max_queued=max_queued,
         nodes=nodes,
     )
+
+
+def check_input_served(db: str | os.PathLike[str] | None, schema: Any, value: Any) -> list[str]:
+    """:func:`check_input`, asked of the supervisor serving ``db`` when this process
+    has not imported jsonschema yet (~0.14 s), else (or when nobody answers) here."""
+    if schema is None:
+        return []
+    if db is not None and "jsonschema" not in sys.modules:
+        from fm_local import checkd
+
+        answer = checkd.ask(db, {"kind": "input", "schema": schema, "input": value})
+        problems = None if answer is None else answer.get("problems")
+        if isinstance(problems, list):
+            return [str(p) for p in problems]
+    return check_input(schema, value)
 
 
 def check_input(schema: Any, value: Any) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any
 
 from fm_local import errors, expr, graph, jsonio, retries
 from fm_local import signals as sigs
+from fm_local.checkd import CheckService
 from fm_local.graph import CompiledGraph
 from fm_local.limits import Pool, RateLimiter, rate_spec
 from fm_local.lock import SupervisorLock
@@ -545,6 +546,7 @@ class Supervisor:
         self.on_tick: Callable[[], None] | None = None
         self.rejected: list[Rejected] = []  # rows the last group commit refused
         self.wake: Listener | None = None  # nudged by clients after they commit
+        self.checks: CheckService | None = None  # validates documents for clients
         # Expected run time per node (by node object: a loop body's node is one
         # object for every item), an average of what workers reported.
         self.durations: dict[int, float] = {}
@@ -564,6 +566,7 @@ class Supervisor:
             self.pool.wait_ready(WORKER_START_TIMEOUT)
             self.sampler = Sampler()
             self.wake = Listener(self.db)
+            self.checks = CheckService(self.db)
             self._recover()
         except BaseException:
             self.close()
@@ -578,6 +581,9 @@ class Supervisor:
             if self.wake is not None:
                 self.wake.close()
                 self.wake = None
+            if self.checks is not None:
+                self.checks.close()
+                self.checks = None
             if self.pool is not None:
                 self.pool.shutdown()
                 self.pool = None

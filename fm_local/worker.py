@@ -116,9 +116,20 @@ def _reap() -> None:
             return
 
 
+_terminating = False
+
+
 def _on_term(signum: int, frame: Any) -> None:
     """Stopped (by the supervisor, or because it died): take every process the
-    node started down with us, our own process group included."""
+    node started down with us, our own process group included.
+
+    Runs once: the parent-death signal comes again for each thread of a dying
+    supervisor (the kernel hands us to its next thread, then signals again), and a
+    second call inside the first would cut the first's kill short."""
+    global _terminating
+    if _terminating:
+        return
+    _terminating = True
     if os.getpid() == _WORKER_PID:
         try:
             kill_descendants()
@@ -227,6 +238,8 @@ def main(argv: list[str]) -> int:
         children_fd = None
     # Import the node runtimes now, so a task starts within a millisecond of its
     # dispatch (rate limits count starts at dispatch).
+    import psutil  # noqa: F401 - kill_descendants needs it, in a signal handler too
+
     from fm_local.nodes import http, python, shell  # noqa: F401
 
     box.send(("ready", _WORKER_PID))
