@@ -1,0 +1,334 @@
+"""The supervisor: the one writer of engine state, and the scheduling loop.
+
+It keeps the ready set and the state of active executions in memory and treats
+the database as its write-ahead record: changes are coalesced per row and written
+in group commits (:class:`fm_local.store.Batch`). Node attempts are at-least-once:
+after a crash, what was not committed is simply done again; what was committed
+is never redone. Timers are due times, not sleeping threads.
+
+Structure: an execution is a tree of *frames* — its top-level graph, and one frame
+per running loop item (the loop's body). A frame counts its unfinished runs; when
+that count reaches zero it is done, and its owner (the execution, or the loop) is
+told. State changes never recurse into the next node: newly ready nodes go on a
+work queue that the loop drains, so a chain of any length costs no stack.
+
+Layout: this module is the loop (open, serve, tick, the error boundary, stopping);
+the state is in :mod:`.state`, and each concept is a part in its own module
+(recovery, advance, failures, loops, signals, sections, dispatch, gates, results,
+timeouts, commit), all of them one :class:`Supervisor` object.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fm_local import errors
+from fm_local.checkd import CheckService
+from fm_local.resources import KEEP_SECONDS, Sampler
+from fm_local.store import Store, dumps
+from fm_local.supervisor.advance import Advance
+from fm_local.supervisor.commit import Commit
+from fm_local.supervisor.dispatch import Dispatch
+from fm_local.supervisor.failures import Failures
+from fm_local.supervisor.gates import Gates
+from fm_local.supervisor.loops import Loops
+from fm_local.supervisor.recovery import Recovery
+from fm_local.supervisor.results import Results
+from fm_local.supervisor.sections import Sections
+from fm_local.supervisor.signals import Signals
+from fm_local.supervisor.state import (
+    DB_POLL_INTERVAL,
+    FLUSH_INTERVAL,
+    WORKER_START_TIMEOUT,
+    Exec,
+    _internal,
+    log,
+)
+from fm_local.supervisor.timeouts import Timeouts
+from fm_local.wake import Listener
+from fm_local.workers import ProcessPool, Slot
+
+
+class Supervisor(
+    Recovery,
+    Advance,
+    Failures,
+    Loops,
+    Signals,
+    Sections,
+    Dispatch,
+    Gates,
+    Results,
+    Timeouts,
+    Commit,
+):
+    """Runs executions from one database with a pool of worker processes."""
+
+    def open(self) -> None:
+        self.lock.acquire()
+        try:
+            self.store = Store(self.db, durability=self.durability)
+            self.pool = ProcessPool(
+                self.n_workers, max_rss_mb=self.max_worker_memory_mb, subreaper=self.subreaper
+            )
+            self.pool.start()
+            self.pool.wait_ready(WORKER_START_TIMEOUT)
+            self.sampler = Sampler()
+            self.wake = Listener(self.db)
+            self.checks = CheckService(self.db)
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            dirty = self.dirty_runs or self.dirty_execs or len(self.batch)
+            if self.store is not None and dirty and not self.storage_failed:
+                self.flush()
+        finally:
+            if self.wake is not None:
+                self.wake.close()
+                self.wake = None
+            if self.checks is not None:
+                self.checks.close()
+                self.checks = None
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool = None
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            self.lock.release()
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        self.stopping = True
+        self.stop_reason = reason
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def serve(self, until: Callable[[], bool] | None = None) -> None:
+        """The main loop. Returns when stopped, or when ``until()`` is true."""
+        assert self.store is not None and self.pool is not None
+        failures = 0
+        while not self.stopping:
+            try:
+                self.tick()
+                failures = 0
+            except errors.StorageError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug no execution can be blamed for
+                failures += 1
+                log.exception("internal error in the scheduling loop (it goes on)")
+                time.sleep(min(1.0, 0.01 * failures))
+            if until is not None and until():
+                break
+        self._drain()
+
+    def run_execution(self, execution_id: str) -> None:
+        """Serve until ``execution_id`` is finished (the embedded supervisor)."""
+        self.serve(until=lambda: execution_id in self.finished)
+
+    def tick(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        timeout = self._wait_time(time.monotonic())
+        self._take_events(pool.poll(timeout, self.wake))
+        if self.wake is not None:
+            woke, waiting = self.wake.drain()
+            if woke:
+                self.last_poll = 0.0  # a client committed something: look now
+            for eid in waiting:
+                if eid in self.finished:
+                    self.wake.ended(eid)  # it ended before the waiter registered
+        self._settle()
+        now = time.time()
+        self._fire_timers(now)
+        self._check_deadlines(now)
+        self._settle()
+        if time.monotonic() - self.last_poll >= DB_POLL_INTERVAL:
+            self._poll_db()
+            self._check_queue_timeouts(now)
+            self._settle()
+        self._reclaim(time.monotonic())
+        self._dispatch()
+        self._settle()
+        if self.on_tick is not None:
+            self.on_tick()
+        if self.sampler is not None and self.sampler.due():
+            self._sample_resources()
+        self._maybe_flush()
+
+    def _take_events(self, events: list[tuple[str, Slot, Any]]) -> None:
+        for kind, slot, payload in events:
+            if kind == "results":
+                self._on_results(slot, payload)
+            elif kind == "died":
+                self._on_worker_died(slot, payload)
+
+    def _settle(self) -> None:
+        """Drain the work queues until nothing more follows from what happened.
+
+        The error boundary of the engine's bookkeeping: an exception while handling
+        one execution's work fails that execution (see :meth:`_contain`)."""
+        ex: Exec | None = None
+        while self.work or self.frames_to_check or self.loops_to_open:
+            try:
+                while self.work:
+                    frame, nid = self.work.popleft()
+                    ex = frame.ex
+                    self._consider(frame, nid)
+                while self.loops_to_open and not self.work:
+                    ls = self.loops_to_open.popleft()
+                    ex = ls.run.ex
+                    self._open_items(ls)
+                while self.frames_to_check and not self.work and not self.loops_to_open:
+                    frame = self.frames_to_check.popleft()
+                    ex = frame.ex
+                    self._check_frame(frame)
+            except errors.StorageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+                self._contain(ex, exc, "advancing it")
+        if self.rejected:
+            self._take_rejections()
+
+    def _contain(self, ex: Exec | None, exc: BaseException, doing: str) -> None:
+        """An unexpected exception while handling one execution's data: log it once
+        with its traceback, fail that execution with INTERNAL_ERROR naming the cause,
+        and let every other execution go on. Storage errors are not data errors:
+        they stop the daemon (nothing committed is lost)."""
+        if isinstance(exc, errors.StorageError):
+            raise exc
+        if ex is None:
+            log.error("internal error while %s (no execution to blame)", doing, exc_info=exc)
+            return
+        log.error("execution %s: internal error while %s", ex.id, doing, exc_info=exc)
+        self._fail_execution(ex, _internal(exc, doing))
+
+    def _fail_execution(self, ex: Exec, err: dict[str, Any]) -> None:
+        """Fail ``ex`` now, whatever state its bookkeeping is in."""
+        if ex.status in ("succeeded", "failed", "cancelled", "timed_out"):
+            return
+        ex.top.failure = err
+        try:
+            self._stop_frame(ex.top, "cancelled", "stopped: internal error")
+        except Exception:  # noqa: BLE001 - its state is suspect: stop its tasks directly
+            log.exception("execution %s: could not stop its nodes cleanly", ex.id)
+            try:
+                self._kill_tasks(lambda r: r.ex is ex, "cancelled", "stopped: internal error")
+            except Exception:  # noqa: BLE001
+                log.exception("execution %s: could not stop its running tasks", ex.id)
+        ex.status = "running"  # a paused execution fails too
+        self._finish_execution(ex, "failed", None, err)
+
+    @contextmanager
+    def _boundary(self, ex: Exec | None, doing: str) -> Iterator[None]:
+        """``with self._boundary(ex, "doing x"):`` contains what goes wrong inside."""
+        try:
+            yield
+        except errors.StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+            self._contain(ex, exc, doing)
+
+    def _take_rejections(self) -> None:
+        """Rows the database refused in the last group commit: fail their executions
+        (the rest of each batch was committed)."""
+        rejected, self.rejected = self.rejected, []
+        for r in rejected:
+            ex = self.execs.get(r.execution_id) if r.execution_id else None
+            doing = f"committing a row ({r.statement.strip()})"
+            if ex is not None:
+                self._contain(ex, r.error, doing)
+                continue
+            log.error(
+                "a row of execution %s was refused by the database while %s: %s",
+                r.execution_id,
+                doing,
+                r.error,
+            )
+            if r.execution_id and r.execution_id in self.finished:
+                self.store_failed(r.execution_id, _internal(r.error, doing))
+
+    def store_failed(self, execution_id: str, err: dict[str, Any]) -> None:
+        """Record a finished execution as failed directly (its own row was refused)."""
+        assert self.store is not None
+        try:
+            with self.store.atomic() as c:
+                c.execute(
+                    "UPDATE executions SET status='failed', error=?, updated_at=? "
+                    "WHERE id=? AND status='succeeded'",
+                    (dumps(err), time.time(), execution_id),
+                )
+        except errors.StorageError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("execution %s: could not record its failure", execution_id)
+
+    def _wait_time(self, now_m: float) -> float:
+        t = DB_POLL_INTERVAL - (now_m - self.last_poll)
+        if self.dirty_runs or self.dirty_execs or len(self.batch):
+            t = min(t, FLUSH_INTERVAL - (now_m - self.last_flush))
+        if self.timers:
+            t = min(t, self.timers[0][0] - time.time())
+        for slot in self.pool.slots if self.pool else ():
+            if slot.inflight:
+                run = self.tasks.get(slot.inflight[0]["id"])
+                if run is not None and run.node.timeout:
+                    t = min(t, slot.head_since + run.node.timeout / 1000.0 - now_m)
+                if len(slot.inflight) > len(slot.dropping) + 1:
+                    # Look again when the tasks queued behind it are due to be taken back.
+                    t = min(t, slot.head_since + self._hold(run) - now_m)
+        return max(0.0, t)
+
+    def _sample_resources(self) -> None:
+        """About once a second: CPU and RSS of the supervisor, workers, machine."""
+        assert self.pool is not None and self.sampler is not None and self.store is not None
+        workers = []
+        for slot in self.pool.slots:
+            run = self.tasks.get(slot.inflight[0]["id"]) if slot.inflight else None
+            workers.append((slot.pid, run.ex.id if run else None, run.path if run else None))
+        try:
+            self.batch.samples.extend(self.sampler.sample(workers))
+        except Exception:  # noqa: BLE001 - sampling must never stop the engine
+            log.exception("resource sampling failed")
+        if time.monotonic() - self.sampler.last_prune > 60:
+            self.sampler.last_prune = time.monotonic()
+            self.flush()
+            self.store.prune_samples(time.time() - KEEP_SECONDS)
+
+    def _drain(self) -> None:
+        """Graceful stop: start nothing new, let running nodes finish (bounded)."""
+        pool = self.pool
+        if pool is None:
+            return
+        deadline = time.monotonic() + self.drain_timeout
+        self.stopping = True
+        while self.tasks and time.monotonic() < deadline:
+            self._take_events(pool.poll(0.05))
+            self._settle()
+            self._maybe_flush()
+        # Whatever still runs is re-run by the next supervisor, not counted.
+        for run in list(self.tasks.values()):
+            run.task_id = None
+            if not run.terminal:
+                if not run.prefetched:
+                    run.finished_at = time.time()
+                    self._attempt_row(run, "interrupted", None)
+                if run.attempt_kind == "attempt":
+                    run.attempt -= 1
+                run.prefetched = False
+                run.status = "queued"
+                self._mark(run)
+        self.tasks.clear()
+        self.flush()

@@ -1,0 +1,155 @@
+"""What workers report: results, a worker's death, interrupted and requeued runs,
+and killing the tasks of a run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fm_local import errors
+from fm_local.supervisor.state import (
+    _UNSET,
+    Part,
+    Run,
+)
+from fm_local.workers import Slot
+
+
+class Results(Part):
+    def _on_results(self, slot: Slot, done: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> None:
+        for task, result in done:
+            run = self.tasks.pop(task["id"], None)
+            if run is None or run.task_id != task["id"]:
+                continue  # a late result of a stopped attempt: discarded
+            try:
+                self._on_result(run, result)
+            except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+                self._contain(run.ex, exc, f"handling the result of node '{run.path}'")
+        if slot.inflight:
+            head = self.tasks.get(slot.inflight[0]["id"])
+            if head is not None and head.status == "queued":
+                head.status = "running"
+                head.prefetched = False
+                head.started_at = time.time()
+                self._mark(head)
+                self._attempt_row(head, "running", None)
+
+    def _on_result(self, run: Run, result: tuple[Any, ...]) -> None:
+        run.task_id = None
+        ok, out, err, logs, started, finished = result[1:7]
+        if len(result) > 7 and result[7] is not None:
+            run.code = result[7]
+        ex = run.ex
+        ex.running -= 1
+        self._release(run)
+        if ok is None:
+            # Handed back unstarted (pause, fail-fast): nothing was spent.
+            if run.gate_marks is not None:
+                run.gate_marks = None
+            if run.terminal:
+                return
+            if run.frame.stopped():
+                run.prefetched = False
+                self._cancel_run(run, "not started: an earlier node failed")
+            else:
+                self._requeue(run)
+                run.prefetched = False
+            return
+        run.prefetched = False
+        if run.gate_marks is not None:
+            for lim, recorded in run.gate_marks:
+                lim.correct(recorded, started)
+            run.gate_marks = None
+        run.started_at = started
+        run.finished_at = finished
+        key = id(run.node)
+        took = max(0.0, finished - started)
+        est = self.durations.get(key)
+        self.durations[key] = took if est is None else est + 0.25 * (took - est)
+        if logs:
+            eid, path, seq = ex.id, run.path, run.seq
+            self.batch.logs.extend((eid, path, seq, ts, s, line) for ts, s, line in logs)
+        if run.terminal:
+            return  # cancelled while it ran: the result is kept out
+        if ok:
+            run._value = _UNSET
+            run.output_json = out
+            run.error = None
+            self._attempt_row(run, "succeeded", None)
+            run.attempt_kind = "attempt"
+            self._succeeded(run)
+        else:
+            error = self._error(run, err["code"], err["message"], err.get("details"))
+            self._attempt_row(run, "failed", error)
+            run.attempt_kind = "attempt"
+            self._attempt_failed(run, error)
+
+    def _take_back(self, held: list[dict[str, Any]]) -> list[Run]:
+        """Runs of tasks a stopped/dead worker held, in order, detached from it."""
+        runs = []
+        for task in held:
+            run = self.tasks.pop(task["id"], None)
+            if run is None or run.task_id != task["id"]:
+                continue
+            run.task_id = None
+            run.prefetched = False
+            run.ex.running -= 1
+            self._release(run)
+            runs.append(run)
+        return runs
+
+    def _on_worker_died(self, slot: Slot, held: list[dict[str, Any]]) -> None:
+        for i, run in enumerate(self._take_back(held)):
+            if run.terminal:
+                continue
+            try:
+                if i > 0:
+                    self._requeue(run)  # never started: nothing spent
+                    continue
+                self._interrupted(run, errors.WORKER_CRASH, f"worker process {slot.pid} died")
+            except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
+                self._contain(run.ex, exc, f"recovering node '{run.path}' from a worker crash")
+
+    def _interrupted(self, run: Run, code: str, message: str) -> None:
+        """An infrastructure interruption: re-run without spending an attempt."""
+        limit = run.ex.workflow.settings.recovery_attempts
+        run.recoveries += 1
+        run.finished_at = time.time()
+        err = self._error(run, code, message)
+        self._attempt_row(run, "failed", err, kind=run.attempt_kind)
+        if run.recoveries > limit:
+            run.frame.active -= 1
+            err["message"] += f" ({run.recoveries} times; settings.recoveryAttempts={limit})"
+            self._final_failure(run, err)
+            return
+        run.attempt_kind = "recovery"
+        self._requeue(run, spent=True)
+
+    def _requeue(self, run: Run, spent: bool = False) -> None:
+        if not spent and run.seq and run.attempt_kind == "attempt":
+            # The dispatch counted an attempt that never ran; give it back.
+            run.attempt -= 1
+        run.status = "queued"
+        self._mark(run)
+        self._enqueue(run, front=True)
+
+    def _kill_tasks(self, pred: Callable[[Run], bool], status: str, reason: str) -> None:
+        """Stop every worker running a task that ``pred`` selects; the selected
+        runs end with ``status``, the other tasks those workers held are requeued."""
+        pool = self.pool
+        assert pool is not None
+        for slot in list(pool.slots):
+            hit = False
+            for t in slot.inflight:
+                r = self.tasks.get(t["id"])
+                if r is not None and pred(r):
+                    hit = True
+                    break
+            if not hit:
+                continue
+            for r in self._take_back(pool.stop_slot(slot)):
+                if pred(r):
+                    self._cancel_run(r, reason, status)
+                elif not r.terminal:
+                    self._requeue(r)
