@@ -13,10 +13,8 @@ from typing import Any
 
 from fm_local.errors import AlreadyServed, FmError, WorkflowInvalid
 from fm_local.lock import is_served
+from fm_local.status import TERMINAL_EXEC as TERMINAL
 from fm_local.store import Store, default_db_path, loads
-
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
-
 
 Workflow = Any  # a file path, a workflow document (dict) or a fm_local.model.Workflow
 

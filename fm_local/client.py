@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from fm_local import signals as sigs
 from fm_local.errors import FmError
+from fm_local.status import TERMINAL_EXEC as TERMINAL
 from fm_local.store import Store
 
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 POLL = 0.02  # seconds between reads of the signal row while waiting for its outcome
 
 

@@ -31,12 +31,12 @@ from fm_local.model import (
     SwitchNode,
     TransformNode,
 )
+from fm_local.status import NODE_TERMINAL as TERMINAL
 
 ERROR_HANDLE = "error"
 DEFAULT_HANDLE = "default"
 
-# Terminal node statuses, and the one that lets normal edges through.
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "skipped", "timed_out"})
+# Terminal node statuses (fm_local.status), and the one that lets normal edges through.
 
 
 @dataclass(frozen=True, slots=True)

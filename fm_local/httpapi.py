@@ -67,7 +67,7 @@ REQUEST_TIMEOUT = _env_seconds("FM_HTTP_REQUEST_TIMEOUT", 30.0)
 LINGER = 2.0
 MAX_LINGERING = 256  # refused connections waiting for their client to close
 
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+
 _SIGNAL = re.compile(r"^/api/executions/([A-Za-z0-9_-]+)/signal/?$")
 _EXECUTION = re.compile(r"^/api/executions/([A-Za-z0-9_-]+)/?$")
 _DIGITS = re.compile(r"[0-9]+")

@@ -27,10 +27,8 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_ex
 from fm_local.errors import QueueFull, StorageError, UsageError
 from fm_local.jsonio import INT64_MAX, INT64_MIN, clean_text, find_problem, format_path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-TERMINAL_EXEC = ("succeeded", "failed", "cancelled", "timed_out")
-ACTIVE_EXEC = ("queued", "running", "paused")
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema. Table and column names are a public interface
@@ -213,6 +211,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE node_runs ADD COLUMN code TEXT;
     ALTER TABLE node_runs ADD COLUMN items INTEGER;
     ALTER TABLE workflows ADD COLUMN checked TEXT;
+    """,
+    # 3: terminal is final (fm_local.status): a finished node run or execution
+    # never changes status again, whoever writes.
+    """
+    CREATE TRIGGER node_run_terminal_is_final BEFORE UPDATE OF status ON node_runs
+    WHEN OLD.status IN ('cancelled','failed','skipped','succeeded','timed_out')
+        AND NEW.status IS NOT OLD.status
+    BEGIN
+        SELECT RAISE(ABORT, 'a finished node run is final');
+    END;
+    CREATE TRIGGER execution_terminal_is_final BEFORE UPDATE OF status ON executions
+    WHEN OLD.status IN ('cancelled','failed','succeeded','timed_out')
+        AND NEW.status IS NOT OLD.status
+    BEGIN
+        SELECT RAISE(ABORT, 'a finished execution is final');
+    END;
     """,
 ]
 
@@ -1544,5 +1558,16 @@ def glob_escape(text: str) -> str:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Split a migration into statements (our migrations have no ';' in literals)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """Split a migration into statements (a trigger's body is one statement with
+    its own semicolons: SQLite's ``complete_statement`` tells where one ends)."""
+    out: list[str] = []
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip(" \n;"):
+        out.append(buf.strip())
+    return out

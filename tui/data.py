@@ -15,12 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fm_local.status import ACTIVE_EXEC, ACTIVE_NODE, TERMINAL_EXEC, TERMINAL_NODE
 from tui.records import (
-    ACTIVE_EXEC,
-    ACTIVE_NODE,
     EXEC_STATUSES,
-    TERMINAL_EXEC,
-    TERMINAL_NODE,
     WAITING,
     AttemptRow,
     DetailSnapshot,

@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL_EXEC = ("succeeded", "failed", "cancelled", "timed_out")
-TERMINAL_NODE = ("succeeded", "failed", "cancelled", "skipped", "timed_out")
-ACTIVE_NODE = ("pending", "queued", "running", "retry_wait")  # the other node statuses
-ACTIVE_EXEC = ("queued", "running", "paused")
+from fm_local.status import ACTIVE_EXEC, TERMINAL_EXEC, TERMINAL_NODE
+
 EXEC_STATUSES = (*ACTIVE_EXEC, *TERMINAL_EXEC)
 QUEUE_STATES = ("queued", "running", "retry_wait", "timer")
 WAITING = "waiting"  # loop items not started yet (no row in node_runs or queue)

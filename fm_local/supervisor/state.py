@@ -27,6 +27,7 @@ from fm_local.model import (
     Workflow,
 )
 from fm_local.resources import Sampler
+from fm_local.status import NODE_MOVES, NODE_TERMINAL, NodeStatus, check_exec, check_node
 from fm_local.store import Batch, Rejected, Store, loads
 from fm_local.wake import Listener
 from fm_local.workers import ProcessPool
@@ -108,7 +109,7 @@ class Run:
         "path",
         "ntype",
         "item_index",
-        "status",
+        "_status",
         "attempt",
         "seq",
         "recoveries",
@@ -148,7 +149,7 @@ class Run:
         self.path = path
         self.ntype: str = node.type  # type: ignore[attr-defined]
         self.item_index: int | None = None
-        self.status = "pending"
+        self._status: str = NodeStatus.PENDING
         self.attempt = 0
         self.seq = 0
         self.recoveries = 0
@@ -191,8 +192,21 @@ class Run:
         self.output_json = text if text is not None else jsonio.bounded_dumps(value)
 
     @property
+    def status(self) -> str:
+        return self._status
+
+    @status.setter
+    def status(self, new: str) -> None:
+        """Every change goes through the table of fm_local.status."""
+        old = self._status
+        if new != old:
+            if new not in NODE_MOVES[old]:
+                check_node(old, new, f"execution {self.ex.id}, node {self.path}")
+            self._status = new
+
+    @property
     def terminal(self) -> bool:
-        return self.status in graph.TERMINAL
+        return self._status in NODE_TERMINAL
 
 
 class Frame:
@@ -427,7 +441,7 @@ class Exec:
         self.id: str = row["id"]
         self.workflow = workflow
         self.folder = folder
-        self.status: str = row["status"]
+        self._status: str = row["status"]
         self.input: Any = loads(row["input"])
         self.trace_id: str = row["trace_id"]
         self.priority: int = row["priority"]
@@ -460,6 +474,16 @@ class Exec:
         self.unconsumed: dict[str, Any] = {}  # signal data no wait node took yet
         self.signal_latest: dict[str, int] = {}  # type -> id of the newest signal
         self.compensations: deque[Run] = deque()
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @status.setter
+    def status(self, new: str) -> None:
+        """Every change goes through the table of fm_local.status."""
+        check_exec(self._status, new, f"execution {self.id}")
+        self._status = new
 
 
 class Part:
