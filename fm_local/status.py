@@ -6,7 +6,9 @@ checks the move here (:func:`check_node`, :func:`check_exec`) and raises
 :class:`IllegalMove` for any other: the error boundary then fails that execution
 with ``INTERNAL_ERROR`` instead of writing a wrong state. The database enforces the
 rule that matters most on its own (triggers, schema version 3): **terminal is
-final** — a finished node run or execution never changes status again. (``fm dlq
+final** — a finished node run or execution never changes status again (one
+correction aside: a succeeded execution some of whose rows the database refused
+is recorded failed, ``Store.unmake_success``). (``fm dlq
 replay`` runs a node again under its own path, ``<path>->replay#<n>``; a new run
 of a workflow is a new execution.)
 

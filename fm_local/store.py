@@ -224,6 +224,7 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER execution_terminal_is_final BEFORE UPDATE OF status ON executions
     WHEN OLD.status IN ('cancelled','failed','succeeded','timed_out')
         AND NEW.status IS NOT OLD.status
+        AND NOT (OLD.status = 'succeeded' AND NEW.status = 'failed')
     BEGIN
         SELECT RAISE(ABORT, 'a finished execution is final');
     END;
@@ -1397,6 +1398,56 @@ class Store:
             "SELECT * FROM signals WHERE execution_id=? AND status='applied' ORDER BY id",
             (execution_id,),
         )
+
+    def fail_unloadable(self, execution_id: str, err: dict[str, Any]) -> None:
+        """An execution the supervisor cannot load (its workflow is damaged): failed."""
+        now = time.time()
+        with self.atomic() as c:
+            c.execute(
+                "UPDATE executions SET status='failed', error=?, finished_at=?, updated_at=? "
+                "WHERE id=?",
+                (dumps(err), now, now, execution_id),
+            )
+
+    def unmake_success(self, execution_id: str, err: dict[str, Any]) -> None:
+        """A succeeded execution some of whose rows the database refused: failed
+        (the one change of a finished execution the schema allows)."""
+        with self.atomic() as c:
+            c.execute(
+                "UPDATE executions SET status='failed', error=?, updated_at=? "
+                "WHERE id=? AND status='succeeded'",
+                (dumps(err), time.time(), execution_id),
+            )
+
+    def recent_starts(self, execution_id: str, node_id: str, since: float) -> list[float]:
+        """Start times after ``since`` of node ``node_id``'s attempts, wherever it is
+        (a loop body's node in every item): a rate limiter's memory across restarts."""
+        rows = self.conn.execute(
+            "SELECT started_at FROM attempts WHERE execution_id=? AND started_at > ? AND "
+            "(path = ? OR path GLOB ?)",
+            (execution_id, since, node_id, "*." + glob_escape(node_id)),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def last_attempts(self, execution_id: str, prefix: str) -> dict[str, tuple[int, str]]:
+        """Per node path under ``prefix``: the latest attempt's seq and kind."""
+        rows = self.conn.execute(
+            "SELECT path, max(seq), kind FROM attempts WHERE execution_id=? AND path GLOB ? "
+            "GROUP BY path",
+            (execution_id, glob_escape(prefix) + "*"),
+        ).fetchall()
+        return {r[0]: (int(r[1] or 0), r[2] or "attempt") for r in rows}
+
+    def compensated(self, execution_id: str) -> set[str]:
+        """Paths of the compensation runs that succeeded (``<path>->compensate``)."""
+        return {
+            row[0]
+            for row in self.conn.execute(
+                "SELECT path FROM node_runs WHERE execution_id=? AND status='succeeded' "
+                "AND path LIKE '%->compensate'",
+                (execution_id,),
+            ).fetchall()
+        }
 
     def signals_of(self, execution_id: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM signals WHERE execution_id=? ORDER BY id", (execution_id,))

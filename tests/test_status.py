@@ -128,6 +128,10 @@ def test_the_database_keeps_terminal_rows_final(wf, db):
                 con.execute(sql, (eid,))
         # the same status again, and other columns, are no move
         con.execute("UPDATE executions SET status='succeeded', priority=3 WHERE id=?", (eid,))
+        # the one correction: a success the database could not record whole is a failure
+        con.execute("UPDATE executions SET status='failed' WHERE id=?", (eid,))
+        with pytest.raises(sqlite3.IntegrityError, match="a finished execution is final"):
+            con.execute("UPDATE executions SET status='succeeded' WHERE id=?", (eid,))
     # a row that has not ended moves freely
     queued = api.submit(wf(TRANSFORM), db=db)
     with sqlite3.connect(db) as con:
@@ -149,3 +153,18 @@ def test_a_version_2_file_gets_the_triggers(wf, db):
     assert query(db, "SELECT value FROM meta WHERE key='schema_version'") == [
         {"value": str(store.SCHEMA_VERSION)}
     ]
+
+
+def test_a_success_the_database_refused_part_of_is_recorded_failed(wf, db):
+    eid = run_wf(wf(TRANSFORM), db)["id"]
+    queued = api.submit(wf(TRANSFORM), db=db)
+    err = {"code": errors.INTERNAL_ERROR, "message": "a row was refused"}
+    s = store.Store(db)
+    try:
+        s.unmake_success(eid, err)
+        s.unmake_success(queued, err)  # only a success is unmade
+    finally:
+        s.close()
+    rows = {r["id"]: r for r in query(db, "SELECT id, status, error FROM executions")}
+    assert rows[eid]["status"] == "failed" and json.loads(rows[eid]["error"]) == err
+    assert rows[queued]["status"] == "queued" and rows[queued]["error"] is None

@@ -29,7 +29,8 @@ from typing import Any
 from fm_local import errors
 from fm_local.checkd import CheckService
 from fm_local.resources import KEEP_SECONDS, Sampler
-from fm_local.store import Store, dumps
+from fm_local.status import EXEC_TERMINAL
+from fm_local.store import Store
 from fm_local.supervisor.advance import Advance
 from fm_local.supervisor.commit import Commit
 from fm_local.supervisor.dispatch import Dispatch
@@ -217,7 +218,7 @@ class Supervisor(
 
     def _fail_execution(self, ex: Exec, err: dict[str, Any]) -> None:
         """Fail ``ex`` now, whatever state its bookkeeping is in."""
-        if ex.status in ("succeeded", "failed", "cancelled", "timed_out"):
+        if ex.status in EXEC_TERMINAL:
             return
         ex.top.failure = err
         try:
@@ -264,12 +265,7 @@ class Supervisor(
         """Record a finished execution as failed directly (its own row was refused)."""
         assert self.store is not None
         try:
-            with self.store.atomic() as c:
-                c.execute(
-                    "UPDATE executions SET status='failed', error=?, updated_at=? "
-                    "WHERE id=? AND status='succeeded'",
-                    (dumps(err), time.time(), execution_id),
-                )
+            self.store.unmake_success(execution_id, err)
         except errors.StorageError:
             raise
         except Exception:  # noqa: BLE001

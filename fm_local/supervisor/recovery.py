@@ -17,7 +17,7 @@ from fm_local.model import (
     WaitNode,
     Workflow,
 )
-from fm_local.store import dumps, loads
+from fm_local.store import loads
 from fm_local.supervisor.state import (
     ACTIVE_STATUSES,
     Exec,
@@ -59,12 +59,7 @@ class Recovery(Part):
             log.error("execution %s: cannot load its workflow: %s", row["id"], exc)
             ex_err = {"code": errors.VALIDATION_ERROR, "message": f"cannot load workflow: {exc}"}
             assert self.store is not None
-            with self.store.atomic() as c:
-                c.execute(
-                    "UPDATE executions SET status='failed', error=?, finished_at=?, updated_at=? "
-                    "WHERE id=?",
-                    (dumps(ex_err), time.time(), time.time(), row["id"]),
-                )
+            self.store.fail_unloadable(row["id"], ex_err)
             self.finished.add(row["id"])
             return None
         self.execs[ex.id] = ex
@@ -184,24 +179,12 @@ class Recovery(Part):
 
     def _recent_starts(self, eid: str, node_id: str) -> list[float]:
         assert self.store is not None
-        rows = self.store.conn.execute(
-            "SELECT started_at FROM attempts WHERE execution_id=? AND started_at > ? AND "
-            "(path = ? OR path GLOB ?)",
-            (eid, time.time() - 120, node_id, "*." + node_id),
-        ).fetchall()
-        return [r[0] for r in rows]
+        return self.store.recent_starts(eid, node_id, time.time() - 120)
 
     def _last_attempts(self, eid: str, prefix: str) -> dict[str, tuple[int, str]]:
         """Per node path under ``prefix``: the latest attempt's seq and kind."""
         assert self.store is not None
-        from fm_local.store import glob_escape
-
-        rows = self.store.conn.execute(
-            "SELECT path, max(seq), kind FROM attempts WHERE execution_id=? AND path GLOB ? "
-            "GROUP BY path",
-            (eid, glob_escape(prefix) + "*"),
-        ).fetchall()
-        return {r[0]: (int(r[1] or 0), r[2] or "attempt") for r in rows}
+        return self.store.last_attempts(eid, prefix)
 
     def _seed_limiter(self, lim: RateLimiter | None, times: list[float]) -> None:
         """Give a fresh limiter the starts committed before a restart, so the

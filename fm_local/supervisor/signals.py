@@ -273,14 +273,7 @@ class Signals(Part):
         top = ex.top
         top.failure = top.failure or err
         self._halt(top)
-        done = {
-            row[0]
-            for row in self.store.conn.execute(
-                "SELECT path FROM node_runs WHERE execution_id=? AND status='succeeded' "
-                "AND path LIKE '%->compensate'",
-                (ex.id,),
-            ).fetchall()
-        }
+        done = self.store.compensated(ex.id)
         todo = [
             r
             for r in top.runs.values()
