@@ -59,6 +59,34 @@ def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]
         con.close()
 
 
+def exec_status(db: Path, eid: str) -> str | None:
+    """An execution's status as committed (None: no such execution)."""
+    rows = query(db, "SELECT status FROM executions WHERE id=?", (eid,))
+    return rows[0]["status"] if rows else None
+
+
+def python_node(
+    module: str, nid: str, fn: str, args: dict[str, Any] | None = None, **kw: Any
+) -> dict[str, Any]:
+    """A python node calling ``module:fn`` (test files bind their task module:
+    ``py = partial(python_node, "fmtasks")``)."""
+    node: dict[str, Any] = {"id": nid, "type": "python", "call": f"{module}:{fn}"}
+    if args is not None:
+        node["args"] = args
+    node.update(kw)
+    return node
+
+
+def holds(cond: Callable[[], Any], seconds: float, what: str) -> None:
+    """``cond()`` stays true for ``seconds`` (polled; fails at the first false)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert cond(), f"violated: {what}"
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
 def run_wf(path: Path, db: Path, input: Any = None, workers: int = 2) -> dict[str, Any]:
     from fm_local import api
 

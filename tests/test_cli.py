@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import fm, fm_cli, show_cli, wait_until
+from conftest import fm, fm_cli, python_node, show_cli, wait_until
 
 from fm_local import __version__
 from fm_local.cli import cli, main
@@ -43,10 +44,7 @@ pytestmark = pytest.mark.usefixtures("restore_process_state")
 ID_RE = re.compile(r"^[0-9a-f]{12}$")
 
 
-def py(nid: str, fn: str, **kw: Any) -> dict[str, Any]:
-    node = {"id": nid, "type": "python", "call": f"fmtasks:{fn}"}
-    node.update(kw)
-    return node
+py = partial(python_node, "fmtasks")
 
 
 GOOD = {"name": "good", "nodes": [py("a", "add", args={"a": 1, "b": 2})]}

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, query, read_marks, wait_until
+from conftest import HERE, exec_status, query, read_marks, wait_until
 
 from fm_local import api
 
@@ -60,10 +60,6 @@ def attempt_rows(db: Path, eid: str, path: str) -> list[dict[str, Any]]:
     return query(
         db, "SELECT * FROM attempts WHERE execution_id=? AND path=? ORDER BY seq", (eid, path)
     )
-
-
-def exec_status(db: Path, eid: str) -> str:
-    return query(db, "SELECT status FROM executions WHERE id=?", (eid,))[0]["status"]
 
 
 def code_of(error_json: str | None) -> str | None:

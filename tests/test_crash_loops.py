@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, query, read_marks, wait_until
+from conftest import HERE, exec_status, query, read_marks, wait_until
 
 from fm_local import api
 
@@ -63,10 +63,6 @@ def items(db: Path, eid: str, status: str | None = None) -> list[dict[str, Any]]
         sql += " AND status=?"
         args += (status,)
     return query(db, sql + " ORDER BY path", args)
-
-
-def exec_status(db: Path, eid: str) -> str:
-    return query(db, "SELECT status FROM executions WHERE id=?", (eid,))[0]["status"]
 
 
 def is_gone(p: psutil.Process) -> bool:

@@ -11,12 +11,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, fm, read_marks, show, wait_until
+from conftest import ROOT, fm, python_node, read_marks, show, wait_until
 
 # A task module written beside the workflows at test time: it marks the start and
 # the end of each run, so a test sees how many times a node really started.
@@ -42,10 +43,7 @@ def gated(gate):
 """
 
 
-def py(nid: str, fn: str, **kw: Any) -> dict[str, Any]:
-    node = {"id": nid, "type": "python", "call": f"fmtasks:{fn}"}
-    node.update(kw)
-    return node
+py = partial(python_node, "fmtasks")
 
 
 GOOD = {"name": "good", "nodes": [py("a", "add", args={"a": 1, "b": 2})]}

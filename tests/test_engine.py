@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from functools import partial
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import read_marks, run_wf, show
+from conftest import python_node, read_marks, run_wf, show
 
 from fm_local import retries
 from fm_local.model import RetryPolicy
 from fm_local.store import Store
 
-
-def py(nid: str, fn: str, **kw):
-    node = {"id": nid, "type": "python", "call": f"fmtasks:{fn}"}
-    node.update(kw)
-    return node
+py = partial(python_node, "fmtasks")
 
 
 def test_single_python_node(wf, db):

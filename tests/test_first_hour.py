@@ -14,11 +14,12 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HERE, fm_cli, query, run_wf, wait_until
+from conftest import HERE, fm_cli, python_node, query, run_wf, wait_until
 
 from fm_local import api
 
@@ -30,8 +31,7 @@ def fwf(wf: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
     return wf
 
 
-def py(nid: str, fn: str, **kw: Any) -> dict[str, Any]:
-    return {"id": nid, "type": "python", "call": f"firsttasks:{fn}", **kw}
+py = partial(python_node, "firsttasks")
 
 
 def loop(n: int, bad: list[int], **kw: Any) -> dict[str, Any]:

@@ -15,17 +15,16 @@ import math
 import subprocess
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import pytest
-from conftest import ROOT, fm_cli, query, run_wf, wait_until
+from conftest import ROOT, fm_cli, python_node, query, run_wf, wait_until
 
 from fm_local import api, errors
 from fm_local.store import Batch, Store
 
-
-def py(nid: str, fn: str, **kw: Any) -> dict[str, Any]:
-    return {"id": nid, "type": "python", "call": f"hostiletasks:{fn}", **kw}
+py = partial(python_node, "hostiletasks")
 
 
 # --- lone surrogates: text is stored as valid UTF-8 ------------------------------------------

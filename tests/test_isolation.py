@@ -19,22 +19,17 @@ from __future__ import annotations
 
 import json
 import signal
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from conftest import fm, query, run_wf, wait_until
+from conftest import exec_status, fm, python_node, query, run_wf, wait_until
 
 from fm_local import api, errors
 
-
-def py(nid: str, fn: str, **kw: Any) -> dict[str, Any]:
-    return {"id": nid, "type": "python", "call": f"hostiletasks:{fn}", **kw}
-
-
-def status(db: Path, eid: str) -> str:
-    return query(db, "SELECT status FROM executions WHERE id=?", (eid,))[0]["status"]
+py = partial(python_node, "hostiletasks")
+status = exec_status
 
 
 def pids_in(path: Path) -> list[int]:

@@ -21,12 +21,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, fm, query, read_marks, run_wf, show, wait_until
+from conftest import ROOT, exec_status, fm, python_node, query, read_marks, run_wf, show, wait_until
 
 QUIET = 1.5  # seconds a negative check watches for something that must not happen
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
@@ -86,10 +87,7 @@ def qwf(wf: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
     return wf
 
 
-def py(nid: str, fn: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    node: dict[str, Any] = {"id": nid, "type": "python", "call": f"qtasks:{fn}", "args": args}
-    node.update(kw)
-    return node
+py = partial(python_node, "qtasks")
 
 
 marks = read_marks  # one reader for every mark file (tests/conftest.py)
@@ -97,11 +95,6 @@ marks = read_marks  # one reader for every mark file (tests/conftest.py)
 
 def tags(path: Path) -> list[str]:
     return [m["tag"] for m in marks(path)]
-
-
-def exec_status(db: Path, eid: str) -> str | None:
-    rows = query(db, "SELECT status FROM executions WHERE id=?", (eid,))
-    return rows[0]["status"] if rows else None
 
 
 def submit(db: Path, path: Path, *args: str) -> str:

@@ -15,12 +15,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, ROOT, fm, fm_cli, query, read_marks, show, wait_until
+from conftest import (
+    HERE,
+    ROOT,
+    exec_status,
+    fm,
+    fm_cli,
+    holds,
+    python_node,
+    query,
+    read_marks,
+    show,
+    wait_until,
+)
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -34,10 +47,7 @@ def swf(wf: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
     return wf
 
 
-def py(nid: str, fn: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    node: dict[str, Any] = {"id": nid, "type": "python", "call": f"sigtasks:{fn}", "args": args}
-    node.update(kw)
-    return node
+py = partial(python_node, "sigtasks")
 
 
 def edges(*pairs: tuple[str, str]) -> list[dict[str, str]]:
@@ -49,10 +59,6 @@ marks = read_marks  # one reader for every mark file (tests/conftest.py)
 
 def events(mark: Path, event: str, tag: str | None = None) -> list[dict[str, Any]]:
     return [m for m in marks(mark) if m["event"] == event and (tag is None or m["tag"] == tag)]
-
-
-def exec_status(db: Path, eid: str) -> str:
-    return query(db, "SELECT status FROM executions WHERE id=?", (eid,))[0]["status"]
 
 
 def node_row(db: Path, eid: str, path: str) -> dict[str, Any] | None:
@@ -90,16 +96,6 @@ def ok(db: Path, *args: str) -> str:
     out = fm(db, *args)
     assert out.returncode == 0, f"fm {' '.join(args)}: rc={out.returncode} {out.stderr}"
     return out.stdout
-
-
-def holds(cond: Callable[[], Any], seconds: float, what: str) -> None:
-    """``cond()`` stays true for ``seconds`` (polled; fails at the first false)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        assert cond(), f"violated: {what}"
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.05)
 
 
 def finish(db: Path, eid: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HERE, ROOT, query, wait_until
+from conftest import HERE, ROOT, exec_status, query, wait_until
 from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Sparkline, Static
@@ -479,8 +479,7 @@ def live(tmp_path: Path, db: Path, daemon: Callable[..., Any]) -> Iterator[dict[
     gate.touch()
 
 
-def status_of(db: Path, eid: str) -> str:
-    return str(query(db, "SELECT status FROM executions WHERE id=?", (eid,))[0]["status"])
+status_of = exec_status
 
 
 async def in_thread(cond: Callable[[], Any], what: str, timeout: float = 15) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HERE, fm_cli, query, wait_until
+from conftest import HERE, exec_status, fm_cli, query, wait_until
 
 from fm_local import progress as pg
 from fm_local.nodes.runners import MAX_TRACEBACK, exception_error, user_traceback
@@ -81,8 +81,7 @@ def item_rows(db: Path, eid: str) -> int:
     )[0]["n"]
 
 
-def status_of(db: Path, eid: str) -> str:
-    return query(db, "SELECT status FROM executions WHERE id=?", (eid,))[0]["status"]
+status_of = exec_status
 
 
 # --- fm_local.progress: pure ---------------------------------------------------------
