@@ -15,7 +15,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fm_local import expr
 from fm_local.model import (
@@ -351,25 +351,33 @@ def dep_taken(dep: Dep, status: str, port: str | None) -> bool:
     return dep.handle == port
 
 
-def readiness(
-    deps: list[Dep],
-    statuses: Mapping[str, str],
-    ports: Mapping[str, str | None],
-) -> str | None:
+class Outcome(Protocol):
+    """What readiness reads of a dependency: its status and, for a condition or
+    switch, the port it chose (the supervisor's runs are such objects)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def port(self) -> str | None: ...
+
+
+def readiness(deps: list[Dep], runs: Mapping[str, Outcome], explicit: bool) -> str | None:
     """``"run"``, ``"skip"``, or None when some dependency is not finished.
 
+    ``runs`` maps the node ids of the frame that have started to their outcome;
+    ``explicit``: the node has incoming edges (``CompiledGraph.has_edges``).
     Explicit edges decide whether a node runs; references only order it, unless
-    the node has no edges (then a succeeded reference lets it run).
-    ``ports`` maps a finished condition/switch id to the port it chose."""
-    if not deps:
-        return "run"
-    explicit = any(not d.is_ref for d in deps)
-    taken = False
+    the node has no edges (then a succeeded reference lets it run). SPEC §2,
+    docs/semantics.md. (A merge with a section is decided by its section first.)"""
+    taken = not deps
     for d in deps:
-        st = statuses.get(d.source)
-        if st is None or st not in TERMINAL:
+        r = runs.get(d.source)
+        if r is None:
             return None
-        if not taken and (not explicit or not d.is_ref) and dep_taken(d, st, ports.get(d.source)):
+        status = r.status
+        if status not in TERMINAL:
+            return None
+        if not taken and (not explicit or not d.is_ref) and dep_taken(d, status, r.port):
             taken = True
     return "run" if taken else "skip"
 

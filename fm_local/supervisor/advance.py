@@ -57,21 +57,9 @@ class Advance(Part):
             if verdict is None:
                 return
         elif deps:
-            # Explicit edges decide whether a node runs; a reference only orders it
-            # (unless the node has no edges at all). SPEC §2, docs/semantics.md.
-            explicit = g.has_edges[nid]
-            taken = False
-            for d in deps:
-                r = runs.get(d.source)
-                if r is None or not r.terminal:
-                    return
-                if (
-                    not taken
-                    and (not explicit or not d.is_ref)
-                    and graph.dep_taken(d, r.status, r.port)
-                ):
-                    taken = True
-            verdict = "run" if taken else "skip"
+            verdict = graph.readiness(deps, runs, g.has_edges[nid])
+            if verdict is None:
+                return
         if verdict == "run" and frame.sections and self._in_halted_section(frame, nid):
             verdict = "skip"
         ex = frame.ex
