@@ -1,6 +1,6 @@
 """What a client does to a running execution, written once for every front end.
 
-``fm pause/resume/cancel/signal`` (cli.py), ``POST /api/executions/<id>/signal``
+``fm pause/resume/cancel/signal`` (cli/control.py), ``POST /api/executions/<id>/signal``
 (httpapi.py) and the TUI's p / r / c (tui/control.py) all send a signal through
 :func:`send_signal`: refuse at once what the supervisor would refuse (no such
 execution, one already finished, a type the workflow does not handle), write one

@@ -1,0 +1,545 @@
+"""Reading executions and the engine: ``fm ls``, ``fm show``, ``fm output``,
+``fm wait``, ``fm logs``, ``fm timeline``, ``fm trace``, ``fm queue`` and ``fm workers``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fm_local.cli.base import (
+    ACTIVE,
+    TERMINAL,
+    Ctx,
+    _execution,
+    cli,
+    json_option,
+    pass_ctx,
+    read_only,
+)
+from fm_local.cli.render import (
+    _duration,
+    _echo_traceback,
+    _emit_json,
+    _fmt_time,
+    _traceback_of,
+)
+from fm_local.cli.run import _exit_for, _report, _wait_for
+from fm_local.errors import EXIT_FAILED, FmError
+
+NODE_STATUSES = (
+    "pending",
+    "queued",
+    "running",
+    "retry_wait",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "skipped",
+    "timed_out",
+)
+NO_SUPERVISOR = "(no supervisor — start `fm daemon`)"
+SHOW_LIMIT = 50  # node instances fm show lists before it summarizes (a screen)
+TIMELINE_LIMIT = 200  # bars fm timeline draws before it summarizes
+
+
+@cli.command(name="ls")
+@click.option("--status", type=click.Choice(["queued", "running", "paused", *TERMINAL]))
+@click.option("--limit", type=int, default=20, show_default=True)
+@json_option
+@pass_ctx
+@read_only
+def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
+    """List executions, newest first. Running ones show their loop progress."""
+    from fm_local.lock import is_served
+    from fm_local.progress import headline
+    from fm_local.store import loads
+
+    store = ctx.store()
+    rows = store.list_executions(status=status, limit=limit)
+    now = time.time()
+    # Nothing progresses without a supervisor: no ETA then, as while paused.
+    served = not any(r["status"] in ACTIVE for r in rows) or bool(is_served(ctx.db))
+    progress = {
+        r["id"]: headline(
+            store.loop_progress(r["id"]), now, paused=r["status"] == "paused" or not served
+        )
+        for r in rows
+        if r["status"] in ("running", "paused")
+    }
+    if ctx.json:
+        _emit_json(
+            [
+                {
+                    "id": r["id"],
+                    "workflow": r["workflow"],
+                    "status": r["status"],
+                    "priority": r["priority"],
+                    "createdAt": r["created_at"],
+                    "startedAt": r["started_at"],
+                    "finishedAt": r["finished_at"],
+                    "error": loads(r["error"]),
+                    "progress": p.as_json() if (p := progress.get(r["id"])) else None,
+                }
+                for r in rows
+            ]
+        )
+        return
+    if not rows:
+        click.echo("no executions")
+        return
+    waiting = not served
+    head = f"{'ID':<13} {'WORKFLOW':<24} {'STATUS':<10} {'STARTED':<19} {'SECONDS':>8}"
+    click.echo(head + ("  PROGRESS" if any(progress.values()) else ""))
+    for r in rows:
+        started = _fmt_time(r["started_at"])
+        took = _duration(r)
+        st = r["status"] + ("*" if waiting and r["status"] in ACTIVE else "")
+        p = progress.get(r["id"])
+        click.echo(
+            f"{r['id']:<13} {r['workflow'][:24]:<24} {st:<10} {started:<19} {took:>8}"
+            + (f"  {p.text()}" if p else "")
+        )
+    if waiting:
+        click.echo(f"* waiting {NO_SUPERVISOR}")
+
+
+def _node_json(n: dict[str, Any]) -> dict[str, Any]:
+    from fm_local.store import loads
+
+    return {
+        "path": n["path"],
+        "nodeId": n["node_id"],
+        "type": n["node_type"],
+        "status": n["status"],
+        "attempts": n["attempts"],
+        "recoveries": n["recoveries"],
+        "startedAt": n["started_at"],
+        "finishedAt": n["finished_at"],
+        "traceId": n["trace_id"],
+        "branch": n["branch_id"],
+        "workerPid": n["worker_pid"],
+        "port": n["port"],
+        "code": n.get("code"),
+        "items": n.get("items"),
+        "input": loads(n["input"]),
+        "output": loads(n["output"]),
+        "error": loads(n["error"]),
+    }
+
+
+LOOP_LINES = 10  # loops fm show gives a progress line
+TRACEBACKS = 5  # failed nodes fm show prints the traceback of
+
+
+@cli.command()
+@click.argument("execution")
+@click.option("--all", "show_all", is_flag=True, help="List every node instance, however many.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(NODE_STATUSES),
+    help="Only node instances with this status (repeatable).",
+)
+@json_option
+@pass_ctx
+@read_only
+def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) -> None:
+    """An execution: status, input, output, error and its node instances. Also the
+    progress of its loops, and failed nodes' errors in full with their tracebacks."""
+    from fm_local.lock import is_served
+    from fm_local.progress import ACTIVE_LOOP, headline, of_row
+    from fm_local.store import loads
+
+    row = _execution(ctx, execution)
+    store = ctx.store()
+    now = time.time()
+    served = row["status"] not in ACTIVE or bool(is_served(ctx.db))
+    # Nothing progresses without a supervisor: no ETA then, as while paused.
+    paused = row["status"] == "paused" or not served
+    loops = store.loop_progress(row["id"])
+    if ctx.json:
+        from fm_local.api import execution_record
+
+        if statuses:
+            nodes = store.node_runs_in(row["id"], statuses)
+        else:
+            nodes = store.node_runs(row["id"])
+        live = row["status"] in ("running", "paused")
+        head = headline(loops, now, paused) if live else None
+        _emit_json(
+            {
+                **execution_record(row),
+                "progress": head.as_json() if head else None,
+                "loops": [
+                    {
+                        "path": lp["loop"],
+                        "status": lp["status"],
+                        "progress": of_row(lp, now, paused).as_json(),
+                    }
+                    for lp in loops
+                ],
+                "nodes": [_node_json(n) for n in nodes],
+            }
+        )
+        return
+    err = loads(row["error"])
+    status = row["status"] if served else f"{row['status']}  {NO_SUPERVISOR}"
+    click.echo(f"execution  {row['id']}")
+    click.echo(f"workflow   {row['workflow']}")
+    click.echo(f"status     {status}")
+    click.echo(f"trace      {row['trace_id']}")
+    if row["priority"]:
+        click.echo(f"priority   {row['priority']}")
+    click.echo(
+        f"started    {_fmt_time(row['started_at'])}   finished {_fmt_time(row['finished_at'])}   ({_duration(row)} s)"
+    )
+    if err:
+        click.echo(f"error      {err.get('code')}: {err.get('message')}")
+    counts = store.node_counts(row["id"])
+    click.echo("nodes      " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    # One line per loop: top-level loops first, then the nested ones still running.
+    shown = [lp for lp in loops if "[" not in lp["loop"]]
+    shown += [lp for lp in loops if "[" in lp["loop"] and lp["status"] in ACTIVE_LOOP]
+    for lp in shown[:LOOP_LINES]:
+        click.echo(f"loop       {lp['loop']}  {of_row(lp, now, paused).text()}")
+    if len(loops) > min(len(shown), LOOP_LINES):
+        click.echo(f"           ({len(loops)} loops in all: fm show {row['id']} --json lists them)")
+    total = sum(counts.values())
+    listed = total
+    summarize = False
+    if statuses:
+        listed = store.count_node_runs_in(row["id"], statuses)
+        nodes = store.node_runs_in(row["id"], statuses, None if show_all else SHOW_LIMIT)
+    else:
+        # A loop of more items than a screen is summarized from its start, so the
+        # view does not change shape halfway through the run.
+        big_loop = any((lp["total"] or 0) > SHOW_LIMIT for lp in loops)
+        summarize = (total > SHOW_LIMIT or big_loop) and not show_all
+        nodes = store.top_level_runs(row["id"]) if summarize else store.node_runs(row["id"])
+    click.echo("")
+    if statuses and not nodes:
+        click.echo(f"no node instances with status {' or '.join(statuses)}")
+    else:
+        _node_table(row, nodes)
+    if statuses and listed > len(nodes):
+        click.echo(
+            f"({len(nodes)} of {listed} node instances with status {' or '.join(statuses)}; "
+            f"--all lists them all)"
+        )
+    _failed_section(ctx, row, nodes, summarize)
+    if summarize:
+        by_path = {lp["loop"]: lp for lp in loops}
+        click.echo("")
+        click.echo(f"{'LOOP':<32} {'ITEMS':>8}  {'PROGRESS':<36} BY STATUS")
+        by_loop: dict[str, dict[str, int]] = {}
+        for r in store.loop_summaries(row["id"]):
+            by_loop.setdefault(r["loop"], {})[r["status"]] = r["items"]
+        for lp, st in by_loop.items():
+            opened = sum(st.values())
+            known = by_path[lp]["total"] if lp in by_path else None
+            items = known if known is not None and known >= opened else opened
+            parts = ", ".join(f"{v} {k}" for k, v in sorted(st.items()))
+            if items > opened:
+                parts += f", {items - opened} not started"
+            prog = of_row(by_path[lp], now, paused).text() if lp in by_path else "-"
+            click.echo(f"{lp[:32]:<32} {items:>8}  {prog:<36} {parts}")
+        click.echo(
+            f"({total} node instances; this is a summary: fm show {row['id']} --all lists "
+            f"them all, --status STATUS lists those, fm logs/timeline --node PATH narrows)"
+        )
+    if row["status"] == "succeeded" and not statuses:
+        click.echo("")
+        click.echo("output     " + json.dumps(loads(row["output"]))[:2000])
+
+
+def _node_table(row: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
+    """fm show's table: one line per node instance; a long error is cut here and
+    printed in full below it (:func:`_failed_section`)."""
+    from fm_local.store import loads
+
+    codes = [n["code"] for n in nodes if n.get("code")]
+    cw = min(max(map(len, codes)), 40) if codes else 0
+    code_head = f"{'CODE':<{cw}} " if cw else ""
+    click.echo(f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8} {'TRACE':<9} {code_head}ERROR")
+    root = row["trace_id"]
+    for n in nodes:
+        ms = (
+            f"{(n['finished_at'] - n['started_at']) * 1000:.0f}"
+            if n["finished_at"] and n["started_at"]
+            else "-"
+        )
+        e = loads(n["error"])
+        etext = f"{e.get('code')}: {e.get('message')}" if e else ""
+        etext = etext.splitlines()[0] if etext else ""
+        if len(etext) > 80:
+            etext = etext[:79] + "…"
+        # The node's trace id is the execution's plus its branch suffix (SPEC §9).
+        trace = (n["trace_id"] or "")[len(root) :] if (n["trace_id"] or "").startswith(root) else ""
+        code = f"{(n.get('code') or '-')[:cw]:<{cw}} " if cw else ""
+        click.echo(
+            f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8} "
+            f"{trace or '-':<9} {code}{etext}".rstrip()
+        )
+
+
+def _failed_section(
+    ctx: Ctx, row: dict[str, Any], nodes: list[dict[str, Any]], summarize: bool
+) -> None:
+    """The failed nodes of the table: each one's error in full, and the traceback of
+    the first few (a loop summarized without its items: the first failed node's in it).
+    An item's error wraps its failed body node's: that node, listed too, shows it."""
+    from fm_local.store import loads
+
+    failed = [n for n in nodes if n["status"] == "failed" and n["error"]]
+    if not failed:
+        return
+    click.echo("")
+    click.echo("failed nodes")
+    printed, left_out = 0, 0
+    for n in failed:
+        e = loads(n["error"]) or {}
+        message = str(e.get("message") or "")
+        first, *rest = message.splitlines() or [""]
+        click.echo(f"  {n['path']}: {e.get('code')}: {first}")
+        for line in rest:
+            click.echo(f"    {line}")
+        tb = None if n["node_type"] == "item" and not summarize else _traceback_of(e)
+        where = None
+        if tb is None and summarize and n["node_type"] == "loop":
+            found = ctx.store().failed_with_traceback(row["id"], n["path"])
+            if found:
+                tb = _traceback_of(loads(found[0]["error"]))
+                where = found[0]["path"]
+        if tb is None:
+            continue
+        if printed >= TRACEBACKS:
+            left_out += 1
+            continue
+        if where is not None:
+            click.echo(f"    {where}:")
+        _echo_traceback(tb, "      ")
+        printed += 1
+    if left_out:
+        click.echo(
+            f"  ({left_out} more tracebacks left out: fm logs {row['id']} --node PATH "
+            "prints one at its failed attempt)"
+        )
+
+
+@cli.command()
+@click.argument("execution")
+@pass_ctx
+@read_only
+def output(ctx: Ctx, execution: str) -> None:
+    """Print an execution's output as JSON."""
+    from fm_local.store import loads
+
+    row = _execution(ctx, execution)
+    if row["status"] != "succeeded":
+        click.echo(json.dumps(loads(row["output"]), indent=2))
+        raise FmError(
+            f"execution {row['id']} is {row['status']}", _exit_for(row["status"]) or EXIT_FAILED
+        )
+    click.echo(json.dumps(loads(row["output"]), indent=2))
+
+
+@cli.command(name="wait")
+@click.argument("execution")
+@click.option(
+    "--timeout", type=float, default=None, help="Give up after this many seconds (exit 1)."
+)
+@json_option
+@pass_ctx
+@read_only
+def wait_cmd(ctx: Ctx, execution: str, timeout: float | None) -> None:
+    """Block until an execution ends; exit like fm run."""
+    row = _execution(ctx, execution)
+    sys.exit(_report(ctx, _wait_for(ctx, row["id"], timeout)))
+
+
+@cli.command()
+@click.argument("execution")
+@click.option("--node", "node_path", help="Only this node path (and what is under it).")
+@json_option
+@pass_ctx
+@read_only
+def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
+    """Captured log lines of an execution's node attempts. A failed try's error
+    follows its lines, with its traceback."""
+    from fm_local.store import loads
+
+    row = _execution(ctx, execution)
+    lines = ctx.store().logs(row["id"], node_path)
+    if ctx.json:
+        _emit_json(
+            [
+                {
+                    "path": r["path"],
+                    "attempt": r["attempt"],
+                    "ts": r["ts"],
+                    "stream": r["stream"],
+                    "line": r["line"],
+                }
+                for r in lines
+            ]
+        )
+        return
+    # A failed try's error (and traceback) goes after its last line, in time order.
+    entries: list[tuple[float, int, dict[str, Any]]] = [(r["ts"], 0, r) for r in lines]
+    for a in ctx.store().failed_attempts(row["id"], node_path):
+        ts = a["finished_at"] or a["started_at"] or 0.0
+        entries.append((ts, 1, a))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    for ts_, kind, r in entries:
+        ts = time.strftime("%H:%M:%S", time.localtime(ts_)) + f".{int(ts_ % 1 * 1000):03d}"
+        if kind == 0:
+            click.echo(f"{ts} {r['path']}#{r['attempt']} {r['stream']}: {r['line']}")
+            continue
+        e = loads(r["error"]) or {}
+        first, *rest = str(e.get("message") or "").splitlines() or [""]
+        click.echo(f"{ts} {r['path']}#{r['seq']} {r['status']}: {e.get('code')}: {first}")
+        for line in rest:
+            click.echo(f"    {line}")
+        tb = _traceback_of(e)
+        if tb is not None:
+            _echo_traceback(tb)
+
+
+@cli.command()
+@click.argument("execution")
+@click.option("--width", type=int, default=60, show_default=True, help="Bar area width in columns.")
+@click.option("--all", "show_all", is_flag=True, help="One bar per node instance, however many.")
+@click.option("--node", "node_path", help="Only this node path (and what is under it).")
+@json_option
+@pass_ctx
+@read_only
+def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: str | None) -> None:
+    """One bar per node instance on a shared time axis."""
+    from fm_local.timeline import render_summary, render_timeline
+
+    row = _execution(ctx, execution)
+    store = ctx.store()
+    if not ctx.json and not show_all and not node_path:
+        if store.count_node_runs(row["id"]) > TIMELINE_LIMIT:
+            click.echo(
+                render_summary(
+                    row,
+                    store.top_level_runs(row["id"]),
+                    store.item_intervals(row["id"]),
+                    width=width,
+                )
+            )
+            return
+    nodes = store.node_runs(row["id"], node_path)
+    if ctx.json:
+        _emit_json(
+            [
+                {
+                    "path": n["path"],
+                    "status": n["status"],
+                    "startedAt": n["started_at"],
+                    "finishedAt": n["finished_at"],
+                    "workerPid": n["worker_pid"],
+                }
+                for n in nodes
+            ]
+        )
+        return
+    click.echo(render_timeline(row, nodes, width=width, limit=None if show_all else TIMELINE_LIMIT))
+
+
+@cli.command()
+@click.argument("execution")
+@click.option("--format", "fmt", type=click.Choice(["chrome"]), default="chrome", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False),
+    help="Write to this file (default stdout).",
+)
+@pass_ctx
+@read_only
+def trace(ctx: Ctx, execution: str, fmt: str, out: str | None) -> None:
+    """Chrome/Perfetto trace-event JSON of an execution."""
+    from fm_local.timeline import chrome_trace
+
+    row = _execution(ctx, execution)
+    data = chrome_trace(row, ctx.store().node_runs(row["id"]))
+    text = json.dumps(data)
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"wrote {out} ({len(data['traceEvents'])} events)", err=True)
+    else:
+        click.echo(text)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+@read_only
+def queue(ctx: Ctx) -> None:
+    """Queue depth by state and priority, queued executions, dead letters. Loop items
+    not started yet count as waiting."""
+    from fm_local.progress import not_started
+
+    store = ctx.store()
+    rows = store.queue_depth()
+    # A loop materialises its items as it goes (maxConcurrency, back-pressure): those
+    # without a row wait all the same.
+    unstarted: dict[int, int] = {}
+    for ex in store.active_executions():
+        if ex["status"] in ("running", "paused"):
+            n = not_started(store.loop_progress(ex["id"]))
+            if n:
+                unstarted[ex["priority"]] = unstarted.get(ex["priority"], 0) + n
+    if unstarted:
+        rows += [{"status": "waiting", "priority": p, "tasks": n} for p, n in unstarted.items()]
+        rows.sort(key=lambda r: (r["status"], -r["priority"]))
+    waiting = store.conn.execute(
+        "SELECT count(*) FROM executions WHERE status='queued'"
+    ).fetchone()[0]
+    dead = store.dead_letter_count()
+    if ctx.json:
+        _emit_json({"tasks": rows, "queuedExecutions": waiting, "deadLetters": dead})
+        return
+    if not rows:
+        click.echo("no tasks queued or running")
+    else:
+        click.echo(f"{'STATE':<12} {'PRIORITY':>8} {'TASKS':>8}")
+        for r in rows:
+            click.echo(f"{r['status']:<12} {r['priority']:>8} {r['tasks']:>8}")
+    if unstarted:
+        click.echo(
+            f"items not yet started: {sum(unstarted.values()):,} (in loops still running; "
+            "counted as waiting above)"
+        )
+    click.echo(f"executions waiting to start: {waiting}; dead letters: {dead} (fm dlq ls)")
+
+
+@cli.command()
+@json_option
+@pass_ctx
+@read_only
+def workers(ctx: Ctx) -> None:
+    """The supervisor, its workers and the machine: CPU, RSS, current node."""
+    rows = ctx.store().latest_samples()
+    if ctx.json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"no recent resource samples: no supervisor serves {ctx.db}")
+        return
+    click.echo(f"{'ROLE':<11} {'PID':>7} {'CPU%':>6} {'RSS MB':>8}  NODE")
+    for r in rows:
+        node = f"{r['execution_id']} {r['node_path']}" if r["node_path"] else "-"
+        pid = r["pid"] if r["pid"] is not None else "-"
+        click.echo(
+            f"{r['role']:<11} {pid:>7} {r['cpu_percent']:>6.1f} {r['rss_bytes'] / 2**20:>8.1f}  {node}"
+        )

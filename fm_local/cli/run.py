@@ -1,0 +1,399 @@
+"""A workflow file in: ``fm validate``, ``fm schema``, ``fm run``, ``fm submit``,
+and ``fm daemon``, the supervisor that runs what they queue. With their helpers:
+preparing a workflow and its input, waiting for an execution's end and reporting it
+with its exit code (``fm wait`` too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from fm_local.cli.base import TERMINAL, Ctx, _load_json_option, cli, json_option, pass_ctx
+from fm_local.cli.render import _echo_failed_traceback, _emit_json
+from fm_local.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    AlreadyServed,
+    FmError,
+    UsageError,
+    WorkflowInvalid,
+)
+
+if TYPE_CHECKING:
+    import logging
+
+
+def _prepare(ctx: Ctx, file: str, input_value: Any) -> Any:
+    """Validate the workflow (or find it validated before: ``fm_local.prepare``) and
+    its input; save the workflow. Returns a ``prepare.Prepared``."""
+    from fm_local.prepare import check_input_served, prepare
+
+    prepared = prepare(
+        file,
+        # a corrupt database is refused before anything is written to it
+        lambda: ctx.store(create=True, check=True),
+        known_only_if=ctx.db.exists(),
+        db=ctx.db,
+    )
+    for w in prepared.warnings:
+        click.echo(f"{file}: {w}", err=True)
+    problems = check_input_served(ctx.db, prepared.raw.get("inputs"), input_value)
+    if problems:
+        raise WorkflowInvalid([f"{file}: {p}" for p in problems])
+    return prepared
+
+
+def _exit_for(status: str) -> int:
+    return EXIT_OK if status == "succeeded" else EXIT_FAILED
+
+
+def _wait_for(ctx: Ctx, eid: str, timeout: float | None = None) -> dict[str, Any]:
+    from fm_local.api import wait_row
+    from fm_local.lock import is_served
+
+    store = ctx.store()
+    row = store.get_execution(eid)
+    if row is not None and row["status"] not in TERMINAL and not is_served(ctx.db):
+        click.echo(
+            f"note: no supervisor serves {ctx.db}; execution {eid} waits until one does "
+            "(start one with: fm daemon)",
+            err=True,
+        )
+    return wait_row(store, eid, timeout)
+
+
+def _report(ctx: Ctx, row: dict[str, Any]) -> int:
+    from fm_local.store import loads
+
+    out = loads(row["output"])
+    err = loads(row["error"])
+    if ctx.json:
+        _emit_json({"id": row["id"], "status": row["status"], "output": out, "error": err})
+    else:
+        if row["status"] == "succeeded":
+            click.echo(json.dumps(out, indent=2))
+        took = (row["finished_at"] or time.time()) - (row["started_at"] or row["created_at"])
+        line = f"execution {row['id']} {row['status']} in {took:.2f}s"
+        if err:
+            line += f": {err.get('message')}"
+        click.echo(line, err=True)
+        if row["status"] == "failed":
+            _echo_failed_traceback(ctx, row, err)
+    return _exit_for(row["status"])
+
+
+def _log_to(handler: logging.Handler, fmt: str) -> None:
+    """Send the engine's log (errors it contained, with their tracebacks) here."""
+    import logging
+
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("fm_local")
+    for old in [h for h in logger.handlers if getattr(h, "fm_cli", False)]:
+        logger.removeHandler(old)  # one per process, also when main() runs again
+        old.close()
+    handler.fm_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+
+
+def max_worker_memory_option(f: Any) -> Any:
+    return click.option(
+        "--max-worker-memory",
+        type=click.IntRange(0, None),
+        default=None,
+        envvar="FM_WORKER_MAX_RSS_MB",
+        metavar="MB",
+        help="Recycle a worker between tasks once its memory (RSS) passes this many MB "
+        "(default 2048; 0: never; env FM_WORKER_MAX_RSS_MB).",
+    )(f)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_option
+@pass_ctx
+def validate(ctx: Ctx, file: str) -> None:
+    """Check a workflow file; one line per problem (exit 2 if any). Python call
+    targets are imported in a separate process to check they exist."""
+    from fm_local.calls import check_calls
+    from fm_local.validate import Problem, load_workflow
+
+    loaded = load_workflow(file)
+    call_errors, call_warnings = check_calls(loaded.raw, loaded.folder)
+    loaded.warnings.extend(Problem("", w, "warning") for w in call_warnings)
+    if call_errors:
+        raise WorkflowInvalid(
+            [f"{file}: {e}" for e in call_errors], [f"{file}: {w}" for w in loaded.warnings]
+        )
+    if ctx.json:
+        _emit_json({"valid": True, "warnings": [str(w) for w in loaded.warnings]})
+        return
+    for w in loaded.warnings:
+        click.echo(f"{file}: {w}", err=True)
+    n = len(loaded.workflow.nodes)
+    click.echo(f"{file}: ok ({n} nodes, workflow '{loaded.workflow.name}')")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_text", help="Execution input as JSON.")
+@click.option(
+    "--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Worker processes (embedded supervisor).",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["full", "normal"]),
+    default="full",
+    help="SQLite synchronous mode.",
+)
+@max_worker_memory_option
+@json_option
+@pass_ctx
+def run(
+    ctx: Ctx,
+    file: str,
+    input_text: str | None,
+    input_file: str | None,
+    workers: int | None,
+    durability: str,
+    max_worker_memory: int | None,
+) -> None:
+    """Run a workflow to the end (on the daemon if one serves the DB, else embedded)."""
+    from fm_local.lock import is_served
+
+    input_value = _load_json_option(input_text, input_file, "input")
+    if input_value is None:
+        input_value = {}  # no input given: an empty object (docs/semantics.md)
+    prepared = _prepare(ctx, file, input_value)
+    store = ctx.store()
+    eid = store.create_execution(prepared.workflow_id, prepared.name, input_value)
+    holder = is_served(ctx.db)
+    if holder:
+        _warn_daemon_settings(ctx, holder)
+        if not ctx.json:
+            click.echo(f"execution {eid} submitted to the running daemon", err=True)
+        sys.exit(_report(ctx, _wait_for(ctx, eid)))
+    import logging
+
+    from fm_local.supervisor import Supervisor
+
+    # The embedded supervisor's internal errors go to a log beside the database
+    # (the execution's own error says INTERNAL_ERROR and what it was).
+    log_file = ctx.db.with_name(ctx.db.name + ".log")
+    try:
+        _log_to(
+            logging.FileHandler(log_file, delay=True),
+            "%(asctime)s fm run: %(levelname)s %(message)s",
+        )
+    except OSError:
+        pass
+    sup = Supervisor(
+        ctx.db,
+        workers=workers or os.cpu_count() or 2,
+        durability=durability,
+        only_execution=eid,
+        max_worker_memory_mb=max_worker_memory,
+        subreaper=True,
+    )
+    try:
+        sup.open()
+    except AlreadyServed:
+        # A daemon started between our look and now: it runs the execution.
+        if not ctx.json:
+            click.echo(f"execution {eid} submitted to the running daemon", err=True)
+        sys.exit(_report(ctx, _wait_for(ctx, eid)))
+    sup.install_signal_handlers()
+    try:
+        sup.run_execution(eid)
+    finally:
+        sup.close()
+    row = store.get_execution(eid)
+    if row["status"] not in TERMINAL:
+        click.echo(
+            f"interrupted: execution {eid} is {row['status']}; it continues when a "
+            f"supervisor serves {ctx.db} (fm daemon), or: fm cancel {eid}",
+            err=True,
+        )
+        sys.exit(130)
+    sys.exit(_report(ctx, row))
+
+
+def _warn_daemon_settings(ctx: Ctx, holder: dict[str, float]) -> None:
+    """fm run's supervisor options were given, but a daemon runs the execution."""
+    from click.core import ParameterSource
+
+    cctx = click.get_current_context()
+    given = [
+        "--" + name.replace("_", "-")
+        for name in ("workers", "durability", "max_worker_memory")
+        if cctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        pid = int(holder.get("pid", -1))
+        who = f"a daemon (pid {pid})" if pid > 0 else "a daemon"
+        click.echo(
+            f"warning: {who} serves {ctx.db}: {' and '.join(given)} ignored; "
+            "the daemon's own settings apply",
+            err=True,
+        )
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_text", help="Execution input as JSON.")
+@click.option(
+    "--input-file", type=click.Path(dir_okay=False), help="Read the input JSON from a file."
+)
+@click.option(
+    "--priority",
+    type=click.IntRange(-(2**63), 2**63 - 1),
+    default=0,
+    help="Execution priority (higher first).",
+)
+@click.option(
+    "--wait-for-room",
+    is_flag=True,
+    help="When settings.queue.maxSize executions are already queued, wait instead of failing.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="With --wait-for-room: give up after this many seconds.",
+)
+@pass_ctx
+def submit(
+    ctx: Ctx,
+    file: str,
+    input_text: str | None,
+    input_file: str | None,
+    priority: int,
+    wait_for_room: bool,
+    timeout: float | None,
+) -> None:
+    """Queue an execution; prints its id."""
+    from fm_local.errors import QueueFull
+
+    input_value = _load_json_option(input_text, input_file, "input")
+    if input_value is None:
+        input_value = {}
+    prepared = _prepare(ctx, file, input_value)
+    max_queued = prepared.max_queued
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            eid = ctx.store().create_execution(
+                prepared.workflow_id,
+                prepared.name,
+                input_value,
+                priority=priority,
+                max_queued=max_queued,
+            )
+            break
+        except QueueFull:
+            if not wait_for_room or (deadline is not None and time.monotonic() > deadline):
+                raise
+            time.sleep(0.1)
+    click.echo(eid)
+
+
+@cli.command()
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Worker processes (default: CPU count).",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["full", "normal"]),
+    default="full",
+    help="SQLite synchronous mode.",
+)
+@click.option(
+    "--http",
+    "http_bind",
+    metavar="HOST:PORT",
+    help="Also serve the signal API on this address (loopback unless you say otherwise).",
+)
+@max_worker_memory_option
+@pass_ctx
+def daemon(
+    ctx: Ctx,
+    workers: int | None,
+    durability: str,
+    http_bind: str | None,
+    max_worker_memory: int | None,
+) -> None:
+    """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
+    import logging
+    import socket
+
+    from fm_local.supervisor import Supervisor
+
+    n = workers or os.cpu_count() or 2
+    if http_bind is not None and (
+        not re.match(r"^(\[[^\]]+\]|[^:]*):\d{1,5}$", http_bind)
+        or int(http_bind.rpartition(":")[2]) > 65535
+    ):
+        raise UsageError(
+            f"--http {http_bind!r}: expected HOST:PORT with a port 0-65535, e.g. 127.0.0.1:8765"
+        )
+    _log_to(logging.StreamHandler(), "%(asctime)s fm daemon: %(levelname)s %(message)s")
+    sup = Supervisor(
+        ctx.db,
+        workers=n,
+        durability=durability,
+        max_worker_memory_mb=max_worker_memory,
+        subreaper=True,
+    )
+    sup.open()
+    server = None
+    try:
+        if http_bind is not None:
+            from fm_local import httpapi
+
+            try:
+                server = httpapi.start(ctx.db, http_bind)
+            except socket.gaierror as exc:
+                raise UsageError(
+                    f"--http {http_bind}: unknown host: {exc.strerror or exc}"
+                ) from None
+            except (OSError, OverflowError) as exc:
+                msg = getattr(exc, "strerror", None) or exc
+                raise FmError(f"--http {http_bind}: cannot listen: {msg}") from None
+            host, port = str(server.server_address[0]), server.server_address[1]
+            click.echo(
+                f"fm daemon: signal API on http://{host}:{port}/api "
+                f"(token: fm token, file {httpapi.token_path(ctx.db)})",
+                err=True,
+            )
+        sup.install_signal_handlers()
+        click.echo(f"fm daemon: serving {ctx.db} with {n} workers (pid {os.getpid()})", err=True)
+        sup.serve()
+    finally:
+        if server is not None:
+            server.shutdown()
+        sup.close()
+    click.echo(f"fm daemon: stopped ({sup.stop_reason})", err=True)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the workflow JSON Schema."""
+    from fm_local.model import workflow_json_schema
+
+    _emit_json(workflow_json_schema())
