@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fm_local.status import ACTIVE_NODE
+
 # Statuses of a loop (its node_runs row) that are not final: its items still run or wait.
-ACTIVE_LOOP = ("pending", "queued", "running", "retry_wait")
+ACTIVE_LOOP = ACTIVE_NODE
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ import click
 
 from fm_local import __version__, errors
 from fm_local.errors import FmError, UsageError, WorkflowInvalid
+from fm_local.status import ACTIVE_EXEC, TERMINAL_EXEC
 
 # Every command starts fast (<= 0.3 s, benchmarks/run.py): heavy modules (logging,
 # socket, pydantic, jsonschema, the supervisor) are imported where they are used.
 
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
-ACTIVE = ("queued", "running", "paused")
+TERMINAL = TERMINAL_EXEC
+ACTIVE = ACTIVE_EXEC
 
 
 class Ctx:

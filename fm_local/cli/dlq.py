@@ -12,6 +12,7 @@ import click
 from fm_local.cli.base import Ctx, cli, json_option, pass_ctx, read_only
 from fm_local.cli.render import _emit_json
 from fm_local.errors import FmError, UsageError
+from fm_local.status import ACTIVE_EXEC
 
 
 @cli.group()
@@ -90,7 +91,7 @@ def dlq_replay(ctx: Ctx, dead_letter_id: int) -> None:
     ex = store.get_execution(row["execution_id"])
     if ex is None:
         raise FmError(f"dead letter {dead_letter_id}: its execution {row['execution_id']} is gone")
-    if ex["status"] in ("queued", "running", "paused"):
+    if ex["status"] in ACTIVE_EXEC:
         # Still running: the node runs again inside it (SPEC §8).
         from fm_local.signals import REPLAY
 

@@ -48,7 +48,7 @@ TIMELINE_LIMIT = 200  # bars fm timeline draws before it summarizes
 
 
 @cli.command(name="ls")
-@click.option("--status", type=click.Choice(["queued", "running", "paused", *TERMINAL]))
+@click.option("--status", type=click.Choice([*ACTIVE, *TERMINAL]))
 @click.option("--limit", type=int, default=20, show_default=True)
 @json_option
 @pass_ctx

@@ -14,6 +14,7 @@ from fm_local import signals as sigs
 from fm_local.model import (
     WaitNode,
 )
+from fm_local.status import EXEC_TERMINAL
 from fm_local.store import loads
 from fm_local.supervisor.state import (
     WORKER_TYPES,
@@ -70,7 +71,7 @@ class Signals(Part):
             st = self.store.get_execution(eid)
             if st is None:
                 self._refuse(row, f"no execution '{eid}'")
-            elif st["status"] in ("succeeded", "failed", "cancelled", "timed_out"):
+            elif st["status"] in EXEC_TERMINAL:
                 self._refuse(row, f"execution {eid} is already {st['status']}")
             return  # queued, not admitted yet: it waits for the next poll
         why = sigs.refusal(ex.workflow, typ)
