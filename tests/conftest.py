@@ -87,6 +87,32 @@ def holds(cond: Callable[[], Any], seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def python_fresh(db: Path, script: str, *args: str) -> tuple[list[str], str, str]:
+    """Run ``python -c script args...`` in a fresh interpreter with ``FM_DB=db``:
+    (the words of the last line it wrote to stderr, the stderr lines before it,
+    stdout) — for tests of what a fresh ``fm`` process imports or decides."""
+    env = dict(os.environ, FM_DB=str(db), PYTHONPATH=str(ROOT))
+    res = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    *lines, last = res.stderr.strip().splitlines()
+    return last.split(), "\n".join(lines), res.stdout.strip()
+
+
+def serve_until_done(sup: Any, ids: set[str]) -> None:
+    """Open a supervisor object, serve until every execution of ``ids`` finished,
+    close it."""
+    sup.open()
+    try:
+        sup.serve(until=lambda: ids <= sup.finished)
+    finally:
+        sup.close()
+
+
 def run_wf(path: Path, db: Path, input: Any = None, workers: int = 2) -> dict[str, Any]:
     from fm_local import api
 

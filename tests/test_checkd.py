@@ -5,15 +5,12 @@ client, and a local check whenever the supervisor cannot be trusted to answer.""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, fm_cli, query, wait_until
+from conftest import fm_cli, python_fresh, query, wait_until
 
 from fm_local import checkd
 from fm_local.checkd import CheckService
@@ -40,17 +37,8 @@ print("imported:" + ",".join(heavy), code, file=sys.stderr)
 
 
 def _submit_fresh(db: Path, *args: str) -> tuple[str, int, str, str]:
-    env = dict(os.environ, FM_DB=str(db), PYTHONPATH=str(ROOT))
-    res = subprocess.run(
-        [sys.executable, "-c", _SUBMIT_AND_TELL, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    *lines, last = res.stderr.strip().splitlines()
-    imported, code = last.split()
-    return imported, int(code), "\n".join(lines), res.stdout.strip()
+    (imported, code), err, out = python_fresh(db, _SUBMIT_AND_TELL, *args)
+    return imported, int(code), err, out
 
 
 def _answers(db: Path) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HERE, fm_cli, python_node, query, run_wf, wait_until
+from conftest import HERE, fm_cli, python_fresh, python_node, query, run_wf, wait_until
 
 from fm_local import api
 
@@ -336,21 +336,8 @@ print("validated" if "fm_local.validate" in sys.modules else "known", code, file
 
 
 def _submit_fresh(db: Path, *args: str) -> tuple[str, int, str]:
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, FM_DB=str(db))
-    res = subprocess.run(
-        [sys.executable, "-c", _SUBMIT_AND_TELL, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    *lines, last = res.stderr.strip().splitlines()
-    how, code = last.split()
-    return how, int(code), "\n".join(lines)
+    (how, code), err, _ = python_fresh(db, _SUBMIT_AND_TELL, *args)
+    return how, int(code), err
 
 
 def test_a_known_workflow_is_not_validated_again_but_its_input_is(wf, db):

@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from conftest import ROOT, fm_cli, python_node, query, run_wf, wait_until
+from conftest import ROOT, fm_cli, python_node, query, run_wf, serve_until_done, wait_until
 
 from fm_local import api, errors
 from fm_local.store import Batch, Store
@@ -242,12 +242,7 @@ def test_an_internal_error_fails_one_execution_and_the_others_go_on(hwf, db, cap
     )
     e_bad = api.submit(bad, db=db)
     e_good = api.submit(good, db=db)
-    sup = Faulty(db, workers=2)
-    sup.open()
-    try:
-        sup.serve(until=lambda: {e_bad, e_good} <= sup.finished)
-    finally:
-        sup.close()
+    serve_until_done(Faulty(db, workers=2), {e_bad, e_good})
     rows = {r["id"]: r for r in query(db, "SELECT id, status, error FROM executions")}
     assert rows[e_good]["status"] == "succeeded"
     assert rows[e_bad]["status"] == "failed"

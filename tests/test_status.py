@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from conftest import query, run_wf
+from conftest import query, run_wf, serve_until_done
 
 from fm_local import api, errors, status, store
 from fm_local.status import (
@@ -97,12 +97,7 @@ def test_an_illegal_move_fails_its_execution_and_nothing_else(wf, db):
         db=db,
     )
     good = api.submit(wf(TRANSFORM), db=db)
-    sup = Backwards(db, workers=1)
-    sup.open()
-    try:
-        sup.serve(until=lambda: {bad, good} <= sup.finished)
-    finally:
-        sup.close()
+    serve_until_done(Backwards(db, workers=1), {bad, good})
     rows = {r["id"]: r for r in query(db, "SELECT id, status, error FROM executions")}
     assert rows[good]["status"] == "succeeded"
     assert rows[bad]["status"] == "failed"
