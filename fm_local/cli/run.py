@@ -141,6 +141,16 @@ def validate(ctx: Ctx, file: str) -> None:
     click.echo(f"{file}: ok ({n} nodes, workflow '{loaded.workflow.name}')")
 
 
+def durability_option(f: Any) -> Any:
+    """``--durability``, for every command that runs a supervisor (run, daemon)."""
+    return click.option(
+        "--durability",
+        type=click.Choice(["full", "normal"]),
+        default="full",
+        help="SQLite synchronous mode.",
+    )(f)
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--input", "input_text", help="Execution input as JSON.")
@@ -153,12 +163,7 @@ def validate(ctx: Ctx, file: str) -> None:
     default=None,
     help="Worker processes (embedded supervisor).",
 )
-@click.option(
-    "--durability",
-    type=click.Choice(["full", "normal"]),
-    default="full",
-    help="SQLite synchronous mode.",
-)
+@durability_option
 @max_worker_memory_option
 @json_option
 @pass_ctx
@@ -317,12 +322,7 @@ def submit(
     default=None,
     help="Worker processes (default: CPU count).",
 )
-@click.option(
-    "--durability",
-    type=click.Choice(["full", "normal"]),
-    default="full",
-    help="SQLite synchronous mode.",
-)
+@durability_option
 @click.option(
     "--http",
     "http_bind",
