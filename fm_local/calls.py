@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,51 +81,90 @@ def check_calls(
     """(errors, warnings) about the call targets of ``raw``, whose modules live in
     ``folder``; each line starts with the call's JSON path (warnings carry no
     "warning:" prefix)."""
-    from fm_local.validate import _format_path
+    return CallCheck(raw, folder, timeout).result()
 
-    calls = [(_format_path(path), call) for path, call in python_calls(raw)]
-    if not calls:
-        return [], []
-    if timeout is None:
+
+class CallCheck:
+    """:func:`check_calls` started at once and read later: the child imports the
+    modules while this process validates the document."""
+
+    def __init__(self, raw: dict[str, Any], folder: Path, timeout: float | None = None) -> None:
+        from fm_local.validate import _format_path
+
+        self.folder = folder
+        self.calls = [(_format_path(path), call) for path, call in python_calls(raw)]
+        if timeout is None:
+            try:
+                timeout = float(os.environ.get("FM_VALIDATE_IMPORT_TIMEOUT") or DEFAULT_TIMEOUT)
+            except ValueError:
+                timeout = DEFAULT_TIMEOUT
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.proc: subprocess.Popen[str] | None = None
+        self.failed: str | None = None
+        if not self.calls:
+            return
         try:
-            timeout = float(os.environ.get("FM_VALIDATE_IMPORT_TIMEOUT") or DEFAULT_TIMEOUT)
-        except ValueError:
-            timeout = DEFAULT_TIMEOUT
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _CHILD],
-            input=json.dumps({"folder": str(folder), "calls": calls}),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=str(folder),
-        )
-        results = json.loads(proc.stdout)
-    except subprocess.TimeoutExpired:
-        return [], [
-            f"call targets not checked: importing the workflow's modules took over "
-            f"{timeout:g} s (a module that does work at import?)"
-        ]
-    except (ValueError, OSError) as exc:
-        return [], [f"call targets not checked: {exc}"]
-    errors: list[str] = []
-    warnings: list[str] = []
-    for r in results:
-        where, call = r["where"], r["call"]
-        mod, _, attr = call.partition(":")
-        if r.get("missing_module"):
-            errors.append(
-                f"{where}: module '{mod}' not found beside the workflow ({folder})"
-                + _did_you_mean(mod, r.get("modules", []))
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=str(folder),
             )
-        elif r.get("missing_function"):
-            errors.append(
-                f"{where}: module '{mod}' ({r.get('file') or '?'}) has no function '{attr}'"
-                + _did_you_mean(attr, r.get("functions", []))
-            )
-        elif r.get("error"):
-            warnings.append(f"{where}: importing module '{mod}' failed: {r['error']}")
-    return errors, warnings
+            assert self.proc.stdin is not None
+            # The child reads the whole request before it imports anything.
+            self.proc.stdin.write(json.dumps({"folder": str(folder), "calls": self.calls}))
+            self.proc.stdin.close()
+            self.proc.stdin = None  # communicate() then only reads
+        except OSError as exc:
+            self.cancel()
+            self.failed = str(exc)
+
+    def cancel(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+    def result(self) -> tuple[list[str], list[str]]:
+        if self.failed is not None:
+            return [], [f"call targets not checked: {self.failed}"]
+        if self.proc is None:
+            return [], []
+        try:
+            out, _ = self.proc.communicate(timeout=max(0.0, self.deadline - time.monotonic()))
+            results = json.loads(out)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            return [], [
+                f"call targets not checked: importing the workflow's modules took over "
+                f"{self.timeout:g} s (a module that does work at import?)"
+            ]
+        except (ValueError, OSError) as exc:
+            return [], [f"call targets not checked: {exc}"]
+        return self._lines(results)
+
+    def _lines(self, results: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        errors: list[str] = []
+        warnings: list[str] = []
+        folder = self.folder
+        for r in results:
+            where, call = r["where"], r["call"]
+            mod, _, attr = call.partition(":")
+            if r.get("missing_module"):
+                errors.append(
+                    f"{where}: module '{mod}' not found beside the workflow ({folder})"
+                    + _did_you_mean(mod, r.get("modules", []))
+                )
+            elif r.get("missing_function"):
+                errors.append(
+                    f"{where}: module '{mod}' ({r.get('file') or '?'}) has no function '{attr}'"
+                    + _did_you_mean(attr, r.get("functions", []))
+                )
+            elif r.get("error"):
+                warnings.append(f"{where}: importing module '{mod}' failed: {r['error']}")
+        return errors, warnings
 
 
 def _did_you_mean(name: str, candidates: list[str]) -> str:

@@ -1,8 +1,8 @@
 """The supervisor checks documents for the clients of its database.
 
 Validating a workflow document needs the pydantic model and, for an execution's
-input, jsonschema: ~0.35 s of imports and model building in a fresh ``fm``
-process, paid by every first ``fm submit`` of a new or edited file. A supervisor
+input, jsonschema: ~0.12–0.3 s of imports (and of building pydantic's validator for
+a document that is not plainly valid) in a fresh ``fm`` process, paid by every first ``fm submit`` of a new or edited file. A supervisor
 serving the database has both warm. So it answers checks on an abstract Unix
 socket named after the database (a thread beside its loop), and ``fm submit`` /
 ``fm run`` ask it first (:func:`ask`):

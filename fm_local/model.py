@@ -18,8 +18,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ModelWrapValidatorHandler,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -337,18 +335,6 @@ class Workflow(Base):
     nodes: list[Node]
     edges: list[Edge] = []
     handlers: list[Node] = []
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _complete_on_error(
-        cls, data: Any, handler: ModelWrapValidatorHandler[Workflow]
-    ) -> Workflow:
-        try:
-            return handler(data)
-        except ValidationError:
-            # Reporting the errors reads the fields of the models they are in.
-            complete_models()
-            raise
 
 
 def _json_text(value: Any) -> str:

@@ -1,8 +1,9 @@
 """A workflow file made ready to submit: validated once, then known by its content.
 
-Validating a document builds the pydantic model and imports jsonschema (~0.35 s);
-submitting the same file again — the common case at a terminal or in a script —
-should not pay that each time. So the database remembers, with each saved
+Validating a document imports the pydantic model (~0.12 s; pydantic's validator
+is built only for a document that is not plainly valid, fm_local.construct) and,
+for an input, jsonschema; submitting the same file again — the common case at a
+terminal or in a script — should not pay that each time. So the database remembers, with each saved
 workflow document, that it passed validation and what validation said (its
 warnings, the queue's ``maxSize``), stamped with the validation rules that passed
 it (:func:`rules_stamp`: this package's version and its validating modules' files).
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from fm_local.store import Store
 
 # The modules whose code decides whether a document is valid.
-_RULES = ("validate.py", "model.py", "expr.py", "graph.py", "jsonio.py", "calls.py")
+_RULES = ("validate.py", "model.py", "construct.py", "expr.py", "graph.py", "jsonio.py", "calls.py")
 
 
 @dataclass

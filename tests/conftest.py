@@ -21,6 +21,46 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 
 
+def assert_same_model(fast: Any, slow: Any, at: str = "workflow") -> None:
+    """``fast`` equals ``slow`` down to each value's type and each model's set
+    fields (what fm_local.construct promises about pydantic's result)."""
+    from pydantic import BaseModel
+
+    assert type(fast) is type(slow), f"{at}: {type(fast).__name__} != {type(slow).__name__}"
+    if isinstance(slow, BaseModel):
+        assert fast.model_fields_set == slow.model_fields_set, f"{at}: set fields differ"
+        for name in type(slow).model_fields:
+            assert_same_model(getattr(fast, name), getattr(slow, name), f"{at}.{name}")
+    elif isinstance(slow, list):
+        assert len(fast) == len(slow), f"{at}: lengths differ"
+        for i, (a, b) in enumerate(zip(fast, slow, strict=True)):
+            assert_same_model(a, b, f"{at}[{i}]")
+    elif isinstance(slow, dict):
+        assert list(fast) == list(slow), f"{at}: keys differ"
+        for k in slow:
+            assert_same_model(fast[k], slow[k], f"{at}.{k}")
+    else:
+        assert fast == slow, f"{at}: {fast!r} != {slow!r}"
+
+
+@pytest.fixture(autouse=True)
+def _construct_agrees_with_pydantic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every document a test validates in this process and fm_local.construct
+    builds without pydantic is validated by pydantic as well: same objects."""
+    from fm_local import validate
+    from fm_local.model import Workflow
+
+    fast_path = validate.construct
+
+    def checked(raw: Any) -> Any:
+        fast = fast_path(raw)
+        if fast is not None:
+            assert_same_model(fast, Workflow.model_validate(raw))
+        return fast
+
+    monkeypatch.setattr(validate, "construct", checked)
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "fm.db"

@@ -122,11 +122,24 @@ def max_worker_memory_option(f: Any) -> Any:
 def validate(ctx: Ctx, file: str) -> None:
     """Check a workflow file; one line per problem (exit 2 if any). Python call
     targets are imported in a separate process to check they exist."""
-    from fm_local.calls import check_calls
-    from fm_local.validate import Problem, load_workflow
+    from pathlib import Path
 
-    loaded = load_workflow(file)
-    call_errors, call_warnings = check_calls(loaded.raw, loaded.folder)
+    from fm_local.calls import CallCheck
+    from fm_local.prepare import read_text
+    from fm_local.validate import Problem, check_parsed, parse_json
+
+    path = Path(file)
+    raw = parse_json(read_text(path), path=path)
+    # The call targets are imported in a child while this process validates.
+    calls = CallCheck(raw, path.absolute().parent) if isinstance(raw, dict) else None
+    try:
+        loaded = check_parsed(raw, path=path)
+    except BaseException:
+        if calls is not None:
+            calls.cancel()
+        raise
+    assert calls is not None  # a valid document is an object
+    call_errors, call_warnings = calls.result()
     loaded.warnings.extend(Problem("", w, "warning") for w in call_warnings)
     if call_errors:
         raise WorkflowInvalid(
