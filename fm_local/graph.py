@@ -18,23 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fm_local import expr
-from fm_local.model import (
-    ConditionNode,
-    DelayNode,
-    Edge,
-    HttpNode,
-    LoopNode,
-    NodeBase,
-    OutputNode,
-    PythonNode,
-    ShellNode,
-    SwitchNode,
-    TransformNode,
-)
+from fm_local.model import Edge, LoopNode, NodeBase
+from fm_local.nodes.kinds import ERROR_HANDLE, kind_of
 from fm_local.status import NODE_TERMINAL as TERMINAL
-
-ERROR_HANDLE = "error"
-DEFAULT_HANDLE = "default"
 
 # Terminal node statuses (fm_local.status), and the one that lets normal edges through.
 
@@ -92,23 +78,11 @@ class CompiledGraph:
 def node_expression_names(node: NodeBase) -> frozenset[str]:
     """Names read by a node's own expressions and templates (not a loop body's)."""
     names: set[str] = set()
-    if isinstance(node, (TransformNode, ConditionNode, SwitchNode)):
-        names |= expr.compile_expr(node.expression).names
-    elif isinstance(node, PythonNode):
-        names |= expr.value_names(node.args)
-    elif isinstance(node, HttpNode):
-        for v in (node.url, node.method, node.headers, node.query, node.json_body, node.body):
-            names |= expr.value_names(v)
-    elif isinstance(node, ShellNode):
-        for v in (node.command, node.env, node.cwd):
-            names |= expr.value_names(v)
-    elif isinstance(node, LoopNode):
-        names |= expr.value_names(node.array_path)
-        names |= expr.value_names(node.count)
-    elif isinstance(node, DelayNode):
-        names |= expr.value_names(node.duration)
-    elif isinstance(node, OutputNode):
-        names |= expr.value_names(node.value)
+    kind = kind_of(node)
+    if kind.expression:
+        names |= expr.compile_expr(node.expression).names  # type: ignore[attr-defined]
+    for _, value in kind.template_values(node):
+        names |= expr.value_names(value)
     return frozenset(names)
 
 
@@ -174,10 +148,11 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
     for e in edges:
         if e.source in by_id and e.target in by_id:
             source_node = by_id[e.source]
-            if isinstance(source_node, SwitchNode) and e.source_handle is not None:
+            handle_map = kind_of(source_node).handle_map
+            if handle_map is not None and e.source_handle is not None:
                 hmap = handle_maps.get(e.source)
                 if hmap is None:
-                    hmap = handle_maps[e.source] = source_node.handle_map()
+                    hmap = handle_maps[e.source] = handle_map(source_node)
                 handle = hmap.get(e.source_handle, e.source_handle)
                 if handle != e.source_handle:  # a labelled case named by its value
                     e = Edge(source=e.source, target=e.target, source_handle=handle)

@@ -21,14 +21,13 @@ REPLAY = "__replay"
 
 
 def _wait_types(nodes: list[Any]) -> set[str]:
-    from fm_local.model import LoopNode, WaitNode
+    from fm_local.nodes.kinds import Runs, body_nodes, kind_of
 
     found: set[str] = set()
     for n in nodes:
-        if isinstance(n, WaitNode):
+        if kind_of(n).runs is Runs.WAIT:
             found.add(n.signal)
-        if isinstance(n, LoopNode):
-            found |= _wait_types(n.body.nodes)
+        found |= _wait_types(body_nodes(n))
     return found
 
 

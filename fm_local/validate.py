@@ -34,30 +34,18 @@ from pydantic.alias_generators import to_snake
 from fm_local import expr, jsonio
 from fm_local.construct import construct
 from fm_local.errors import WorkflowInvalid
-from fm_local.graph import (
-    DEFAULT_HANDLE,
-    ERROR_HANDLE,
-    LOOP_SCOPE_NAMES,
-    Dep,
-    compile_graph,
-    find_cycle,
-)
+from fm_local.graph import LOOP_SCOPE_NAMES, Dep, compile_graph, find_cycle
 from fm_local.model import (
     NODE_TYPES,
-    ConditionNode,
-    DelayNode,
     Edge,
-    HttpNode,
     LoopNode,
     NodeBase,
     OutputNode,
-    PythonNode,
-    ShellNode,
     SwitchNode,
-    TransformNode,
     Workflow,
     complete_models,
 )
+from fm_local.nodes.kinds import DEFAULT_HANDLE, ERROR_HANDLE, body_nodes, kind_of
 from fm_local.prepare import check_input, message_path, read_text
 
 __all__ = [
@@ -838,12 +826,12 @@ class _Checker:
 
     def _collect_body_ids(self, nodes: Iterable[NodeBase]) -> None:
         for n in nodes:
-            if isinstance(n, LoopNode):
-                for b in n.body.nodes:
-                    self.body_ids.setdefault(b.id, n.id)
-                    if b.output_variable:
-                        self.body_ids.setdefault(b.output_variable, n.id)
-                self._collect_body_ids(n.body.nodes)
+            body = body_nodes(n)
+            for b in body:
+                self.body_ids.setdefault(b.id, n.id)
+                if b.output_variable:
+                    self.body_ids.setdefault(b.output_variable, n.id)
+            self._collect_body_ids(body)
 
     def _compile_all(self) -> None:
         # The invariant's safety net: what the engine will do must not fail.
@@ -862,9 +850,10 @@ class _Checker:
             stack = [nodes]
             while stack:
                 for n in stack.pop():
-                    if isinstance(n, LoopNode):
-                        compiled.add(id(n.body.nodes))
-                        stack.append(n.body.nodes)
+                    body = body_nodes(n)
+                    if body:
+                        compiled.add(id(body))
+                        stack.append(body)
 
     # -- document-level checks
 
@@ -990,10 +979,11 @@ class _Checker:
                 continue
             deps[e.target].append(Dep(e.source, e.source_handle))
             handle = e.source_handle
-            if isinstance(src, SwitchNode) and handle is not None:
+            handle_map = kind_of(src).handle_map
+            if handle_map is not None and handle is not None:
                 hmap = switch_maps.get(e.source)
                 if hmap is None:
-                    hmap = switch_maps[e.source] = src.handle_map()
+                    hmap = switch_maps[e.source] = handle_map(src)
                 handle = hmap.get(handle, handle)
             out_handles[e.source].add(handle)
             if e.source_handle is not None:
@@ -1252,12 +1242,8 @@ class _Checker:
 def _ports(node: NodeBase, accepted: bool = False) -> list[str]:
     """The named output ports of a node, besides 'error' (``accepted``: also the
     other spellings an edge may use, a labelled switch case's value)."""
-    if isinstance(node, ConditionNode):
-        return ["true", "false"]
-    if isinstance(node, SwitchNode):
-        names = node.handles() if accepted else [c.port for c in node.cases]
-        return list(dict.fromkeys([*names, DEFAULT_HANDLE]))
-    return []
+    ports = kind_of(node).ports
+    return ports(node, accepted) if ports is not None else []
 
 
 def _expression_fields(
@@ -1265,30 +1251,10 @@ def _expression_fields(
 ) -> Iterator[tuple[list[PathPart], str, str]]:
     """Every expression (``"expr"``) and templated string (``"tpl"``) of a node's own
     fields, with its path."""
-    if isinstance(node, (TransformNode, ConditionNode, SwitchNode)):
-        yield at + ["expression"], "expr", node.expression
-        return
-    fields: list[tuple[str, Any]] = []
-    if isinstance(node, PythonNode):
-        fields = [("args", node.args)]
-    elif isinstance(node, HttpNode):
-        fields = [
-            ("method", node.method),
-            ("url", node.url),
-            ("headers", node.headers),
-            ("query", node.query),
-            ("json", node.json_body),
-            ("body", node.body),
-        ]
-    elif isinstance(node, ShellNode):
-        fields = [("command", node.command), ("env", node.env), ("cwd", node.cwd)]
-    elif isinstance(node, LoopNode):
-        fields = [("arrayPath", node.array_path), ("count", node.count)]
-    elif isinstance(node, DelayNode):
-        fields = [("duration", node.duration)]
-    elif isinstance(node, OutputNode):
-        fields = [("value", node.value)]
-    for camel, value in fields:
+    kind = kind_of(node)
+    if kind.expression:
+        yield at + ["expression"], "expr", node.expression  # type: ignore[attr-defined]
+    for camel, value in kind.template_values(node):
         yield from _template_strings(value, at + [_raw_key(raw, camel)])
 
 

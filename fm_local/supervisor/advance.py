@@ -10,18 +10,12 @@ from typing import Any
 
 from fm_local import errors, expr, graph, jsonio
 from fm_local.model import (
-    ConditionNode,
     DelayNode,
-    LoopNode,
-    MergeNode,
     OutputNode,
-    SwitchNode,
-    TransformNode,
-    WaitNode,
 )
-from fm_local.nodes import condition, delay, merge, output, switch, transform
+from fm_local.nodes import delay, merge
+from fm_local.nodes.kinds import Runs, kind_of
 from fm_local.supervisor.state import (
-    WORKER_TYPES,
     Exec,
     Frame,
     Part,
@@ -52,7 +46,7 @@ class Advance(Part):
         deps = g.deps[nid]
         node = g.nodes[nid]
         verdict: str | None = "run"
-        if isinstance(node, MergeNode) and nid in g.sections:
+        if nid in g.sections and kind_of(node).runs is Runs.MERGE:
             verdict = self._merge_readiness(frame, nid)
             if verdict is None:
                 return
@@ -74,11 +68,17 @@ class Advance(Part):
             return
         run.queued_at = now
         frame.active += 1
-        if isinstance(node, WORKER_TYPES):
+        self._start_run(run)
+
+    def _start_run(self, run: Run) -> None:
+        """Hand a run just made to where its node's type runs (fm_local.nodes.kinds):
+        a worker's queue, the loop machinery, or the supervisor itself."""
+        runs = kind_of(run.node).runs
+        if runs is Runs.WORKER:
             run.status = "queued"
             self._mark(run)
             self._enqueue(run)
-        elif isinstance(node, LoopNode):
+        elif runs is Runs.LOOP:
             self._start_loop(run)
         else:
             self._run_inline(run)
@@ -160,10 +160,12 @@ class Advance(Part):
             self._item_started(run.frame, now)
         if run.frame.graph.sections:
             self._section_started(run, now)
-        if isinstance(node, WaitNode):
+        kind = kind_of(node)
+        if kind.runs is Runs.WAIT:
             self._start_wait(run)
             return
-        if isinstance(node, DelayNode):
+        if kind.runs is Runs.DELAY:
+            assert isinstance(node, DelayNode)
             try:
                 ms = delay.duration_ms(node, self._scope(run))
             except (errors.NodeError, expr.ExpressionError) as exc:
@@ -180,15 +182,9 @@ class Advance(Part):
             port: str | None
             scope = self._scope(run)
             logger = self._log_line(run)
-            if isinstance(node, TransformNode):
-                value, port = transform.evaluate(node, scope, logger)
-            elif isinstance(node, ConditionNode):
-                value, port = condition.evaluate(node, scope, logger)
-            elif isinstance(node, SwitchNode):
-                value, port = switch.evaluate(node, scope, logger)
-            elif isinstance(node, OutputNode):
-                value, port = output.evaluate(node, scope, logger)
-            elif isinstance(node, MergeNode):
+            if kind.evaluate is not None:
+                value, port = kind.evaluate(node, scope, logger)
+            elif kind.runs is Runs.MERGE:
                 if node.id in run.frame.graph.sections and run.aux_kind is None:
                     value, port = self._merge_value(run)
                 else:
@@ -206,7 +202,7 @@ class Advance(Part):
         run.set_output(value, text)
         run.finished_at = time.time()
         self._attempt_row(run, "succeeded", None)
-        if isinstance(node, MergeNode) and node.id in run.frame.graph.sections:
+        if kind.runs is Runs.MERGE and node.id in run.frame.graph.sections:
             self._merge_done(run)
         self._succeeded(run)
 

@@ -7,9 +7,7 @@ import sqlite3
 import time
 from typing import Any
 
-from fm_local.model import (
-    DelayNode,
-)
+from fm_local.nodes.kinds import Runs, kind_of
 from fm_local.store import Batch, dumps, storage_error
 from fm_local.supervisor.state import (
     ACTIVE_STATUSES,
@@ -97,7 +95,7 @@ class Commit(Part):
                 run.items,
             )
             if status in ACTIVE_STATUSES and run.ntype != "item" and run.ntype != "loop":
-                qstatus = "timer" if isinstance(run.node, DelayNode) else status
+                qstatus = "timer" if kind_of(run.node).runs is Runs.DELAY else status
                 b.queue[key] = (
                     ex.id,
                     run.path,

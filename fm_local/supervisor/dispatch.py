@@ -6,12 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fm_local import errors, expr, jsonio
-from fm_local.model import (
-    HttpNode,
-    PythonNode,
-    ShellNode,
-)
+from fm_local import errors, jsonio
+from fm_local.nodes.kinds import kind_of
 from fm_local.supervisor.state import (
     PREFETCH,
     PREFETCH_HOLD,
@@ -241,26 +237,7 @@ class Dispatch(Part):
         return None
 
     def _task_spec(self, run: Run) -> dict[str, Any]:
-        node = run.node
-        scope = self._scope(run)
-        if isinstance(node, PythonNode):
-            return {"call": node.call, "args": expr.render_value(node.args, scope)}
-        if isinstance(node, HttpNode):
-            return {
-                "method": expr.render_value(node.method, scope),
-                "url": expr.render_value(node.url, scope),
-                "headers": expr.render_value(node.headers, scope),
-                "query": expr.render_value(node.query, scope),
-                "json": expr.render_value(node.json_body, scope),
-                "body": expr.render_value(node.body, scope),
-                "timeout": node.timeout,
-            }
-        if isinstance(node, ShellNode):
-            return {
-                # A string is a shell script: template values are quoted (expr.render_shell).
-                "command": expr.render_shell(node.command, scope),
-                "env": expr.render_value(node.env, scope),
-                "cwd": expr.render_value(node.cwd, scope),
-                "allowFailure": node.allow_failure,
-            }
+        task = kind_of(run.node).task
+        if task is not None:
+            return task(run.node, self._scope(run))
         raise errors.NodeError(f"not a worker node: {run.ntype}")

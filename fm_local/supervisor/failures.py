@@ -13,9 +13,9 @@ from fm_local import errors, graph, retries
 from fm_local.model import (
     RetryPolicy,
 )
+from fm_local.nodes.kinds import runs_on_worker
 from fm_local.store import dumps
 from fm_local.supervisor.state import (
-    WORKER_TYPES,
     Exec,
     Frame,
     Part,
@@ -54,7 +54,7 @@ class Failures(Part):
             ex.workflow.settings.queue.dead_letter_queue
             and run.aux_kind is None
             and not run.fell_back
-            and isinstance(node, WORKER_TYPES)
+            and runs_on_worker(node)
         ):
             self.batch.dead_letters.append(
                 (

@@ -14,9 +14,9 @@ from fm_local.model import (
     SectionPolicy,
 )
 from fm_local.nodes import loop
+from fm_local.nodes.kinds import runs_on_worker
 from fm_local.supervisor.state import (
     _UNSET,
-    WORKER_TYPES,
     Exec,
     Frame,
     LoopState,
@@ -85,7 +85,7 @@ class Loops(Part):
             ls.window = min(node.max_concurrency or n or 1, ex.workflow.settings.queue.max_size)
         ls.window = max(1, ls.window)
         ls.limiter = self._limiter(node.rate_limit, ex, ("loop", ex.id, run.path))
-        ls.gate_inline = not any(isinstance(body.nodes[r], WORKER_TYPES) for r in body.roots)
+        ls.gate_inline = not any(runs_on_worker(body.nodes[r]) for r in body.roots)
         run.loop = ls
         return ls
 

@@ -12,11 +12,10 @@ from fm_local import errors, graph
 from fm_local.graph import CompiledGraph
 from fm_local.limits import RateLimiter
 from fm_local.model import (
-    DelayNode,
     LoopNode,
-    WaitNode,
     Workflow,
 )
+from fm_local.nodes.kinds import Runs, kind_of
 from fm_local.store import loads
 from fm_local.supervisor.state import (
     ACTIVE_STATUSES,
@@ -129,11 +128,12 @@ class Recovery(Part):
                     frame.failure = _failure_of(run)
                 continue
             frame.active += 1
-            if isinstance(node, LoopNode):
+            runs = kind_of(node).runs
+            if runs is Runs.LOOP:
                 loops.append(run)
-            elif isinstance(node, DelayNode) and run.status == "running":
+            elif runs is Runs.DELAY and run.status == "running":
                 self._timer(run.next_attempt_at or now, "delay", run)
-            elif isinstance(node, WaitNode) and run.status == "running":
+            elif runs is Runs.WAIT and run.status == "running":
                 self._start_wait(run, restoring=True)
             elif run.status == "running":
                 # The supervisor died while this node ran: an infrastructure

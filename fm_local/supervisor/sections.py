@@ -7,14 +7,10 @@ import time
 from typing import Any
 
 from fm_local import errors, graph
-from fm_local.model import (
-    LoopNode,
-    MergeNode,
-    NodeBase,
-)
+from fm_local.model import MergeNode, NodeBase
+from fm_local.nodes.kinds import Runs, kind_of
 from fm_local.store import dumps
 from fm_local.supervisor.state import (
-    WORKER_TYPES,
     Frame,
     Part,
     Run,
@@ -305,11 +301,7 @@ class Sections(Part):
             aux.branch = parent.branch
         aux.queued_at = time.time()
         frame.active += 1
-        if isinstance(node, WORKER_TYPES):
-            aux.status = "queued"
-            self._mark(aux)
-            self._enqueue(aux)
-        elif isinstance(node, LoopNode):
+        if kind_of(node).runs is Runs.LOOP:
             aux.status = "queued"
             self._inline_failed(
                 aux,
@@ -318,7 +310,7 @@ class Sections(Part):
                 ),
             )
         else:
-            self._run_inline(aux)
+            self._start_run(aux)
         return aux
 
     def _aux_done(self, aux: Run) -> None:

@@ -14,10 +14,10 @@ from fm_local import signals as sigs
 from fm_local.model import (
     WaitNode,
 )
+from fm_local.nodes.kinds import runs_on_worker
 from fm_local.status import EXEC_TERMINAL
 from fm_local.store import loads
 from fm_local.supervisor.state import (
-    WORKER_TYPES,
     Exec,
     Part,
     Run,
@@ -158,7 +158,7 @@ class Signals(Part):
         data = data if isinstance(data, dict) else {}
         path = str(data.get("path") or "")
         node = replay.model_node(list(ex.workflow.nodes), path)
-        if node is None or not isinstance(node, WORKER_TYPES):
+        if node is None or not runs_on_worker(node):
             self._refuse(
                 row, f"no python/http/shell node at '{path}' in workflow '{ex.workflow.name}'"
             )

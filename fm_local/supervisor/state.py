@@ -17,13 +17,10 @@ from fm_local.graph import CompiledGraph
 from fm_local.limits import Pool, RateLimiter
 from fm_local.lock import SupervisorLock
 from fm_local.model import (
-    HttpNode,
     LoopNode,
     MergeNode,
     NodeBase,
-    PythonNode,
     SectionPolicy,
-    ShellNode,
     Workflow,
 )
 from fm_local.resources import Sampler
@@ -34,7 +31,6 @@ from fm_local.workers import ProcessPool
 
 log = logging.getLogger("fm_local.supervisor")
 
-WORKER_TYPES = (PythonNode, HttpNode, ShellNode)
 FLUSH_INTERVAL = 0.004  # seconds between group commits while busy
 FLUSH_MAX = 4000  # rows: commit sooner than the interval when this many are dirty
 DB_POLL_INTERVAL = 0.05  # seconds between looks for new executions and signals

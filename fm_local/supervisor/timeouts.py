@@ -9,8 +9,8 @@ from collections import deque
 from typing import Any
 
 from fm_local import errors, jsonio
+from fm_local.nodes.kinds import runs_on_worker
 from fm_local.supervisor.state import (
-    WORKER_TYPES,
     Exec,
     Frame,
     LoopState,
@@ -74,7 +74,7 @@ class Timeouts(Part):
                 self._queue_timed_out(r, now)
 
     def _queue_timed_out(self, r: Run, now: float) -> None:
-        if r.input_json is None and isinstance(r.node, WORKER_TYPES):
+        if r.input_json is None and runs_on_worker(r.node):
             # The input it would have run with, for its dead letter and its record.
             try:
                 r.input_json = jsonio.bounded_dumps(self._task_spec(r))
