@@ -28,6 +28,8 @@ from typing import Any
 
 from fm_local import errors
 from fm_local.checkd import CheckService
+from fm_local.executors import Event, Finished, Lost, Started
+from fm_local.executors.process import ProcessExecutor
 from fm_local.resources import KEEP_SECONDS, Sampler
 from fm_local.status import EXEC_TERMINAL
 from fm_local.store import Store
@@ -51,7 +53,6 @@ from fm_local.supervisor.state import (
 )
 from fm_local.supervisor.timeouts import Timeouts
 from fm_local.wake import Listener
-from fm_local.workers import ProcessPool, Slot
 
 
 class Supervisor(
@@ -67,17 +68,19 @@ class Supervisor(
     Timeouts,
     Commit,
 ):
-    """Runs executions from one database with a pool of worker processes."""
+    """Runs executions from one database; node tasks run on an executor (worker
+    processes: fm_local.executors.process)."""
 
     def open(self) -> None:
         self.lock.acquire()
         try:
             self.store = Store(self.db, durability=self.durability)
-            self.pool = ProcessPool(
+            make = self.make_executor or ProcessExecutor
+            self.executor = make(
                 self.n_workers, max_rss_mb=self.max_worker_memory_mb, subreaper=self.subreaper
             )
-            self.pool.start()
-            self.pool.wait_ready(WORKER_START_TIMEOUT)
+            self.executor.start()
+            self.executor.wait_ready(WORKER_START_TIMEOUT)
             self.sampler = Sampler()
             self.wake = Listener(self.db)
             self.checks = CheckService(self.db)
@@ -98,9 +101,9 @@ class Supervisor(
             if self.checks is not None:
                 self.checks.close()
                 self.checks = None
-            if self.pool is not None:
-                self.pool.shutdown()
-                self.pool = None
+            if self.executor is not None:
+                self.executor.shutdown()
+                self.executor = None
             if self.store is not None:
                 self.store.close()
                 self.store = None
@@ -119,7 +122,7 @@ class Supervisor(
 
     def serve(self, until: Callable[[], bool] | None = None) -> None:
         """The main loop. Returns when stopped, or when ``until()`` is true."""
-        assert self.store is not None and self.pool is not None
+        assert self.store is not None and self.executor is not None
         failures = 0
         while not self.stopping:
             try:
@@ -140,10 +143,10 @@ class Supervisor(
         self.serve(until=lambda: execution_id in self.finished)
 
     def tick(self) -> None:
-        pool = self.pool
-        assert pool is not None
+        executor = self.executor
+        assert executor is not None
         timeout = self._wait_time(time.monotonic())
-        self._take_events(pool.poll(timeout, self.wake))
+        self._take_events(executor.poll(timeout, self.wake))
         if self.wake is not None:
             woke, waiting = self.wake.drain()
             if woke:
@@ -160,7 +163,7 @@ class Supervisor(
             self._poll_db()
             self._check_queue_timeouts(now)
             self._settle()
-        self._reclaim(time.monotonic())
+        executor.reclaim(time.monotonic())
         self._dispatch()
         self._settle()
         if self.on_tick is not None:
@@ -169,12 +172,14 @@ class Supervisor(
             self._sample_resources()
         self._maybe_flush()
 
-    def _take_events(self, events: list[tuple[str, Slot, Any]]) -> None:
-        for kind, slot, payload in events:
-            if kind == "results":
-                self._on_results(slot, payload)
-            elif kind == "died":
-                self._on_worker_died(slot, payload)
+    def _take_events(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Finished):
+                self._on_results(event.results)
+            elif isinstance(event, Started):
+                self._on_started(event.task_id)
+            elif isinstance(event, Lost):
+                self._on_lost(event.tasks, event.reason)
 
     def _settle(self) -> None:
         """Drain the work queues until nothing more follows from what happened.
@@ -277,23 +282,24 @@ class Supervisor(
             t = min(t, FLUSH_INTERVAL - (now_m - self.last_flush))
         if self.timers:
             t = min(t, self.timers[0][0] - time.time())
-        for slot in self.pool.slots if self.pool else ():
-            if slot.inflight:
-                run = self.tasks.get(slot.inflight[0]["id"])
+        executor = self.executor
+        if executor is not None:
+            for task_id, since in executor.running():
+                run = self.tasks.get(task_id)
                 if run is not None and run.node.timeout:
-                    t = min(t, slot.head_since + run.node.timeout / 1000.0 - now_m)
-                if len(slot.inflight) > len(slot.dropping) + 1:
-                    # Look again when the tasks queued behind it are due to be taken back.
-                    t = min(t, slot.head_since + self._hold(run) - now_m)
+                    t = min(t, since + run.node.timeout / 1000.0 - now_m)
+            due = executor.next_check(now_m)
+            if due is not None:
+                t = min(t, due - now_m)
         return max(0.0, t)
 
     def _sample_resources(self) -> None:
         """About once a second: CPU and RSS of the supervisor, workers, machine."""
-        assert self.pool is not None and self.sampler is not None and self.store is not None
+        assert self.executor is not None and self.sampler is not None and self.store is not None
         workers = []
-        for slot in self.pool.slots:
-            run = self.tasks.get(slot.inflight[0]["id"]) if slot.inflight else None
-            workers.append((slot.pid, run.ex.id if run else None, run.path if run else None))
+        for pid, task_id in self.executor.workers():
+            run = self.tasks.get(task_id) if task_id is not None else None
+            workers.append((pid, run.ex.id if run else None, run.path if run else None))
         try:
             self.batch.samples.extend(self.sampler.sample(workers))
         except Exception:  # noqa: BLE001 - sampling must never stop the engine
@@ -305,13 +311,13 @@ class Supervisor(
 
     def _drain(self) -> None:
         """Graceful stop: start nothing new, let running nodes finish (bounded)."""
-        pool = self.pool
-        if pool is None:
+        executor = self.executor
+        if executor is None:
             return
         deadline = time.monotonic() + self.drain_timeout
         self.stopping = True
         while self.tasks and time.monotonic() < deadline:
-            self._take_events(pool.poll(0.05))
+            self._take_events(executor.poll(0.05))
             self._settle()
             self._maybe_flush()
         # Whatever still runs is re-run by the next supervisor, not counted.

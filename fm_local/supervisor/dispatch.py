@@ -9,115 +9,45 @@ from typing import Any
 from fm_local import errors, jsonio
 from fm_local.nodes.kinds import kind_of
 from fm_local.supervisor.state import (
-    PREFETCH,
-    PREFETCH_HOLD,
-    PREFETCH_WINDOW,
     Frame,
     Part,
     Run,
     _exec_order,
 )
-from fm_local.workers import Slot
 
 
 class Dispatch(Part):
     def _dispatch(self) -> None:
-        """Hand ready tasks to workers: one to each idle worker; behind a running
-        task only when the backlog is deep and only tasks whose expected duration
-        fits the worker's window (:data:`PREFETCH_WINDOW`)."""
-        pool = self.pool
-        assert pool is not None
+        """Fill the executor's offers with ready tasks: a task that starts at once
+        may be held by a limiter gate; one that would wait behind a running task
+        (prefetch) must be expected to fit the offer's budget."""
+        executor = self.executor
+        assert executor is not None
         if self.stopping or not self.ready_count:
             return
-        n_slots = len(pool.slots)
-        deep = self.ready_count > 2 * n_slots
         now = time.time()
-        now_m = time.monotonic()
-        for slot in pool.slots:
+        durations = self.durations
+        for offer in executor.offers(lambda: self.ready_count):
             if not self.ready_count:
                 return
-            if not slot.ready:
-                continue
-            idle = not slot.inflight
-            if not idle and not deep:
-                continue
-            want = PREFETCH - len(slot.inflight) if deep else 1
-            if deep:
-                want = min(want, max(1, self.ready_count // n_slots))
-            budget = 0.0 if idle else self._window_left(slot, now_m)
-            tasks: list[dict[str, Any]] = []
-            while want > 0 and self.rr:
-                head = idle and not tasks
-                if head:
-                    run = self._next_ready(now, True)
-                else:
-                    if budget <= 0.0:
-                        break
-                    run = self._next_ready(now, False, budget)
+            while self.rr and offer.wants():
+                budget = offer.budget()
+                head = budget is None
+                run = self._next_ready(now, head, budget)
                 if run is None:
                     break
-                if head:
-                    est = self.durations.get(id(run.node))
-                    budget = PREFETCH_WINDOW - est if est is not None else 0.0
-                else:
-                    budget -= self.durations.get(id(run.node), PREFETCH_WINDOW)
+                offer.charge(durations.get(id(run.node)))
                 try:
-                    task = self._make_task(run, slot, head=head)
+                    task = self._make_task(run, offer.worker, head=head)
                 except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
                     self._contain(run.ex, exc, f"dispatching node '{run.path}'")
                     continue
                 if task is not None:
-                    tasks.append(task)
-                    want -= 1
-            if tasks:
-                for task, why in pool.submit(slot, tasks):
-                    self._not_sent(task, why)
+                    offer.add(task)
+            for task, why in executor.submit(offer):
+                self._not_sent(task, why)
             if not self.rr:
                 return
-
-    def _window_left(self, slot: Slot, now_m: float) -> float:
-        """Seconds of prefetch window a busy worker has left: the window minus the
-        expected rest of its running task and of the tasks queued behind it."""
-        durations = self.durations
-        held = 0.0
-        for i, t in enumerate(slot.inflight):
-            run = self.tasks.get(t["id"])
-            est = durations.get(id(run.node)) if run is not None else None
-            if est is None:
-                return 0.0  # unknown work ahead: do not queue behind it
-            if i == 0:
-                ran = now_m - slot.head_since
-                if ran > est:
-                    return 0.0  # running longer than expected: its end is unknown
-                held += est - ran
-            else:
-                held += est
-        return PREFETCH_WINDOW - held
-
-    def _hold(self, head: Run | None) -> float:
-        """How long a worker's running task may take before the tasks queued behind
-        it are taken back: twice what it is expected to take, at least PREFETCH_HOLD."""
-        est = self.durations.get(id(head.node), 0.0) if head is not None else 0.0
-        return max(PREFETCH_HOLD, 2 * est)
-
-    def _reclaim(self, now_m: float) -> None:
-        """A worker whose running task takes much longer than expected hands back
-        the tasks queued behind it, so they run elsewhere now."""
-        pool = self.pool
-        assert pool is not None
-        for slot in pool.slots:
-            inflight = slot.inflight
-            if len(inflight) < 2:
-                continue
-            if now_m - slot.head_since <= self._hold(self.tasks.get(inflight[0]["id"])):
-                continue
-            ids = [
-                t["id"]
-                for t in list(inflight)[1:]
-                if (r := self.tasks.get(t["id"])) is not None and r.prefetched
-            ]
-            if ids:
-                pool.drop(slot, ids)
 
     def _not_sent(self, task: dict[str, Any], exc: BaseException) -> None:
         """A task that could not be sent to a worker: undo its dispatch, fail the node."""
@@ -176,7 +106,7 @@ class Dispatch(Part):
                     self._unlist_ready(ex)
         return None
 
-    def _make_task(self, run: Run, slot: Slot, head: bool = True) -> dict[str, Any] | None:
+    def _make_task(self, run: Run, worker: int | None, head: bool = True) -> dict[str, Any] | None:
         """Resolve the node's templates and build its task; None if that failed.
 
         Only the ``head`` task of a worker is recorded ``running``; tasks queued
@@ -204,7 +134,7 @@ class Dispatch(Part):
         run.task_id = tid
         run.status = "running" if head else "queued"
         run.prefetched = not head
-        run.worker_pid = slot.pid
+        run.worker_pid = worker
         ex.running += 1
         self.tasks[tid] = run
         self._mark(run)

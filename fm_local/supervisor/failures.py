@@ -132,16 +132,11 @@ class Failures(Part):
     def _drop_prefetched(self, pred: Callable[[Run], bool]) -> None:
         """Ask workers to hand back the selected tasks they hold but have not
         started (a task queued behind another on the same worker)."""
-        pool = self.pool
-        assert pool is not None
-        for slot in pool.slots:
-            ids = [
-                t["id"]
-                for t in list(slot.inflight)[1:]
-                if (r := self.tasks.get(t["id"])) is not None and r.prefetched and pred(r)
-            ]
-            if ids:
-                pool.drop(slot, ids)
+        executor = self.executor
+        assert executor is not None
+        ids = [tid for tid, r in self.tasks.items() if r.prefetched and pred(r)]
+        if ids:
+            executor.hand_back(ids)
 
     def _cancel_running(self, frame: Frame, reason: str) -> None:
         """Stop the nodes of ``frame`` (and below) that are running now."""

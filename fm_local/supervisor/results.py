@@ -8,16 +8,16 @@ from collections.abc import Callable
 from typing import Any
 
 from fm_local import errors
+from fm_local.executors import Task
 from fm_local.supervisor.state import (
     _UNSET,
     Part,
     Run,
 )
-from fm_local.workers import Slot
 
 
 class Results(Part):
-    def _on_results(self, slot: Slot, done: list[tuple[dict[str, Any], tuple[Any, ...]]]) -> None:
+    def _on_results(self, done: list[tuple[Task, tuple[Any, ...]]]) -> None:
         for task, result in done:
             run = self.tasks.pop(task["id"], None)
             if run is None or run.task_id != task["id"]:
@@ -26,14 +26,16 @@ class Results(Part):
                 self._on_result(run, result)
             except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
                 self._contain(run.ex, exc, f"handling the result of node '{run.path}'")
-        if slot.inflight:
-            head = self.tasks.get(slot.inflight[0]["id"])
-            if head is not None and head.status == "queued":
-                head.status = "running"
-                head.prefetched = False
-                head.started_at = time.time()
-                self._mark(head)
-                self._attempt_row(head, "running", None)
+
+    def _on_started(self, task_id: int) -> None:
+        """A task that waited behind another on its worker now runs."""
+        head = self.tasks.get(task_id)
+        if head is not None and head.status == "queued":
+            head.status = "running"
+            head.prefetched = False
+            head.started_at = time.time()
+            self._mark(head)
+            self._attempt_row(head, "running", None)
 
     def _on_result(self, run: Run, result: tuple[Any, ...]) -> None:
         run.task_id = None
@@ -85,10 +87,11 @@ class Results(Part):
             run.attempt_kind = "attempt"
             self._attempt_failed(run, error)
 
-    def _take_back(self, held: list[dict[str, Any]]) -> list[Run]:
-        """Runs of tasks a stopped/dead worker held, in order, detached from it."""
+    def _take_back(self, given_up: list[tuple[Task, bool]]) -> list[tuple[Run, bool]]:
+        """(run, had started) of tasks the executor gave up (stopped, or lost with
+        their worker), in order, detached from it."""
         runs = []
-        for task in held:
+        for task, started in given_up:
             run = self.tasks.pop(task["id"], None)
             if run is None or run.task_id != task["id"]:
                 continue
@@ -96,18 +99,18 @@ class Results(Part):
             run.prefetched = False
             run.ex.running -= 1
             self._release(run)
-            runs.append(run)
+            runs.append((run, started))
         return runs
 
-    def _on_worker_died(self, slot: Slot, held: list[dict[str, Any]]) -> None:
-        for i, run in enumerate(self._take_back(held)):
+    def _on_lost(self, lost: list[tuple[Task, bool]], reason: str) -> None:
+        for run, started in self._take_back(lost):
             if run.terminal:
                 continue
             try:
-                if i > 0:
+                if not started:
                     self._requeue(run)  # never started: nothing spent
                     continue
-                self._interrupted(run, errors.WORKER_CRASH, f"worker process {slot.pid} died")
+                self._interrupted(run, errors.WORKER_CRASH, reason)
             except Exception as exc:  # noqa: BLE001 - the per-execution error boundary
                 self._contain(run.ex, exc, f"recovering node '{run.path}' from a worker crash")
 
@@ -137,19 +140,13 @@ class Results(Part):
     def _kill_tasks(self, pred: Callable[[Run], bool], status: str, reason: str) -> None:
         """Stop every worker running a task that ``pred`` selects; the selected
         runs end with ``status``, the other tasks those workers held are requeued."""
-        pool = self.pool
-        assert pool is not None
-        for slot in list(pool.slots):
-            hit = False
-            for t in slot.inflight:
-                r = self.tasks.get(t["id"])
-                if r is not None and pred(r):
-                    hit = True
-                    break
-            if not hit:
-                continue
-            for r in self._take_back(pool.stop_slot(slot)):
-                if pred(r):
-                    self._cancel_run(r, reason, status)
-                elif not r.terminal:
-                    self._requeue(r)
+        executor = self.executor
+        assert executor is not None
+        ids = [tid for tid, r in self.tasks.items() if pred(r)]
+        if not ids:
+            return
+        for r, _ in self._take_back(executor.stop(ids)):
+            if pred(r):
+                self._cancel_run(r, reason, status)
+            elif not r.terminal:
+                self._requeue(r)

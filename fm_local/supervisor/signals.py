@@ -210,22 +210,20 @@ class Signals(Part):
     def _interrupt_tasks(self, pred: Callable[[Run], bool]) -> int:
         """Stop the workers running selected tasks; the tasks go back to the queue
         without spending an attempt (pause with cleanup)."""
-        pool = self.pool
-        assert pool is not None
+        executor = self.executor
+        assert executor is not None
         count = 0
-        for slot in list(pool.slots):
-            if not any(
-                (r := self.tasks.get(t["id"])) is not None and pred(r) for t in slot.inflight
-            ):
+        ids = [tid for tid, r in self.tasks.items() if pred(r)]
+        if not ids:
+            return count
+        for r, started in self._take_back(executor.stop(ids)):
+            if r.terminal:
                 continue
-            for i, r in enumerate(self._take_back(pool.stop_slot(slot))):
-                if r.terminal:
-                    continue
-                if i == 0 and pred(r):
-                    count += 1
-                    r.finished_at = time.time()
-                    self._attempt_row(r, "interrupted", None)
-                self._requeue(r)
+            if started and pred(r):
+                count += 1
+                r.finished_at = time.time()
+                self._attempt_row(r, "interrupted", None)
+            self._requeue(r)
         return count
 
     def _cancel(self, ex: Exec, handler: Any, row: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fm_local import errors, graph, jsonio
 from fm_local.checkd import CheckService
+from fm_local.executors import Executor
 from fm_local.graph import CompiledGraph
 from fm_local.limits import Pool, RateLimiter
 from fm_local.lock import SupervisorLock
@@ -27,7 +28,6 @@ from fm_local.resources import Sampler
 from fm_local.status import NODE_MOVES, NODE_TERMINAL, NodeStatus, check_exec, check_node
 from fm_local.store import Batch, Rejected, Store, loads
 from fm_local.wake import Listener
-from fm_local.workers import ProcessPool
 
 log = logging.getLogger("fm_local.supervisor")
 
@@ -37,9 +37,6 @@ DB_POLL_INTERVAL = 0.05  # seconds between looks for new executions and signals
 # Prefetch: when the backlog is deep, a worker may hold tasks behind the one it
 # runs (saving a round trip each), but only as much work as it will finish soon,
 # so that no task waits long behind another execution's long node.
-PREFETCH = 16  # most tasks queued on one worker
-PREFETCH_WINDOW = 0.005  # seconds of expected work a worker may hold behind its head
-PREFETCH_HOLD = 0.02  # a head running longer than this (and 2x its estimate): take back
 DRAIN_TIMEOUT = 10.0  # seconds a graceful stop waits for running nodes
 WORKER_START_TIMEOUT = 10.0  # seconds to wait for the pool before serving
 ACTIVE_STATUSES = frozenset({"queued", "running", "retry_wait"})
@@ -498,8 +495,12 @@ class Part:
         drain_timeout: float = DRAIN_TIMEOUT,
         max_worker_memory_mb: int | None = None,
         subreaper: bool = False,
+        executor: Callable[..., Executor] | None = None,
     ) -> None:
         self.db = Path(db)
+        # Makes the executor at open(): called like ProcessExecutor(workers,
+        # max_rss_mb=..., subreaper=...); InlineExecutor runs tasks in this process.
+        self.make_executor = executor
         self.subreaper = subreaper  # this process is ours (fm daemon, fm run): see workers
         self.max_worker_memory_mb = max_worker_memory_mb
         self.n_workers = max(1, workers)
@@ -508,7 +509,7 @@ class Part:
         self.drain_timeout = drain_timeout
         self.lock = SupervisorLock(self.db)
         self.store: Store | None = None
-        self.pool: ProcessPool | None = None
+        self.executor: Executor | None = None
         self.execs: dict[str, Exec] = {}
         # Workflows with ready tasks, served round robin (fair sharing between
         # workflows); within a workflow, executions in queue-policy order.

@@ -22,22 +22,20 @@ from fm_local.supervisor.state import (
 
 class Timeouts(Part):
     def _check_deadlines(self, now: float) -> None:
-        pool = self.pool
-        assert pool is not None
+        executor = self.executor
+        assert executor is not None
         now_m = time.monotonic()
-        for slot in list(pool.slots):
-            if not slot.inflight:
-                continue
-            run = self.tasks.get(slot.inflight[0]["id"])
+        for task_id, since in executor.running():
+            run = self.tasks.get(task_id)
             if run is None or not run.node.timeout:
                 continue
-            if now_m - slot.head_since < run.node.timeout / 1000.0:
+            if now_m - since < run.node.timeout / 1000.0:
                 continue
-            for i, r in enumerate(self._take_back(pool.stop_slot(slot))):
+            for r, started in self._take_back(executor.stop([task_id])):
                 if r.terminal:
                     continue
                 with self._boundary(r.ex, f"timing out node '{r.path}'"):
-                    if i == 0:
+                    if started:
                         self._timed_out(r)
                     else:
                         self._requeue(r)

@@ -9,7 +9,7 @@ can be handed back at once, however long the running one takes: the supervisor
 follows a "drop" message with SIG_DROP, whose handler answers it. Node code never
 writes to the protocol pipe. A worker whose
 memory passes its limit hands back what it holds and retires between tasks.
-Started as ``python -m fm_local.worker RFD WFD PPID``.
+Started as ``python -m fm_local.executors.worker RFD WFD PPID``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""The local process pool: long-lived worker processes behind an executor interface.
+"""The process executor: long-lived worker processes behind the task-level
+:class:`fm_local.executors.Executor` protocol.
 
-Invariants: the scheduler only sees :class:`Executor` (submit tasks to a slot, get
-results and deaths back, stop a slot); each worker is its own process group and a
+Invariants: the scheduler only sees tasks (offers to fill, events back, tasks
+stopped or taken back by id); prefetch — tasks queued on a busy worker behind its
+running one, when their expected durations fit a small window — and taking them
+back when the running one overstays are decided here; each worker is its own process group and a
 child subreaper, so stopping a slot (SIGTERM, SIGKILL after a grace, then every
 descendant seen before the stop) stops everything its node started; a worker's
 death is seen from its process (a pidfd), not only from EOF on its pipe, which a
@@ -18,13 +21,21 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Protocol
+from typing import Any
 
+from fm_local.executors import Event, Finished, Lost, Offer, Started, Task, started_first
+
+PREFETCH = 16  # most tasks queued on one worker
+PREFETCH_WINDOW = 0.005  # seconds of expected work a worker may hold behind its head
+PREFETCH_HOLD = 0.02  # a head running longer than this (and 2x its estimate): take back
 STOP_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
 PIPE_ROOM = 16 * 1024  # bytes a message may have without the worker reading at once
-SIG_DROP = signal.SIGRTMIN + 3  # as fm_local.worker.SIG_DROP (not imported: it imports nodes)
+SIG_DROP = (
+    signal.SIGRTMIN + 3
+)  # as fm_local.executors.worker.SIG_DROP (not imported: it imports nodes)
 
 
 @dataclass(eq=False)
@@ -53,22 +64,55 @@ class Slot:
         return len(self.inflight)
 
 
-class Executor(Protocol):
-    """Where node tasks run. The scheduler never cares which implementation it has."""
+class ProcessOffer:
+    """Room on one worker (:class:`fm_local.executors.Offer`): one task that starts
+    at once on an idle worker, then tasks whose expected durations fit the
+    prefetch window behind it."""
 
-    def start(self) -> None: ...
-    def idle_slots(self) -> list[Slot]: ...
-    def submit(
-        self, slot: Slot, tasks: list[dict[str, Any]]
-    ) -> list[tuple[dict[str, Any], BaseException]]: ...
-    def poll(self, timeout: float, extra: Any = None) -> list[tuple[str, Slot, Any]]: ...
-    def stop_slot(self, slot: Slot) -> list[dict[str, Any]]: ...
-    def drop(self, slot: Slot, task_ids: list[int]) -> None: ...
-    def wait_ready(self, timeout: float) -> None: ...
-    def shutdown(self) -> None: ...
+    __slots__ = (
+        "slot",
+        "worker",
+        "tasks",
+        "_room",
+        "_budget",
+        "_idle",
+        "_estimates",
+        "_next_estimate",
+    )
+
+    def __init__(self, slot: Slot, room: int, budget: float, estimates: dict[int, Any]) -> None:
+        self.slot = slot
+        self.worker: int | None = slot.pid
+        self.tasks: list[Task] = []
+        self._room = room
+        self._budget = budget
+        self._idle = not slot.inflight
+        self._estimates = estimates
+        self._next_estimate: float | None = None
+
+    def wants(self) -> bool:
+        return self._room > 0 and (self._starts_now() or self._budget > 0.0)
+
+    def _starts_now(self) -> bool:
+        return self._idle and not self.tasks
+
+    def budget(self) -> float | None:
+        return None if self._starts_now() else self._budget
+
+    def charge(self, estimate: float | None) -> None:
+        self._next_estimate = estimate
+        if self._starts_now():
+            self._budget = PREFETCH_WINDOW - estimate if estimate is not None else 0.0
+        else:
+            self._budget -= estimate if estimate is not None else PREFETCH_WINDOW
+
+    def add(self, task: Task) -> None:
+        self.tasks.append(task)
+        self._estimates[task["id"]] = self._next_estimate
+        self._room -= 1
 
 
-class ProcessPool:
+class ProcessExecutor:
     """A fixed number of worker processes; replaces any that die or are stopped."""
 
     def __init__(
@@ -92,6 +136,9 @@ class ProcessPool:
         # Stopped workers: (process, when to SIGKILL, descendants seen at the stop).
         self._dying: list[tuple[subprocess.Popen[bytes], float, list[Any]]] = []
         self._next_index = 0
+        # Task id -> the scheduler's estimate of its duration (seconds; None: unknown),
+        # for the tasks the workers hold.
+        self._estimates: dict[int, float | None] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -125,7 +172,7 @@ class ProcessPool:
                 [
                     sys.executable,
                     "-m",
-                    "fm_local.worker",
+                    "fm_local.executors.worker",
                     str(to_child_r),
                     str(from_child_w),
                     str(os.getpid()),
@@ -157,7 +204,7 @@ class ProcessPool:
         """Wait (bounded) until every worker has started and reported ready."""
         deadline = time.monotonic() + timeout
         while any(not s.ready for s in self.slots) and time.monotonic() < deadline:
-            for kind, slot, _ in self.poll(0.05):
+            for kind, slot, _ in self._poll(0.05):
                 if kind == "died":
                     raise RuntimeError(f"worker process {slot.pid} died while starting")
 
@@ -192,14 +239,56 @@ class ProcessPool:
 
     # --- scheduling -----------------------------------------------------------------
 
-    def idle_slots(self) -> list[Slot]:
-        return [s for s in self.slots if s.ready and not s.inflight]
+    def offers(self, backlog: Callable[[], int]) -> Iterator[ProcessOffer]:
+        """One offer per worker that takes tasks now: an idle one takes one (more,
+        behind it, when the backlog is deep); a busy one, only when the backlog is
+        deep, tasks whose expected durations fit what is left of its window. Made
+        one at a time: the room of each counts the backlog left by the ones before."""
+        n_slots = len(self.slots)
+        deep = backlog() > 2 * n_slots
+        now_m = time.monotonic()
+        for slot in self.slots:
+            if not slot.ready:
+                continue
+            idle = not slot.inflight
+            if not idle and not deep:
+                continue
+            room = 1
+            if deep:
+                room = min(PREFETCH - len(slot.inflight), max(1, backlog() // n_slots))
+            budget = 0.0 if idle else self._window_left(slot, now_m)
+            yield ProcessOffer(slot, room, budget, self._estimates)
 
-    def submit(
-        self, slot: Slot, tasks: list[dict[str, Any]]
-    ) -> list[tuple[dict[str, Any], BaseException]]:
-        """Send ``tasks`` to the worker of ``slot``; returns the tasks that could not
+    def _window_left(self, slot: Slot, now_m: float) -> float:
+        """Seconds of prefetch window a busy worker has left: the window minus the
+        expected rest of its running task and of the tasks queued behind it."""
+        held = 0.0
+        for i, t in enumerate(slot.inflight):
+            est = self._estimates.get(t["id"])
+            if est is None:
+                return 0.0  # unknown work ahead: do not queue behind it
+            if i == 0:
+                ran = now_m - slot.head_since
+                if ran > est:
+                    return 0.0  # running longer than expected: its end is unknown
+                held += est - ran
+            else:
+                held += est
+        return PREFETCH_WINDOW - held
+
+    def submit(self, offer: Offer) -> list[tuple[Task, BaseException]]:
+        """Send an offer's tasks to its worker; returns the tasks that could not
         be encoded (with why) — the others are sent."""
+        assert isinstance(offer, ProcessOffer)
+        tasks = offer.tasks
+        if not tasks:
+            return []
+        bad = self._send(offer.slot, tasks)
+        for task, _ in bad:
+            self._estimates.pop(task["id"], None)
+        return bad
+
+    def _send(self, slot: Slot, tasks: list[Task]) -> list[tuple[Task, BaseException]]:
         bad: list[tuple[dict[str, Any], BaseException]] = []
         try:
             data = pickle.dumps(("tasks", tasks), protocol=5)
@@ -229,11 +318,23 @@ class ProcessPool:
             pass  # the death shows up in poll()
         return bad
 
-    def poll(self, timeout: float, extra: Any = None) -> list[tuple[str, Slot, Any]]:
+    def poll(self, timeout: float, extra: Any = None) -> list[Event]:
         """Wait up to ``timeout`` for results (or for ``extra``, a file-like object
-        such as a wake-up socket, to be readable). Returns events:
-        ``("results", slot, [(task, result), ...])`` and ``("died", slot, [tasks])``
-        (the tasks it held, head first) and ``("ready", slot, None)``."""
+        such as a wake-up socket, to be readable); what happened, in order."""
+        events: list[Event] = []
+        for kind, slot, payload in self._poll(timeout, extra):
+            if kind == "results":
+                events.append(Finished(payload))
+            elif kind == "started":
+                events.append(Started(payload))
+            elif kind == "died":
+                events.append(Lost(started_first(payload), f"worker process {slot.pid} died"))
+        return events
+
+    def _poll(self, timeout: float, extra: Any = None) -> list[tuple[str, Slot, Any]]:
+        """:meth:`poll`, by worker: ``("results", slot, [(task, result), ...])``,
+        ``("started", slot, task id)`` (a new head), ``("died", slot, [tasks])`` (the
+        tasks it held, head first), ``("retired", slot, [])``, ``("ready", slot, None)``."""
         self._reap()
         by_conn: dict[Any, Slot] = {s.outbox: s for s in self.slots}
         for s in self.slots:
@@ -266,6 +367,8 @@ class ProcessPool:
                 continue
             held = list(slot.inflight)
             slot.inflight.clear()
+            for task in held:
+                self._estimates.pop(task["id"], None)
             retired = slot.retiring and not held
             self._replace(slot, kill=False)
             events.append(("retired" if retired else "died", slot, held))
@@ -275,6 +378,7 @@ class ProcessPool:
         """Take every complete message the worker wrote (all of them, when it has
         exited: results it sent before dying count)."""
         conn = slot.outbox
+        head = slot.inflight[0]["id"] if slot.inflight else None
         while conn.poll(0):
             msg = pickle.loads(conn.recv_bytes())
             kind = msg[0]
@@ -295,15 +399,19 @@ class ProcessPool:
             elif kind == "detached":
                 self.detached.update(msg[1])
             if exited and not conn.poll(0):
-                return
+                break
+        if slot.inflight and slot.inflight[0]["id"] != head:
+            events.append(("started", slot, slot.inflight[0]["id"]))
 
     def _match(self, slot: Slot, results: list[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
         """Pair results with the tasks the slot holds (a handed-back task may come
         back before the one that runs ahead of it)."""
         done = []
+        estimates = self._estimates
         for result in results:
             tid = result[0]
             slot.dropping.discard(tid)
+            estimates.pop(tid, None)
             inflight = slot.inflight
             if inflight and inflight[0]["id"] == tid:
                 done.append((inflight.popleft(), result))
@@ -334,8 +442,58 @@ class ProcessPool:
         """Stop the worker (and its process group) now; return the tasks it held."""
         held = list(slot.inflight)
         slot.inflight.clear()
+        for task in held:
+            self._estimates.pop(task["id"], None)
         self._replace(slot, kill=True)
         return held
+
+    # --- the task-level view (fm_local.executors.Executor) ----------------------
+
+    def running(self) -> list[tuple[int, float]]:
+        return [(s.inflight[0]["id"], s.head_since) for s in self.slots if s.inflight]
+
+    def stop(self, task_ids: Collection[int]) -> list[tuple[Task, bool]]:
+        """Stop every worker holding one of these tasks (a worker runs one task at a
+        time: the tasks queued behind it come back too, unstarted)."""
+        ids = set(task_ids)
+        out: list[tuple[Task, bool]] = []
+        for slot in list(self.slots):
+            if any(t["id"] in ids for t in slot.inflight):
+                out.extend(started_first(self.stop_slot(slot)))
+        return out
+
+    def hand_back(self, task_ids: Collection[int]) -> None:
+        ids = set(task_ids)
+        for slot in self.slots:
+            back = [t["id"] for t in list(slot.inflight)[1:] if t["id"] in ids]
+            if back:
+                self.drop(slot, back)
+
+    def _hold(self, head_id: int) -> float:
+        """How long a worker's running task may take before the tasks queued behind
+        it are taken back: twice what it is expected to take, at least PREFETCH_HOLD."""
+        return max(PREFETCH_HOLD, 2 * (self._estimates.get(head_id) or 0.0))
+
+    def reclaim(self, now_m: float) -> None:
+        for slot in self.slots:
+            inflight = slot.inflight
+            if len(inflight) < 2:
+                continue
+            if now_m - slot.head_since <= self._hold(inflight[0]["id"]):
+                continue
+            self.drop(slot, [t["id"] for t in list(inflight)[1:]])
+
+    def next_check(self, now_m: float) -> float | None:
+        due: float | None = None
+        for slot in self.slots:
+            if len(slot.inflight) > len(slot.dropping) + 1:
+                # Look again when the tasks queued behind it are due to be taken back.
+                at = slot.head_since + self._hold(slot.inflight[0]["id"])
+                due = at if due is None else min(due, at)
+        return due
+
+    def workers(self) -> list[tuple[int, int | None]]:
+        return [(s.pid, s.inflight[0]["id"] if s.inflight else None) for s in self.slots]
 
     def _replace(self, slot: Slot, *, kill: bool) -> None:
         if slot not in self.slots:
@@ -402,9 +560,6 @@ class ProcessPool:
                     os.waitpid(pid, 0)
             except (psutil.Error, OSError):
                 continue
-
-    def pids(self) -> list[int]:
-        return [s.pid for s in self.slots]
 
 
 def _killpg(pgid: int, sig: int) -> None:
