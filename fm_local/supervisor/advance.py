@@ -4,7 +4,6 @@ the end of a frame and of an execution."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +58,7 @@ class Advance(Part):
         ex = frame.ex
         run = Run(ex, frame, node, frame.prefix + nid)
         runs[nid] = run
-        now = time.time()
+        now = self.clock.time()
         if verdict == "skip":
             run.status = "skipped"
             run.finished_at = now
@@ -86,7 +85,7 @@ class Advance(Part):
     def _enqueue(self, run: Run, front: bool = False) -> None:
         """Put ``run`` in its execution's ready queue, in queue-policy order."""
         ex = run.ex
-        run.ready_at = time.time()
+        run.ready_at = self.clock.time()
         if not ex.queued:
             self._list_ready(ex)
         ready = ex.ready
@@ -145,7 +144,7 @@ class Advance(Part):
     def _log_line(self, run: Run) -> Callable[[str], None]:
         def write(line: str) -> None:
             line = jsonio.clean_text(str(line))[:4000]
-            self.batch.logs.append((run.ex.id, run.path, run.seq, time.time(), "log", line))
+            self.batch.logs.append((run.ex.id, run.path, run.seq, self.clock.time(), "log", line))
 
         return write
 
@@ -154,7 +153,7 @@ class Advance(Part):
         node = run.node
         run.seq += 1
         run.attempt += 1
-        now = time.time()
+        now = self.clock.time()
         run.started_at = now
         if not run.frame.started:
             self._item_started(run.frame, now)
@@ -200,7 +199,7 @@ class Advance(Part):
             return
         run.port = port
         run.set_output(value, text)
-        run.finished_at = time.time()
+        run.finished_at = self.clock.time()
         self._attempt_row(run, "succeeded", None)
         if kind.runs is Runs.MERGE and node.id in run.frame.graph.sections:
             self._merge_done(run)
@@ -239,7 +238,7 @@ class Advance(Part):
             log.error("execution %s: internal error at node %s", run.ex.id, run.path, exc_info=exc)
             err = _internal(exc, f"making the {making} of node '{run.path}'")
             err = self._error(run, err["code"], err["message"])
-        run.finished_at = time.time()
+        run.finished_at = self.clock.time()
         self._attempt_row(run, "failed", err)
         self._attempt_failed(run, err)
 
@@ -261,14 +260,14 @@ class Advance(Part):
             "nodeId": run.node.id,
             "nodePath": run.path,
             "attempt": run.attempt,
-            "timestamp": int(time.time() * 1000),
+            "timestamp": int(self.clock.time() * 1000),
             "details": details,
         }
 
     def _succeeded(self, run: Run) -> None:
         run.status = "succeeded"
         if run.finished_at is None:
-            run.finished_at = time.time()
+            run.finished_at = self.clock.time()
         run.frame.active -= 1
         self._mark(run)
         self._resolved(run)
@@ -327,7 +326,7 @@ class Advance(Part):
         ex.status = status
         ex.output = out
         ex.error = error
-        ex.finished_at = time.time()
+        ex.finished_at = self.clock.time()
         self._mark_exec(ex)
         self._event(ex, None, status, error)
         # The result becomes observable only once committed.

@@ -4,7 +4,6 @@ written together every few milliseconds (:class:`fm_local.store.Batch`)."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Any
 
 from fm_local.nodes.kinds import Runs, kind_of
@@ -45,13 +44,13 @@ class Commit(Part):
 
     def _event(self, ex: Exec, path: str | None, kind: str, detail: Any) -> None:
         self.batch.events.append(
-            (ex.id, path, time.time(), kind, None if detail is None else dumps(detail))
+            (ex.id, path, self.clock.time(), kind, None if detail is None else dumps(detail))
         )
 
     def _maybe_flush(self) -> None:
         if not (self.dirty_runs or self.dirty_execs or len(self.batch)):
             return
-        now_m = time.monotonic()
+        now_m = self.clock.monotonic()
         if (
             now_m - self.last_flush >= FLUSH_INTERVAL
             or len(self.dirty_runs) + len(self.batch) >= FLUSH_MAX
@@ -103,14 +102,14 @@ class Commit(Part):
                     qstatus,
                     run.node.priority if run.node.priority is not None else ex.priority,
                     run.next_attempt_at,
-                    run.queued_at or time.time(),
+                    run.queued_at or self.clock.time(),
                     run.worker_pid if status == "running" else None,
                 )
                 run.in_queue_table = True
             elif run.in_queue_table:
                 b.queue[key] = None
                 run.in_queue_table = False
-        now = time.time()
+        now = self.clock.time()
         for ex in self.dirty_execs.values():
             b.executions[ex.id] = (
                 ex.id,
@@ -133,4 +132,4 @@ class Commit(Part):
                 # The storage itself failed: stop serving (what was committed stays).
                 self.storage_failed = True
                 raise storage_error(exc, self.db, "write") from exc
-        self.last_flush = time.monotonic()
+        self.last_flush = self.clock.monotonic()

@@ -34,6 +34,7 @@ from fm_local.resources import KEEP_SECONDS, Sampler
 from fm_local.status import EXEC_TERMINAL
 from fm_local.store import Store
 from fm_local.supervisor.advance import Advance
+from fm_local.supervisor.clock import StepClock
 from fm_local.supervisor.commit import Commit
 from fm_local.supervisor.dispatch import Dispatch
 from fm_local.supervisor.failures import Failures
@@ -142,10 +143,22 @@ class Supervisor(
         """Serve until ``execution_id`` is finished (the embedded supervisor)."""
         self.serve(until=lambda: execution_id in self.finished)
 
-    def tick(self) -> None:
+    def tick(self, now: float | None = None) -> None:
+        """One turn of the loop: take what happened, fire timers and deadlines,
+        take new executions and signals, dispatch, commit when due.
+
+        ``now`` steps a supervisor made with ``clock=StepClock()`` to that time and
+        does not wait for anything: a test steps through timers, retries, rate
+        limits and timeouts without sleeping (the executor still runs tasks)."""
         executor = self.executor
         assert executor is not None
-        timeout = self._wait_time(time.monotonic())
+        if now is None:
+            timeout = self._wait_time(self.clock.monotonic())
+        else:
+            if not isinstance(self.clock, StepClock):
+                raise TypeError("tick(now) steps a Supervisor(..., clock=StepClock())")
+            self.clock.set(now)
+            timeout = 0.0
         self._take_events(executor.poll(timeout, self.wake))
         if self.wake is not None:
             woke, waiting = self.wake.drain()
@@ -155,15 +168,15 @@ class Supervisor(
                 if eid in self.finished:
                     self.wake.ended(eid)  # it ended before the waiter registered
         self._settle()
-        now = time.time()
+        now = self.clock.time()
         self._fire_timers(now)
         self._check_deadlines(now)
         self._settle()
-        if time.monotonic() - self.last_poll >= DB_POLL_INTERVAL:
+        if self.clock.monotonic() - self.last_poll >= DB_POLL_INTERVAL:
             self._poll_db()
             self._check_queue_timeouts(now)
             self._settle()
-        executor.reclaim(time.monotonic())
+        executor.reclaim(self.clock.monotonic())
         self._dispatch()
         self._settle()
         if self.on_tick is not None:
@@ -281,7 +294,7 @@ class Supervisor(
         if self.dirty_runs or self.dirty_execs or len(self.batch):
             t = min(t, FLUSH_INTERVAL - (now_m - self.last_flush))
         if self.timers:
-            t = min(t, self.timers[0][0] - time.time())
+            t = min(t, self.timers[0][0] - self.clock.time())
         executor = self.executor
         if executor is not None:
             for task_id, since in executor.running():
@@ -304,16 +317,17 @@ class Supervisor(
             self.batch.samples.extend(self.sampler.sample(workers))
         except Exception:  # noqa: BLE001 - sampling must never stop the engine
             log.exception("resource sampling failed")
-        if time.monotonic() - self.sampler.last_prune > 60:
-            self.sampler.last_prune = time.monotonic()
+        if self.clock.monotonic() - self.sampler.last_prune > 60:
+            self.sampler.last_prune = self.clock.monotonic()
             self.flush()
-            self.store.prune_samples(time.time() - KEEP_SECONDS)
+            self.store.prune_samples(self.clock.time() - KEEP_SECONDS)
 
     def _drain(self) -> None:
         """Graceful stop: start nothing new, let running nodes finish (bounded)."""
         executor = self.executor
         if executor is None:
             return
+        # Real time: a stop is bounded in the world's seconds, stepped or not.
         deadline = time.monotonic() + self.drain_timeout
         self.stopping = True
         while self.tasks and time.monotonic() < deadline:
@@ -325,7 +339,7 @@ class Supervisor(
             run.task_id = None
             if not run.terminal:
                 if not run.prefetched:
-                    run.finished_at = time.time()
+                    run.finished_at = self.clock.time()
                     self._attempt_row(run, "interrupted", None)
                 if run.attempt_kind == "attempt":
                     run.attempt -= 1

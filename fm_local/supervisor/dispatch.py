@@ -3,7 +3,6 @@ expected duration, and the task a worker receives."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fm_local import errors, jsonio
@@ -25,7 +24,7 @@ class Dispatch(Part):
         assert executor is not None
         if self.stopping or not self.ready_count:
             return
-        now = time.time()
+        now = self.clock.time()
         durations = self.durations
         for offer in executor.offers(lambda: self.ready_count):
             if not self.ready_count:
@@ -116,7 +115,7 @@ class Dispatch(Part):
         run.seq += 1
         if run.attempt_kind == "attempt":
             run.attempt += 1
-        run.started_at = time.time()
+        run.started_at = self.clock.time()
         run.finished_at = None
         if not run.frame.started:
             self._item_started(run.frame, run.started_at)

@@ -4,7 +4,6 @@ or running."""
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +35,7 @@ class Failures(Part):
             delay_ms = retries.retry_delay_ms(policy, run.attempt, err)
             run.status = "retry_wait"
             run.error = err
-            run.next_attempt_at = time.time() + delay_ms / 1000.0
+            run.next_attempt_at = self.clock.time() + delay_ms / 1000.0
             self._mark(run)
             self._timer(run.next_attempt_at, "retry", run)
             return
@@ -47,7 +46,7 @@ class Failures(Part):
         """The node failed for good (its frame's ``active`` already released)."""
         node = run.node
         run.error = err
-        run.finished_at = run.finished_at or time.time()
+        run.finished_at = run.finished_at or self.clock.time()
         ex = run.ex
         frame = run.frame
         if (
@@ -64,7 +63,7 @@ class Failures(Part):
                     run.input_json,
                     dumps(err),
                     run.attempt,
-                    time.time(),
+                    self.clock.time(),
                 )
             )
         if node.error_strategy == "continue":
@@ -191,7 +190,7 @@ class Failures(Part):
         if run.terminal:
             return
         run.status = status
-        run.finished_at = time.time()
+        run.finished_at = self.clock.time()
         run.error = run.error or self._error(run, errors.CANCELLED, reason)
         if run.task_id is not None:
             self.tasks.pop(run.task_id, None)

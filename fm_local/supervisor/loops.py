@@ -4,7 +4,6 @@ timeouts."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fm_local import errors
@@ -92,7 +91,7 @@ class Loops(Part):
     def _start_loop(self, run: Run) -> None:
         run.seq += 1
         run.attempt += 1
-        run.started_at = time.time()
+        run.started_at = self.clock.time()
         if not run.frame.started:
             self._item_started(run.frame, run.started_at)
         if run.frame.graph.sections:
@@ -149,7 +148,7 @@ class Loops(Part):
         item.trace_id = f.trace_root
         item.branch = None
         item.status = "running"
-        item.queued_at = time.time()
+        item.queued_at = self.clock.time()
         f.item = item
         # A restored item's re-run is a start too: it goes through the limiter.
         f.gated = ls.limiter is not None and not ls.gate_inline
@@ -185,7 +184,7 @@ class Loops(Part):
         if run.ex.status == "paused":
             run.ex.deferred_loops.append(ls)
             return
-        now = time.time()
+        now = self.clock.time()
         while len(ls.open) < ls.window and ls.next_index < ls.n:
             i = ls.next_index
             if ls.started[i]:
@@ -222,7 +221,7 @@ class Loops(Part):
         item = f.item
         assert ls is not None and item is not None and f.index is not None
         ls.open.pop(f.index, None)
-        now = time.time()
+        now = self.clock.time()
         item.finished_at = now
         if item.status == "running":
             if f.failure is not None:
@@ -307,7 +306,7 @@ class Loops(Part):
             loop_path=run.path,
             not_started=ls.n - ls.started.count(1),
         )
-        run.finished_at = time.time()
+        run.finished_at = self.clock.time()
         if ok:
             run._value = _UNSET
             run.output_json = text

@@ -5,7 +5,6 @@ database."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from fm_local import errors, graph
@@ -86,13 +85,13 @@ class Recovery(Part):
         # Signals sent while no supervisor ran apply before anything is dispatched.
         self._poll_signals()
         self._settle()
-        self.last_poll = time.monotonic()
+        self.last_poll = self.clock.monotonic()
 
     def _restore_frame(self, frame: Frame) -> None:
         """Rebuild a frame's runs from its committed rows, then continue it."""
         assert self.store is not None
         ex = frame.ex
-        now = time.time()
+        now = self.clock.time()
         limit = ex.workflow.settings.recovery_attempts
         last = self._last_attempts(ex.id, frame.prefix)
         loops: list[Run] = []
@@ -179,7 +178,7 @@ class Recovery(Part):
 
     def _recent_starts(self, eid: str, node_id: str) -> list[float]:
         assert self.store is not None
-        return self.store.recent_starts(eid, node_id, time.time() - 120)
+        return self.store.recent_starts(eid, node_id, self.clock.time() - 120)
 
     def _last_attempts(self, eid: str, prefix: str) -> dict[str, tuple[int, str]]:
         """Per node path under ``prefix``: the latest attempt's seq and kind."""
@@ -191,7 +190,7 @@ class Recovery(Part):
         limit holds across it."""
         if lim is None:
             return
-        now = time.time()
+        now = self.clock.time()
         for t in sorted(t for t in times if t and t > now - lim.per - 1.0):
             lim.starts.append(t)
             lim.tat = max(lim.tat, t + lim.interval)
@@ -239,7 +238,7 @@ class Recovery(Part):
 
     def _poll_db(self) -> None:
         assert self.store is not None
-        self.last_poll = time.monotonic()
+        self.last_poll = self.clock.monotonic()
         if self.stopping:
             return
         if self.only_execution:
@@ -257,7 +256,7 @@ class Recovery(Part):
         self._poll_signals()
 
     def _start_execution(self, ex: Exec) -> None:
-        now = time.time()
+        now = self.clock.time()
         ex.status = "running"
         ex.started_at = now
         timeout = ex.workflow.settings.timeout

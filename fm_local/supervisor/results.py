@@ -3,7 +3,6 @@ and killing the tasks of a run."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ class Results(Part):
         if head is not None and head.status == "queued":
             head.status = "running"
             head.prefetched = False
-            head.started_at = time.time()
+            head.started_at = self.clock.time()
             self._mark(head)
             self._attempt_row(head, "running", None)
 
@@ -118,7 +117,7 @@ class Results(Part):
         """An infrastructure interruption: re-run without spending an attempt."""
         limit = run.ex.workflow.settings.recovery_attempts
         run.recoveries += 1
-        run.finished_at = time.time()
+        run.finished_at = self.clock.time()
         err = self._error(run, code, message)
         self._attempt_row(run, "failed", err, kind=run.attempt_kind)
         if run.recoveries > limit:

@@ -3,7 +3,6 @@ timeouts, the merge's value, and fallback/goto auxiliary nodes."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fm_local import errors, graph
@@ -148,7 +147,7 @@ class Sections(Part):
                 "nodeId": branch,
                 "nodePath": frame.path_of(branch),
                 "attempt": 1,
-                "timestamp": int(time.time() * 1000),
+                "timestamp": int(self.clock.time() * 1000),
                 "details": None,
             }
         members = st.sec.branches[branch]
@@ -172,12 +171,12 @@ class Sections(Part):
             r = frame.runs.get(p)
             if p in st.overrides:
                 oks[p] = st.overrides[p]
-                finished[p] = time.time()
+                finished[p] = self.clock.time()
             elif p in st.absent:
                 continue
             elif r is not None and r.status == "succeeded" and graph.dep_taken(d, r.status, r.port):
                 oks[p] = r.value()
-                finished[p] = r.finished_at or time.time()
+                finished[p] = r.finished_at or self.clock.time()
             elif p in st.failures:
                 fails[p] = st.failures[p]
             elif r is not None and r.status == "failed":
@@ -299,7 +298,7 @@ class Sections(Part):
         if parent is not None:
             aux.trace_id = parent.trace_id
             aux.branch = parent.branch
-        aux.queued_at = time.time()
+        aux.queued_at = self.clock.time()
         frame.active += 1
         if kind_of(node).runs is Runs.LOOP:
             aux.status = "queued"
@@ -333,7 +332,7 @@ class Sections(Part):
                     (
                         "applied",
                         f"handler '{aux.node.id}' {aux.status}",
-                        time.time(),
+                        self.clock.time(),
                         dumps(result),
                         sid,
                     )

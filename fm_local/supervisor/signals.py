@@ -4,7 +4,6 @@ dead-letter replay in place, notifications, and wait nodes."""
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -47,20 +46,20 @@ class Signals(Part):
                     # It was being applied: it is applied, and its execution failed.
                     err = _internal(exc, f"applying signal {row['id']} ({row['type']})")
                     self.batch.signals.append(
-                        ("applied", err["message"], time.time(), None, row["id"])
+                        ("applied", err["message"], self.clock.time(), None, row["id"])
                     )
                     self._contain(ex, exc, f"applying signal {row['id']}")
                 else:
                     log.exception("signal %s: internal error", row["id"])
                     msg = jsonio.clean_text(f"internal error: {type(exc).__name__}: {exc}")
-                    self.batch.signals.append(("refused", msg, time.time(), None, row["id"]))
+                    self.batch.signals.append(("refused", msg, self.clock.time(), None, row["id"]))
             self._settle()
         # Applied signals are acknowledged only once committed.
         if self.batch.signals:
             self.flush()
 
     def _refuse(self, row: dict[str, Any], why: str) -> None:
-        self.batch.signals.append(("refused", why, time.time(), None, row["id"]))
+        self.batch.signals.append(("refused", why, self.clock.time(), None, row["id"]))
 
     def _apply_signal(self, row: dict[str, Any], ex: Exec | None) -> None:
         """Check a signal (refusing it changes nothing), then apply it. Once
@@ -103,7 +102,7 @@ class Signals(Part):
                 self._refuse(row, f"handler '{handler.handler}' is not in the workflow's handlers")
                 return
         self._signal_applying = True
-        now = time.time()
+        now = self.clock.time()
         ex.signal_scope[typ] = {
             "data": data,
             "reason": row["reason"],
@@ -168,7 +167,7 @@ class Signals(Part):
             None, copy, {}, "replay", frame=ex.top, path=f"{path}->replay#{data.get('deadLetter')}"
         )
         self.batch.signals.append(
-            ("applied", f"replaying {path} as {run.path}", time.time(), None, row["id"])
+            ("applied", f"replaying {path} as {run.path}", self.clock.time(), None, row["id"])
         )
 
     def _rebuild_signal_scope(self, ex: Exec) -> None:
@@ -221,7 +220,7 @@ class Signals(Part):
                 continue
             if started and pred(r):
                 count += 1
-                r.finished_at = time.time()
+                r.finished_at = self.clock.time()
                 self._attempt_row(r, "interrupted", None)
             self._requeue(r)
         return count
@@ -251,7 +250,7 @@ class Signals(Part):
         notes = []
         for who in handler.notify:
             self.batch.notifications.append(
-                (ex.id, row["id"], who, ex.cancel_error["message"], time.time())
+                (ex.id, row["id"], who, ex.cancel_error["message"], self.clock.time())
             )
             self._notify(ex, who, ex.cancel_error["message"])
         if handler.notify:
@@ -342,14 +341,14 @@ class Signals(Part):
         ex.waits.setdefault(node.signal, []).append(run)
         if node.timeout:
             self._timer(
-                (run.started_at or time.time()) + node.timeout / 1000.0, "wait_timeout", run
+                (run.started_at or self.clock.time()) + node.timeout / 1000.0, "wait_timeout", run
             )
 
     def _complete_wait(self, run: Run, data: Any) -> None:
         if run.terminal:
             return
         run.set_output(data)
-        run.finished_at = time.time()
+        run.finished_at = self.clock.time()
         self._attempt_row(run, "succeeded", None)
         self._succeeded(run)
 
@@ -360,5 +359,5 @@ class Signals(Part):
         waiting = ex.waits.get(run.node.signal, [])  # type: ignore[attr-defined]
         if run in waiting:
             waiting.remove(run)
-        run.finished_at = time.time()
+        run.finished_at = self.clock.time()
         self._timed_out(run)

@@ -27,6 +27,7 @@ from fm_local.model import (
 from fm_local.resources import Sampler
 from fm_local.status import NODE_MOVES, NODE_TERMINAL, NodeStatus, check_exec, check_node
 from fm_local.store import Batch, Rejected, Store, loads
+from fm_local.supervisor.clock import StepClock, SystemClock
 from fm_local.wake import Listener
 
 log = logging.getLogger("fm_local.supervisor")
@@ -496,11 +497,14 @@ class Part:
         max_worker_memory_mb: int | None = None,
         subreaper: bool = False,
         executor: Callable[..., Executor] | None = None,
+        clock: SystemClock | StepClock | None = None,
     ) -> None:
         self.db = Path(db)
         # Makes the executor at open(): called like ProcessExecutor(workers,
         # max_rss_mb=..., subreaper=...); InlineExecutor runs tasks in this process.
         self.make_executor = executor
+        # Where every part reads the time; a StepClock makes the engine steppable.
+        self.clock = clock or SystemClock()
         self.subreaper = subreaper  # this process is ours (fm daemon, fm run): see workers
         self.max_worker_memory_mb = max_worker_memory_mb
         self.n_workers = max(1, workers)

@@ -4,7 +4,6 @@ timers that fire them (due times in a heap, not sleeping threads)."""
 from __future__ import annotations
 
 import heapq
-import time
 from collections import deque
 from typing import Any
 
@@ -24,7 +23,7 @@ class Timeouts(Part):
     def _check_deadlines(self, now: float) -> None:
         executor = self.executor
         assert executor is not None
-        now_m = time.monotonic()
+        now_m = self.clock.monotonic()
         for task_id, since in executor.running():
             run = self.tasks.get(task_id)
             if run is None or not run.node.timeout:
@@ -90,7 +89,7 @@ class Timeouts(Part):
 
     def _timed_out(self, run: Run) -> None:
         node = run.node
-        run.finished_at = time.time()
+        run.finished_at = self.clock.time()
         err = self._error(
             run, errors.TIMEOUT, f"timed out after {node.timeout} ms (attempt {run.attempt})"
         )
@@ -129,11 +128,11 @@ class Timeouts(Part):
                     self._stop_all_runs(f, status)
                     if f.item is not None and not f.item.terminal:
                         f.item.status = status
-                        f.item.finished_at = time.time()
+                        f.item.finished_at = self.clock.time()
                         self._mark(f.item)
             if not run.terminal:
                 run.status = status
-                run.finished_at = time.time()
+                run.finished_at = self.clock.time()
                 self._mark(run)
 
     def _timer(self, due: float, kind: str, obj: Any) -> None:
@@ -178,6 +177,6 @@ class Timeouts(Part):
                 self._enqueue(run)
             elif kind == "delay" and run.status == "running":
                 run.set_output(None)
-                run.finished_at = time.time()
+                run.finished_at = self.clock.time()
                 self._attempt_row(run, "succeeded", None)
                 self._succeeded(run)

@@ -1,0 +1,142 @@
+"""The engine stepped through time: ``Supervisor(clock=StepClock(), executor=
+InlineExecutor)`` and ``tick(now)`` move through delays, retry backoff, execution
+timeouts and rate limits without waiting for them, and without worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import exec_status, python_node, query
+
+from fm_local import api
+from fm_local.executors.inline import InlineExecutor
+from fm_local.supervisor import Supervisor
+from fm_local.supervisor.clock import StepClock
+
+py = partial(python_node, "fmtasks")
+
+
+@contextmanager
+def stepped(db: Path) -> Iterator[tuple[Supervisor, StepClock]]:
+    clock = StepClock()
+    sup = Supervisor(db, workers=2, executor=InlineExecutor, clock=clock)
+    sup.open()
+    try:
+        yield sup, clock
+    finally:
+        sup.close()
+
+
+def step(sup: Supervisor, clock: StepClock, until: float, by: float = 0.05) -> None:
+    """Tick at every ``by`` seconds up to ``until`` (inclusive), then commit."""
+    t = clock.now
+    while t + by <= until + 1e-9:
+        t += by
+        sup.tick(t)
+    sup.flush()
+
+
+def node(db: Path, eid: str, path: str) -> dict[str, Any]:
+    return query(db, "SELECT * FROM node_runs WHERE execution_id=? AND path=?", (eid, path))[0]
+
+
+def test_a_ten_second_delay_ends_at_ten_seconds_of_engine_time(wf, db):
+    eid = api.submit(
+        wf({"name": "delay", "nodes": [{"id": "d", "type": "delay", "duration": 10000}]}), db=db
+    )
+    with stepped(db) as (sup, clock):
+        t0 = clock.now
+        sup.tick(t0)
+        step(sup, clock, t0 + 9.9)
+        assert exec_status(db, eid) == "running"
+        assert node(db, eid, "d")["status"] == "running"
+        step(sup, clock, t0 + 10.1)
+        assert exec_status(db, eid) == "succeeded"
+
+
+def test_retry_backoff_waits_exactly_its_delay(wf, db, tmp_path):
+    counter = str(tmp_path / "count")
+    doc = {
+        "name": "backoff",
+        "nodes": [
+            py(
+                "f",
+                "flaky",
+                {"counter": counter, "fail_times": 1},
+                retry={"maxAttempts": 2, "initialDelay": 5000, "backoff": "fixed"},
+            )
+        ],
+    }
+    eid = api.submit(wf(doc), db=db)
+    with stepped(db) as (sup, clock):
+        t0 = clock.now
+        sup.tick(t0)
+        step(sup, clock, t0 + 1.0)
+        assert node(db, eid, "f")["status"] == "retry_wait"
+        step(sup, clock, t0 + 4.9)
+        assert node(db, eid, "f")["status"] == "retry_wait"
+        assert Path(counter).read_text() == "1"
+        step(sup, clock, t0 + 5.5)
+        assert Path(counter).read_text() == "2"
+        assert exec_status(db, eid) == "succeeded"
+
+
+def test_an_execution_timeout_fires_at_its_time(wf, db):
+    doc = {
+        "name": "slow-approval",
+        "settings": {"timeout": 60000},
+        "nodes": [{"id": "w", "type": "wait", "signal": "approve"}],
+    }
+    eid = api.submit(wf(doc), db=db)
+    with stepped(db) as (sup, clock):
+        t0 = clock.now
+        sup.tick(t0)
+        step(sup, clock, t0 + 59.5, by=0.5)
+        assert exec_status(db, eid) == "running"
+        step(sup, clock, t0 + 60.5, by=0.5)
+        assert exec_status(db, eid) == "timed_out"
+        err = query(db, "SELECT error FROM executions WHERE id=?", (eid,))[0]["error"]
+        assert "TIMEOUT" in err
+
+
+@pytest.mark.parametrize("rate", [2, 5])
+def test_a_rate_limit_starts_at_most_rate_per_second_of_engine_time(wf, db, rate):
+    doc = {
+        "name": "limited",
+        "nodes": [
+            {
+                "id": "l",
+                "type": "loop",
+                "arrayPath": list(range(12)),
+                "parallel": True,
+                "rateLimit": {"rate": rate, "per": 1000},
+                "body": {"nodes": [py("n", "noop")]},
+            }
+        ],
+    }
+    eid = api.submit(wf(doc), db=db)
+    starts: list[float] = []
+    with stepped(db) as (sup, clock):
+        executor = sup.executor
+        assert isinstance(executor, InlineExecutor)
+        t0 = clock.now
+        sup.tick(t0)
+        ran = executor.ran
+        t = t0
+        while exec_status(db, eid) != "succeeded" and t < t0 + 60:
+            t += 0.01
+            sup.tick(t)
+            starts += [t] * (executor.ran - ran)
+            ran = executor.ran
+            sup.flush()
+    assert len(starts) == 12
+    for s in starts:
+        in_window = [x for x in starts if s <= x < s + 1.0]
+        assert len(in_window) <= rate, (s, in_window)
+    # ... and not slower than the limit: 12 starts take about 12 / rate seconds.
+    assert starts[-1] - t0 <= 12 / rate + 0.5
