@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 
 from fm_local.errors import StorageError
 from fm_local.lock import is_served
-from fm_local.store import SCHEMA_VERSION, Store
+from fm_local.store import SCHEMA_VERSION, Store, schema_version
 from tui.data import connect_readonly
 from tui.messages import DaemonChanged, ExecutionChosen
 from tui.screens.base import PollingScreen
@@ -119,12 +119,11 @@ def check_database(db: Path) -> None:
     try:
         conn = connect_readonly(db)
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = schema_version(conn, db)
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         raise StorageError(f"{db}: not an fm_local database ({exc})") from None
-    version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         raise StorageError(
             f"{db} has schema version {version}, newer than this fm_local "

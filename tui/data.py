@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fm_local.status import ACTIVE_EXEC, ACTIVE_NODE, TERMINAL_EXEC, TERMINAL_NODE
+from fm_local.status import ACTIVE_EXEC, TERMINAL_EXEC
+from fm_local.store import live
+from fm_local.store.queries import dead_letter_count, queue_depth
 from tui.records import (
     EXEC_STATUSES,
     WAITING,
@@ -46,9 +48,6 @@ THROUGHPUT_SECONDS = 60
 HISTORY_SECONDS = 120
 RECENT_SAMPLE = 5.0  # a sample older than this means no daemon is sampling
 
-_TERMINAL_NODE_SQL = "('" + "','".join(TERMINAL_NODE) + "')"
-_ACTIVE_NODE_SQL = "('" + "','".join(ACTIVE_NODE) + "')"
-
 
 def connect_readonly(db: Path) -> sqlite3.Connection:
     """A read-only connection (``mode=ro``, ``query_only``; ``immutable`` where SQLite
@@ -57,11 +56,6 @@ def connect_readonly(db: Path) -> sqlite3.Connection:
     from fm_local.store import connect_readonly as store_connect_readonly
 
     return store_connect_readonly(db, timeout=5.0, check_same_thread=True)
-
-
-def glob_escape(text: str) -> str:
-    """Escape GLOB's special characters so ``text`` matches itself."""
-    return "".join(f"[{c}]" if c in "[*?" else c for c in text)
 
 
 def _json(text: str | None, truncated: bool = False) -> Any:
@@ -134,18 +128,8 @@ class Reader:
             statuses = (status_filter,)
         else:
             statuses = EXEC_STATUSES
-        # One range of the (status, created_at) index per status, merged: the
-        # newest rows without sorting the whole table.
-        newest = " UNION ALL ".join(
-            "SELECT * FROM (SELECT id, workflow, status, priority, created_at, started_at, "
-            "finished_at FROM executions WHERE status=? ORDER BY created_at DESC LIMIT ?)"
-            for _ in statuses
-        )
-        args = [x for s in statuses for x in (s, EXECUTIONS_LIMIT)]
         with self._snapshot() as c:
-            rows = c.execute(
-                f"{newest} ORDER BY created_at DESC LIMIT ?", (*args, EXECUTIONS_LIMIT)
-            ).fetchall()
+            rows = live.newest_executions(c, statuses, EXECUTIONS_LIMIT)
             finished = {r[0] for r in rows if r[2] in TERMINAL_EXEC}
             todo = [r[0] for r in rows if r[0] not in self._progress or r[0] not in finished]
             fresh = self._progress_of(c, todo)
@@ -170,65 +154,8 @@ class Reader:
         return ExecutionsSnapshot(out, status_filter, now)
 
     def _progress_of(self, c: sqlite3.Connection, ids: list[str]) -> dict[str, Progress]:
-        """Each execution's progress: the items of its top-level loops (a loop row's
-        ``items``, known when it starts) once one has started, else its node
-        instances. Nested loops count through the items of the loop around them.
-
-        Cheap on a big execution: the rows and the top-level item rows are counted
-        in the (execution_id, path) index alone, the unfinished ones (few) through
-        the status index; done = counted - unfinished."""
-        found: dict[str, Progress] = {eid: Progress(0, 0) for eid in ids}
-        # A top-level item's path has a "[" and no "."; a top-level node's neither.
-        top_item = "instr(path, '.') = 0 AND instr(path, '[') > 0"
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            counted = {
-                eid: (int(n), int(items or 0))
-                for eid, n, items in c.execute(
-                    f"SELECT execution_id, count(*), sum({top_item}) FROM node_runs "
-                    f"WHERE execution_id IN ({marks}) GROUP BY execution_id",
-                    chunk,
-                )
-            }
-            unfinished = {
-                eid: (int(n), int(items or 0))
-                for eid, n, items in c.execute(
-                    f"SELECT execution_id, count(*), sum({top_item}) FROM node_runs "
-                    f"INDEXED BY node_runs_status WHERE status IN {_ACTIVE_NODE_SQL} "
-                    f"AND execution_id IN ({marks}) GROUP BY execution_id",
-                    chunk,
-                )
-            }
-            loops: dict[str, list[tuple[Any, ...]]] = {}
-            for eid, *loop in c.execute(
-                "SELECT execution_id, items, status, started_at, finished_at FROM node_runs "
-                f"WHERE execution_id IN ({marks}) AND instr(path, '.') = 0 "
-                "AND instr(path, '[') = 0 AND node_type = 'loop'",
-                chunk,
-            ):
-                loops.setdefault(eid, []).append(tuple(loop))
-            for eid in chunk:
-                rows, item_rows = counted.get(eid, (0, 0))
-                open_rows, open_items = unfinished.get(eid, (0, 0))
-                top = loops.get(eid, [])
-                # A file from before schema version 2 has no item counts: the
-                # item rows are the best total there is.
-                total = max(sum(int(items or 0) for items, *_ in top), item_rows)
-                if not total:
-                    found[eid] = Progress(rows - open_rows, rows)
-                    continue
-                starts = [started for _, _, started, _ in top if started is not None]
-                ends = [finished for _, _, _, finished in top if finished is not None]
-                running = any(status not in TERMINAL_NODE for _, status, _, _ in top)
-                found[eid] = Progress(
-                    item_rows - open_items,
-                    total,
-                    "items",
-                    min(starts, default=None),
-                    None if running or not ends else max(ends),
-                )
-        return found
+        """Each execution's progress (fm_local.store.live.progress_of)."""
+        return {eid: Progress(*t) for eid, t in live.progress_of(c, ids).items()}
 
     # --- one execution ---------------------------------------------------------------
 
@@ -242,11 +169,7 @@ class Reader:
         now: float,
     ) -> DetailSnapshot:
         with self._snapshot() as c:
-            row = c.execute(
-                "SELECT id, workflow, status, priority, input, output, error, created_at, "
-                "started_at, finished_at, workflow_id, trace_id FROM executions WHERE id=?",
-                (execution_id,),
-            ).fetchone()
+            row = live.execution_row(c, execution_id)
             if row is None:
                 return DetailSnapshot(None, [], None, None, width, None, now)
             progress = self._progress_of(c, [execution_id])[execution_id]
@@ -277,23 +200,15 @@ class Reader:
     def _document(self, c: sqlite3.Connection, workflow_id: int) -> dict[str, Any]:
         doc = self._documents.get(workflow_id)
         if doc is None:
-            text = c.execute("SELECT document FROM workflows WHERE id=?", (workflow_id,))
-            found = text.fetchone()
-            doc = json.loads(found[0]) if found else {}
+            text = live.workflow_document(c, workflow_id)
+            doc = json.loads(text) if text is not None else {}
             self._documents[workflow_id] = doc
         return doc
 
     def _node(
         self, c: sqlite3.Connection, execution_id: str, path: str, workflow_id: int
     ) -> NodeDetail | None:
-        r = c.execute(
-            "SELECT node_id, node_type, status, attempts, recoveries, worker_pid, queued_at, "
-            "started_at, finished_at, substr(output, 1, ?), length(output) > ?, "
-            "substr(error, 1, ?), length(error) > ?, trace_id, substr(input, 1, ?), "
-            "length(input) > ?, code, items FROM node_runs "
-            "WHERE execution_id=? AND path=?",
-            (JSON_LIMIT,) * 6 + (execution_id, path),
-        ).fetchone()
+        r = live.node_row(c, execution_id, path, JSON_LIMIT)
         if r is None:
             return None
         doc = self._document(c, workflow_id)
@@ -306,27 +221,13 @@ class Reader:
             )
         attempts = [
             AttemptRow(a[0], a[1], a[2], a[3], _json(a[4]), a[5], a[6], a[7])
-            for a in c.execute(
-                "SELECT seq, attempt, kind, status, error, worker_pid, started_at, finished_at "
-                "FROM attempts WHERE execution_id=? AND path=? ORDER BY seq LIMIT 100",
-                (execution_id, path),
-            )
+            for a in live.node_attempts(c, execution_id, path)
         ]
-        logs = [
-            LogLine(*x)
-            for x in c.execute(
-                "SELECT attempt, ts, stream, line FROM logs WHERE execution_id=? AND path=? "
-                "ORDER BY id DESC LIMIT ?",
-                (execution_id, path, LOG_LIMIT + 1),
-            )
-        ]
+        logs = [LogLine(*x) for x in live.newest_logs(c, execution_id, path, LOG_LIMIT + 1)]
         dropped = 0
         if len(logs) > LOG_LIMIT:
             logs = logs[:LOG_LIMIT]
-            count = c.execute(
-                "SELECT count(*) FROM logs WHERE execution_id=? AND path=?", (execution_id, path)
-            ).fetchone()[0]
-            dropped = int(count) - LOG_LIMIT
+            dropped = live.log_count(c, execution_id, path) - LOG_LIMIT
         return NodeDetail(
             path=path,
             node_id=r[0],
@@ -355,33 +256,11 @@ class Reader:
     def queue(self, now: float) -> QueueSnapshot:
         since = int(now) - THROUGHPUT_SECONDS + 1
         with self._snapshot() as c:
-            depth = [
-                (s, int(p), int(n))
-                for s, p, n in c.execute(
-                    "SELECT status, priority, count(*) FROM queue GROUP BY status, priority "
-                    "ORDER BY status, priority DESC"
-                )
-            ]
-            queued = [
-                QueuedExecution(*r)
-                for r in c.execute(
-                    "SELECT id, workflow, priority, created_at FROM executions "
-                    "WHERE status='queued' ORDER BY priority DESC, created_at LIMIT 100"
-                )
-            ]
-            dead = int(c.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
-            loops = _loops_in_progress(c)
-            # Completions of the window come from executions that ran in it: the
-            # node_runs lookups then go through the (execution_id, path) index.
-            per_second = dict(
-                c.execute(
-                    "SELECT CAST(finished_at AS INTEGER) AS sec, count(*) FROM node_runs "
-                    "WHERE execution_id IN (SELECT id FROM executions WHERE status IN "
-                    "('running','paused') OR finished_at >= ?) "
-                    f"AND finished_at >= ? AND status IN {_TERMINAL_NODE_SQL} GROUP BY sec",
-                    (since, since),
-                ).fetchall()
-            )
+            depth: list[tuple[str, int, int]] = queue_depth(c)
+            queued = [QueuedExecution(*r) for r in live.queued_executions(c)]
+            dead = dead_letter_count(c)
+            loops = [LoopProgress(*r) for r in live.loops_in_progress(c)]
+            per_second = live.completions_per_second(c, since)
         throughput = [int(per_second.get(since + i, 0)) for i in range(THROUGHPUT_SECONDS)]
         waiting: dict[int, int] = {}
         for lp in loops:
@@ -397,65 +276,16 @@ class Reader:
         with self._snapshot() as c:
             rows = [
                 Sample(r[0], r[1], r[2], float(r[3] or 0.0), int(r[4] or 0), r[5], r[6])
-                for r in c.execute(
-                    "SELECT ts, pid, role, cpu_percent, rss_bytes, execution_id, node_path "
-                    "FROM resource_samples WHERE ts >= ? AND ts <= ? ORDER BY ts, id",
-                    (since, now + 1),
-                )
+                for r in live.samples_between(c, since, now + 1)
             ]
             newest = rows[-1].ts if rows else None
             if newest is None:
-                newest = c.execute("SELECT max(ts) FROM resource_samples").fetchone()[0]
+                newest = live.newest_sample_time(c)
         latest = [s for s in rows if s.ts == newest]
         latest.sort(key=lambda s: ({"supervisor": 0, "worker": 1}.get(s.role, 2), s.pid or 0))
         return ResourceSnapshot(
             latest, newest, now, history_of(rows, now, HISTORY_SECONDS), RECENT_SAMPLE
         )
-
-
-def item_filter(execution_id: str, loop_path: str) -> tuple[str, tuple[Any, ...]]:
-    """The WHERE clause (and its arguments) of a loop's item rows: ``loop[3]``,
-    not ``loop[3].step``."""
-    return (
-        "execution_id=? AND path GLOB ? AND node_type='item' AND instr(substr(path, ?), '.') = 0",
-        (execution_id, glob_escape(loop_path) + "[[]*]", len(loop_path) + 1),
-    )
-
-
-def _loops_in_progress(c: sqlite3.Connection) -> list[LoopProgress]:
-    """Every loop still running in a running or paused execution, oldest first,
-    with its items opened and done. Unfinished rows (the loops, their open items)
-    are few and found through the status index; a loop's item rows are counted
-    in the (execution_id, path) index alone; done = opened - still open."""
-    loops: list[tuple[Any, ...]] = []
-    open_items: dict[tuple[str, str], int] = {}
-    for eid, workflow, status, priority, path, node_type, state, items, started in c.execute(
-        "SELECT n.execution_id, e.workflow, e.status, e.priority, n.path, n.node_type, "
-        "n.status, n.items, n.started_at FROM node_runs n INDEXED BY node_runs_status "
-        "JOIN executions e ON e.id = n.execution_id "
-        f"WHERE n.status IN {_ACTIVE_NODE_SQL} AND n.node_type IN ('loop', 'item') "
-        "AND e.status IN ('running', 'paused') ORDER BY e.created_at, n.started_at, n.id"
-    ):
-        if node_type == "item":
-            key = (eid, path[: path.rfind("[")])
-            open_items[key] = open_items.get(key, 0) + 1
-        elif state == "running":  # started: its item count is known
-            loops.append((eid, workflow, status, int(priority), path, items, started))
-    out = []
-    for eid, workflow, status, priority, path, items, started in loops:
-        opened = int(
-            c.execute(
-                "SELECT count(*) FROM node_runs WHERE execution_id=? AND path GLOB ? "
-                "AND instr(substr(path, ?), '.') = 0",
-                (eid, glob_escape(path) + "[[]*]", len(path) + 1),
-            ).fetchone()[0]
-        )
-        done = opened - open_items.get((eid, path), 0)
-        total = int(items) if items is not None else opened
-        out.append(
-            LoopProgress(eid, workflow, status, priority, path, total, opened, done, started)
-        )
-    return out
 
 
 def history_of(samples: list[Sample], now: float, seconds: int) -> dict[str, list[float]]:
@@ -522,14 +352,7 @@ class _Timeline:
 
     def frame(self, prefix: str, depth: int) -> None:
         """The direct children of a frame (``""`` = top level, ``"loop[3]."`` = an item)."""
-        n = len(prefix)
-        rows = self.c.execute(
-            "SELECT path, node_type, status, attempts, started_at, finished_at, items "
-            "FROM node_runs WHERE execution_id=? AND path GLOB ? AND node_type != 'item' "
-            "AND instr(substr(path, ?), '.') = 0 AND instr(substr(path, ?), '[') = 0 "
-            "ORDER BY coalesce(started_at, queued_at, finished_at), id",
-            (self.eid, glob_escape(prefix) + "*", n + 1, n + 1),
-        ).fetchall()
+        rows = live.frame_children(self.c, self.eid, prefix)
         for path, node_type, status, attempts, started, finished, items in rows:
             if self._full():
                 return
@@ -571,19 +394,14 @@ class _Timeline:
         """Counts by status, and the number of items running in each column,
         aggregated in SQL (at most width² groups come back); ``items`` is the
         loop's item count, recorded when it started."""
-        where, args = item_filter(self.eid, loop_path)
         counts: dict[str, int] = {}
         density = [0] * self.width
         if self.t0 is None or self.t1 is None:
-            for status, n in self.c.execute(
-                f"SELECT status, count(*) FROM node_runs WHERE {where} GROUP BY status", args
-            ):
-                counts[status] = n
+            counts = live.item_status_counts(self.c, self.eid, loop_path)
             return LoopStats(counts, tuple(density), items)
-        span = max(self.t1 - self.t0, 1e-6)
         w = self.width
         diff = [0] * (w + 1)
-        for a, b, status, n in self._density_rows(where, args, span):
+        for a, b, status, n in live.item_columns(self.c, self.eid, loop_path, self.t0, self.t1, w):
             counts[status] = counts.get(status, 0) + n
             if a is not None:
                 diff[a] += n
@@ -594,27 +412,8 @@ class _Timeline:
             density[col] = level
         return LoopStats(counts, tuple(density), items)
 
-    def _density_rows(
-        self, where: str, args: tuple[Any, ...], span: float
-    ) -> list[tuple[int | None, int, str, int]]:
-        assert self.t0 is not None and self.t1 is not None
-        w = self.width
-        sql = (
-            "SELECT CASE WHEN started_at IS NULL THEN NULL ELSE "
-            "min(? - 1, max(0, CAST((started_at - ?) / ? * ? AS INTEGER))) END AS a, "
-            "min(? - 1, max(0, CAST((coalesce(finished_at, ?) - ?) / ? * ? AS INTEGER))) AS b, "
-            f"status, count(*) FROM node_runs WHERE {where} GROUP BY a, b, status"
-        )
-        params = (w, self.t0, span, w, w, self.t1, self.t0, span, w, *args)
-        return [(a, int(b), s, int(n)) for a, b, s, n in self.c.execute(sql, params)]
-
     def items(self, loop_path: str, depth: int) -> None:
-        where, args = item_filter(self.eid, loop_path)
-        rows = self.c.execute(
-            "SELECT path, status, attempts, started_at, finished_at FROM node_runs "
-            f"WHERE {where} ORDER BY item_index LIMIT ?",
-            (*args, ITEMS_LIMIT + 1),
-        ).fetchall()
+        rows = live.loop_items(self.c, self.eid, loop_path, ITEMS_LIMIT + 1)
         for path, status, attempts, started, finished in rows[:ITEMS_LIMIT]:
             if self._full():
                 return
@@ -636,8 +435,7 @@ class _Timeline:
             if open_:
                 self.frame(path + ".", depth + 1)
         if len(rows) > ITEMS_LIMIT:
-            total = self.c.execute(f"SELECT count(*) FROM node_runs WHERE {where}", args)
-            hidden = int(total.fetchone()[0]) - ITEMS_LIMIT
+            hidden = live.item_count(self.c, self.eid, loop_path) - ITEMS_LIMIT
             self.out.append(
                 TimelineRow(
                     key=f"more:{loop_path}",

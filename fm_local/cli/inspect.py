@@ -502,9 +502,7 @@ def queue(ctx: Ctx) -> None:
     if unstarted:
         rows += [{"status": "waiting", "priority": p, "tasks": n} for p, n in unstarted.items()]
         rows.sort(key=lambda r: (r["status"], -r["priority"]))
-    waiting = store.conn.execute(
-        "SELECT count(*) FROM executions WHERE status='queued'"
-    ).fetchone()[0]
+    waiting = store.queued_execution_count()
     dead = store.dead_letter_count()
     if ctx.json:
         _emit_json({"tasks": rows, "queuedExecutions": waiting, "deadLetters": dead})
