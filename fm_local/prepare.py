@@ -36,7 +36,22 @@ if TYPE_CHECKING:
     from fm_local.store import Store
 
 # The modules whose code decides whether a document is valid.
-_RULES = ("validate.py", "model.py", "construct.py", "expr.py", "graph.py", "jsonio.py", "calls.py")
+_RULES = (
+    "validate.py",
+    "model.py",
+    "construct.py",
+    "expr/__init__.py",
+    "expr/budget.py",
+    "expr/ops.py",
+    "expr/functions.py",
+    "expr/methods.py",
+    "expr/interp.py",
+    "expr/compiler.py",
+    "expr/template.py",
+    "graph.py",
+    "jsonio.py",
+    "calls.py",
+)
 
 
 @dataclass
