@@ -37,18 +37,12 @@ if TYPE_CHECKING:
 
 # The modules whose code decides whether a document is valid.
 _RULES = (
-    "validate.py",
+    "validate",  # a folder: each of its modules
     "model.py",
     "construct.py",
-    "expr/__init__.py",
-    "expr/budget.py",
-    "expr/ops.py",
-    "expr/functions.py",
-    "expr/methods.py",
-    "expr/interp.py",
-    "expr/compiler.py",
-    "expr/template.py",
+    "expr",
     "graph.py",
+    "nodes/kinds.py",
     "jsonio.py",
     "calls.py",
 )
@@ -73,7 +67,13 @@ def rules_stamp() -> str:
     modification time of each validating module (a few ``stat`` calls)."""
     here = Path(__file__).parent
     parts = [__version__]
-    for name in _RULES:
+    names: list[str] = []
+    for rule in _RULES:
+        if rule.endswith(".py"):
+            names.append(rule)
+        else:  # a package: every module in it, so a new one counts too
+            names += sorted(f"{rule}/{p.name}" for p in (here / rule).glob("*.py"))
+    for name in names:
         try:
             st = os.stat(here / name)
             parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
