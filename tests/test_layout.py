@@ -38,3 +38,14 @@ def test_the_check_sees_sql() -> None:
     for path in sorted((ROOT / "fm_local" / "store").rglob("*.py")):
         hits += sum(1 for _, text in _strings(ast.parse(path.read_text())) if SQL.match(text))
     assert hits > 30
+
+
+def test_no_module_is_over_about_600_lines() -> None:
+    """A newcomer reads a concept in one file of a sitting's length (issue 11)."""
+    long = []
+    for top in ("fm_local", "tui"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            n = len(path.read_text().splitlines())
+            if n > 620:
+                long.append(f"{path.relative_to(ROOT)}: {n} lines")
+    assert long == []
