@@ -65,7 +65,7 @@ def read_only(f: Any) -> Any:
     return wrapper
 
 
-def _load_json_option(text: str | None, file: str | None, what: str) -> Any:
+def load_json_option(text: str | None, file: str | None, what: str) -> Any:
     if text is not None and file is not None:
         raise UsageError(f"give --{what} or --{what}-file, not both")
     if file is not None:
@@ -83,7 +83,7 @@ def _load_json_option(text: str | None, file: str | None, what: str) -> Any:
         raise UsageError(str(exc)) from None
 
 
-def _execution(ctx: Ctx, ident: str) -> dict[str, Any]:
+def find_execution(ctx: Ctx, ident: str) -> dict[str, Any]:
     row = ctx.store().find_execution(ident)
     if row is None:
         raise UsageError(f"no execution '{ident}' in {ctx.db} (see: fm ls)")

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from fm_local import errors
-from fm_local.cli.base import Ctx, _execution, _load_json_option, cli, json_option, pass_ctx
-from fm_local.cli.render import _emit_json
+from fm_local.cli.base import Ctx, cli, find_execution, json_option, load_json_option, pass_ctx
+from fm_local.cli.render import emit_json
 from fm_local.errors import EXIT_FAILED, FmError
 
 
@@ -21,8 +21,8 @@ def _send_signal(
     the outcome once a supervisor applied it (SPEC §8; fm_local.client)."""
     from fm_local.client import SignalRefused, send_signal
 
-    data = _load_json_option(data_text, None, "data")
-    eid = _execution(ctx, execution)["id"]
+    data = load_json_option(data_text, None, "data")
+    eid = find_execution(ctx, execution)["id"]
     try:
         sent = send_signal(ctx.store(), eid, type_, reason, data, wait=wait)
     except SignalRefused as exc:
@@ -41,7 +41,7 @@ def _send_signal(
         return
     if sent.status == "refused":
         if ctx.json:
-            _emit_json(out)
+            emit_json(out)
         raise FmError(f"signal '{type_}' refused: {sent.outcome}", EXIT_FAILED)
     if sent.status == "pending":
         _say(ctx, out, f"signal {sent.id} ({type_}) sent; not applied yet")
@@ -51,7 +51,7 @@ def _send_signal(
 
 def _say(ctx: Ctx, value: Any, line: str) -> None:
     if ctx.json:
-        _emit_json(value)
+        emit_json(value)
     else:
         click.echo(line)
 

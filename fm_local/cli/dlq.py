@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from fm_local.cli.base import Ctx, cli, json_option, pass_ctx, read_only
-from fm_local.cli.render import _emit_json
+from fm_local.cli.render import emit_json
 from fm_local.errors import FmError, UsageError
 from fm_local.status import ACTIVE_EXEC
 
@@ -31,7 +31,7 @@ def dlq_ls(ctx: Ctx, limit: int) -> None:
 
     rows = ctx.store().dead_letters(limit)
     if ctx.json:
-        _emit_json([_dead_json(r) for r in rows])
+        emit_json([_dead_json(r) for r in rows])
         return
     if not rows:
         click.echo("no dead letters")
@@ -75,7 +75,7 @@ def _dead_letter(ctx: Ctx, dl_id: int) -> dict[str, Any]:
 @read_only
 def dlq_show(ctx: Ctx, dead_letter_id: int) -> None:
     """One dead letter: its input, error and attempts, as JSON."""
-    _emit_json(_dead_json(_dead_letter(ctx, dead_letter_id)))
+    emit_json(_dead_json(_dead_letter(ctx, dead_letter_id)))
 
 
 @dlq.command(name="replay")

@@ -15,20 +15,20 @@ from fm_local.cli.base import (
     ACTIVE,
     TERMINAL,
     Ctx,
-    _execution,
     cli,
+    find_execution,
     json_option,
     pass_ctx,
     read_only,
 )
 from fm_local.cli.render import (
-    _duration,
-    _echo_traceback,
-    _emit_json,
-    _fmt_time,
-    _traceback_of,
+    duration,
+    echo_traceback,
+    emit_json,
+    fmt_time,
+    traceback_of,
 )
-from fm_local.cli.run import _exit_for, _report, _wait_for
+from fm_local.cli.run import exit_code_for, report_end, wait_for_end
 from fm_local.errors import EXIT_FAILED, FmError
 
 NODE_STATUSES = (
@@ -72,7 +72,7 @@ def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
         if r["status"] in ("running", "paused")
     }
     if ctx.json:
-        _emit_json(
+        emit_json(
             [
                 {
                     "id": r["id"],
@@ -96,8 +96,8 @@ def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
     head = f"{'ID':<13} {'WORKFLOW':<24} {'STATUS':<10} {'STARTED':<19} {'SECONDS':>8}"
     click.echo(head + ("  PROGRESS" if any(progress.values()) else ""))
     for r in rows:
-        started = _fmt_time(r["started_at"])
-        took = _duration(r)
+        started = fmt_time(r["started_at"])
+        took = duration(r)
         st = r["status"] + ("*" if waiting and r["status"] in ACTIVE else "")
         p = progress.get(r["id"])
         click.echo(
@@ -156,7 +156,7 @@ def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) ->
     from fm_local.progress import ACTIVE_LOOP, headline, of_row
     from fm_local.store import loads
 
-    row = _execution(ctx, execution)
+    row = find_execution(ctx, execution)
     store = ctx.store()
     now = time.time()
     served = row["status"] not in ACTIVE or bool(is_served(ctx.db))
@@ -172,7 +172,7 @@ def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) ->
             nodes = store.node_runs(row["id"])
         live = row["status"] in ("running", "paused")
         head = headline(loops, now, paused) if live else None
-        _emit_json(
+        emit_json(
             {
                 **execution_record(row),
                 "progress": head.as_json() if head else None,
@@ -197,7 +197,7 @@ def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) ->
     if row["priority"]:
         click.echo(f"priority   {row['priority']}")
     click.echo(
-        f"started    {_fmt_time(row['started_at'])}   finished {_fmt_time(row['finished_at'])}   ({_duration(row)} s)"
+        f"started    {fmt_time(row['started_at'])}   finished {fmt_time(row['finished_at'])}   ({duration(row)} s)"
     )
     if err:
         click.echo(f"error      {err.get('code')}: {err.get('message')}")
@@ -309,12 +309,12 @@ def _failed_section(
         click.echo(f"  {n['path']}: {e.get('code')}: {first}")
         for line in rest:
             click.echo(f"    {line}")
-        tb = None if n["node_type"] == "item" and not summarize else _traceback_of(e)
+        tb = None if n["node_type"] == "item" and not summarize else traceback_of(e)
         where = None
         if tb is None and summarize and n["node_type"] == "loop":
             found = ctx.store().failed_with_traceback(row["id"], n["path"])
             if found:
-                tb = _traceback_of(loads(found[0]["error"]))
+                tb = traceback_of(loads(found[0]["error"]))
                 where = found[0]["path"]
         if tb is None:
             continue
@@ -323,7 +323,7 @@ def _failed_section(
             continue
         if where is not None:
             click.echo(f"    {where}:")
-        _echo_traceback(tb, "      ")
+        echo_traceback(tb, "      ")
         printed += 1
     if left_out:
         click.echo(
@@ -340,11 +340,11 @@ def output(ctx: Ctx, execution: str) -> None:
     """Print an execution's output as JSON."""
     from fm_local.store import loads
 
-    row = _execution(ctx, execution)
+    row = find_execution(ctx, execution)
     if row["status"] != "succeeded":
         click.echo(json.dumps(loads(row["output"]), indent=2))
         raise FmError(
-            f"execution {row['id']} is {row['status']}", _exit_for(row["status"]) or EXIT_FAILED
+            f"execution {row['id']} is {row['status']}", exit_code_for(row["status"]) or EXIT_FAILED
         )
     click.echo(json.dumps(loads(row["output"]), indent=2))
 
@@ -359,8 +359,8 @@ def output(ctx: Ctx, execution: str) -> None:
 @read_only
 def wait_cmd(ctx: Ctx, execution: str, timeout: float | None) -> None:
     """Block until an execution ends; exit like fm run."""
-    row = _execution(ctx, execution)
-    sys.exit(_report(ctx, _wait_for(ctx, row["id"], timeout)))
+    row = find_execution(ctx, execution)
+    sys.exit(report_end(ctx, wait_for_end(ctx, row["id"], timeout)))
 
 
 @cli.command()
@@ -374,10 +374,10 @@ def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
     follows its lines, with its traceback."""
     from fm_local.store import loads
 
-    row = _execution(ctx, execution)
+    row = find_execution(ctx, execution)
     lines = ctx.store().logs(row["id"], node_path)
     if ctx.json:
-        _emit_json(
+        emit_json(
             [
                 {
                     "path": r["path"],
@@ -406,9 +406,9 @@ def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
         click.echo(f"{ts} {r['path']}#{r['seq']} {r['status']}: {e.get('code')}: {first}")
         for line in rest:
             click.echo(f"    {line}")
-        tb = _traceback_of(e)
+        tb = traceback_of(e)
         if tb is not None:
-            _echo_traceback(tb)
+            echo_traceback(tb)
 
 
 @cli.command()
@@ -423,7 +423,7 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: st
     """One bar per node instance on a shared time axis."""
     from fm_local.timeline import render_summary, render_timeline
 
-    row = _execution(ctx, execution)
+    row = find_execution(ctx, execution)
     store = ctx.store()
     if not ctx.json and not show_all and not node_path:
         if store.count_node_runs(row["id"]) > TIMELINE_LIMIT:
@@ -438,7 +438,7 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: st
             return
     nodes = store.node_runs(row["id"], node_path)
     if ctx.json:
-        _emit_json(
+        emit_json(
             [
                 {
                     "path": n["path"],
@@ -470,7 +470,7 @@ def trace(ctx: Ctx, execution: str, fmt: str, out: str | None) -> None:
     """Chrome/Perfetto trace-event JSON of an execution."""
     from fm_local.timeline import chrome_trace
 
-    row = _execution(ctx, execution)
+    row = find_execution(ctx, execution)
     data = chrome_trace(row, ctx.store().node_runs(row["id"]))
     text = json.dumps(data)
     if out:
@@ -505,7 +505,7 @@ def queue(ctx: Ctx) -> None:
     waiting = store.queued_execution_count()
     dead = store.dead_letter_count()
     if ctx.json:
-        _emit_json({"tasks": rows, "queuedExecutions": waiting, "deadLetters": dead})
+        emit_json({"tasks": rows, "queuedExecutions": waiting, "deadLetters": dead})
         return
     if not rows:
         click.echo("no tasks queued or running")
@@ -529,7 +529,7 @@ def workers(ctx: Ctx) -> None:
     """The supervisor, its workers and the machine: CPU, RSS, current node."""
     rows = ctx.store().latest_samples()
     if ctx.json:
-        _emit_json(rows)
+        emit_json(rows)
         return
     if not rows:
         click.echo(f"no recent resource samples: no supervisor serves {ctx.db}")

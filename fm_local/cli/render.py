@@ -13,22 +13,22 @@ if TYPE_CHECKING:
     from fm_local.cli.base import Ctx
 
 
-def _emit_json(value: Any) -> None:
+def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-def _fmt_time(ts: float | None) -> str:
+def fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def _duration(r: dict[str, Any]) -> str:
+def duration(r: dict[str, Any]) -> str:
     if not r["started_at"]:
         return "-"
     end = r["finished_at"] or time.time()
     return f"{end - r['started_at']:.2f}"
 
 
-def _traceback_of(error: Any) -> str | None:
+def traceback_of(error: Any) -> str | None:
     """The python traceback an error object records (also inside the node error an
     execution's error wraps), or None."""
     for _ in range(4):
@@ -41,17 +41,17 @@ def _traceback_of(error: Any) -> str | None:
     return None
 
 
-def _echo_traceback(tb: str, indent: str = "    ", err: bool = False) -> None:
+def echo_traceback(tb: str, indent: str = "    ", err: bool = False) -> None:
     for line in tb.rstrip("\n").splitlines():
         click.echo(indent + line, err=err)
 
 
-def _echo_failed_traceback(ctx: Ctx, row: dict[str, Any], err: Any) -> None:
+def echo_failed_traceback(ctx: Ctx, row: dict[str, Any], err: Any) -> None:
     """On stderr, the traceback of the node that failed the execution: the one its
     error wraps, else the first failed node under the node it names (a loop's item)."""
     from fm_local.store import loads
 
-    tb = _traceback_of(err)
+    tb = traceback_of(err)
     if tb is None:
         where = err.get("nodePath") if isinstance(err, dict) else None
         store = ctx.store()
@@ -60,8 +60,8 @@ def _echo_failed_traceback(ctx: Ctx, row: dict[str, Any], err: Any) -> None:
         )
         if not found:
             return
-        tb = _traceback_of(loads(found[0]["error"]))
+        tb = traceback_of(loads(found[0]["error"]))
         if tb is None:
             return
         click.echo(f"  {found[0]['path']}:", err=True)
-    _echo_traceback(tb, err=True)
+    echo_traceback(tb, err=True)

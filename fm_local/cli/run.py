@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from fm_local.cli.base import TERMINAL, Ctx, _load_json_option, cli, json_option, pass_ctx
-from fm_local.cli.render import _echo_failed_traceback, _emit_json
+from fm_local.cli.base import TERMINAL, Ctx, cli, json_option, load_json_option, pass_ctx
+from fm_local.cli.render import echo_failed_traceback, emit_json
 from fm_local.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -49,11 +49,11 @@ def _prepare(ctx: Ctx, file: str, input_value: Any) -> Any:
     return prepared
 
 
-def _exit_for(status: str) -> int:
+def exit_code_for(status: str) -> int:
     return EXIT_OK if status == "succeeded" else EXIT_FAILED
 
 
-def _wait_for(ctx: Ctx, eid: str, timeout: float | None = None) -> dict[str, Any]:
+def wait_for_end(ctx: Ctx, eid: str, timeout: float | None = None) -> dict[str, Any]:
     from fm_local.api import wait_row
     from fm_local.lock import is_served
 
@@ -68,13 +68,13 @@ def _wait_for(ctx: Ctx, eid: str, timeout: float | None = None) -> dict[str, Any
     return wait_row(store, eid, timeout)
 
 
-def _report(ctx: Ctx, row: dict[str, Any]) -> int:
+def report_end(ctx: Ctx, row: dict[str, Any]) -> int:
     from fm_local.store import loads
 
     out = loads(row["output"])
     err = loads(row["error"])
     if ctx.json:
-        _emit_json({"id": row["id"], "status": row["status"], "output": out, "error": err})
+        emit_json({"id": row["id"], "status": row["status"], "output": out, "error": err})
     else:
         if row["status"] == "succeeded":
             click.echo(json.dumps(out, indent=2))
@@ -84,8 +84,8 @@ def _report(ctx: Ctx, row: dict[str, Any]) -> int:
             line += f": {err.get('message')}"
         click.echo(line, err=True)
         if row["status"] == "failed":
-            _echo_failed_traceback(ctx, row, err)
-    return _exit_for(row["status"])
+            echo_failed_traceback(ctx, row, err)
+    return exit_code_for(row["status"])
 
 
 def _log_to(handler: logging.Handler, fmt: str) -> None:
@@ -146,7 +146,7 @@ def validate(ctx: Ctx, file: str) -> None:
             [f"{file}: {e}" for e in call_errors], [f"{file}: {w}" for w in loaded.warnings]
         )
     if ctx.json:
-        _emit_json({"valid": True, "warnings": [str(w) for w in loaded.warnings]})
+        emit_json({"valid": True, "warnings": [str(w) for w in loaded.warnings]})
         return
     for w in loaded.warnings:
         click.echo(f"{file}: {w}", err=True)
@@ -192,7 +192,7 @@ def run(
     """Run a workflow to the end (on the daemon if one serves the DB, else embedded)."""
     from fm_local.lock import is_served
 
-    input_value = _load_json_option(input_text, input_file, "input")
+    input_value = load_json_option(input_text, input_file, "input")
     if input_value is None:
         input_value = {}  # no input given: an empty object (docs/semantics.md)
     prepared = _prepare(ctx, file, input_value)
@@ -203,7 +203,7 @@ def run(
         _warn_daemon_settings(ctx, holder)
         if not ctx.json:
             click.echo(f"execution {eid} submitted to the running daemon", err=True)
-        sys.exit(_report(ctx, _wait_for(ctx, eid)))
+        sys.exit(report_end(ctx, wait_for_end(ctx, eid)))
     import logging
 
     from fm_local.supervisor import Supervisor
@@ -232,7 +232,7 @@ def run(
         # A daemon started between our look and now: it runs the execution.
         if not ctx.json:
             click.echo(f"execution {eid} submitted to the running daemon", err=True)
-        sys.exit(_report(ctx, _wait_for(ctx, eid)))
+        sys.exit(report_end(ctx, wait_for_end(ctx, eid)))
     sup.install_signal_handlers()
     try:
         sup.run_execution(eid)
@@ -246,7 +246,7 @@ def run(
             err=True,
         )
         sys.exit(130)
-    sys.exit(_report(ctx, row))
+    sys.exit(report_end(ctx, row))
 
 
 def _warn_daemon_settings(ctx: Ctx, holder: dict[str, float]) -> None:
@@ -305,7 +305,7 @@ def submit(
     """Queue an execution; prints its id."""
     from fm_local.errors import QueueFull
 
-    input_value = _load_json_option(input_text, input_file, "input")
+    input_value = load_json_option(input_text, input_file, "input")
     if input_value is None:
         input_value = {}
     prepared = _prepare(ctx, file, input_value)
@@ -409,4 +409,4 @@ def schema() -> None:
     """Print the workflow JSON Schema."""
     from fm_local.model import workflow_json_schema
 
-    _emit_json(workflow_json_schema())
+    emit_json(workflow_json_schema())
