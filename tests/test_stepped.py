@@ -4,6 +4,7 @@ timeouts and rate limits without waiting for them, and without worker processes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -140,3 +141,31 @@ def test_a_rate_limit_starts_at_most_rate_per_second_of_engine_time(wf, db, rate
         assert len(in_window) <= rate, (s, in_window)
     # ... and not slower than the limit: 12 starts take about 12 / rate seconds.
     assert starts[-1] - t0 <= 12 / rate + 0.5
+
+
+def test_a_node_timeout_on_worker_processes_follows_the_stepped_clock(wf, db):
+    """The executor reports running tasks in the scheduler's clock: a node whose
+    5 s timeout passes in engine time is stopped, though it ran about a second."""
+    from fm_local.executors.process import ProcessExecutor
+
+    doc = {"name": "slow", "nodes": [py("h", "sleep", {"seconds": 60}, timeout=5000)]}
+    eid = api.submit(wf(doc), db=db)
+    clock = StepClock()
+    sup = Supervisor(db, workers=1, executor=ProcessExecutor, clock=clock)
+    sup.open()
+    try:
+        t0 = clock.now
+        sup.tick(t0)
+        wait_until_running = t0
+        while node(db, eid, "h")["status"] != "running":
+            wait_until_running += 0.01
+            sup.tick(wait_until_running)
+            sup.flush()
+        step(sup, clock, t0 + 4.9, by=0.1)
+        assert node(db, eid, "h")["status"] == "running"
+        step(sup, clock, t0 + 5.3, by=0.1)
+        row = node(db, eid, "h")
+        assert row["status"] == "failed", row
+        assert json.loads(row["error"])["code"] == "TIMEOUT", row["error"]
+    finally:
+        sup.close()

@@ -48,8 +48,11 @@ class InlineOffer:
 class InlineExecutor:
     """Runs up to ``size`` tasks per poll, in this process."""
 
-    def __init__(self, size: int = 1, **_: Any) -> None:
+    def __init__(
+        self, size: int = 1, *, monotonic: Callable[[], float] = time.monotonic, **_: Any
+    ) -> None:
         self.size = max(1, size)
+        self._clock = monotonic  # the scheduler's clock (running() reports in it)
         self.queue: deque[tuple[Task, float]] = deque()  # (task, monotonic submit time)
         self.handed_back: list[Task] = []
         self.ran = 0  # tasks run so far (tests read it)
@@ -70,7 +73,7 @@ class InlineExecutor:
 
     def submit(self, offer: Offer) -> list[tuple[Task, BaseException]]:
         assert isinstance(offer, InlineOffer)
-        now_m = time.monotonic()
+        now_m = self._clock()
         self.queue.extend((task, now_m) for task in offer.tasks)
         return []
 

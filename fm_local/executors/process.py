@@ -121,8 +121,13 @@ class ProcessExecutor:
         env: dict[str, str] | None = None,
         max_rss_mb: int | None = None,
         subreaper: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.size = max(1, size)
+        # The scheduler's monotonic clock: what running() and the prefetch window
+        # report and compare is in its time (a stepped test clock included).
+        # Stopping processes keeps real time.
+        self._clock = monotonic
         self.env = env
         self.max_rss_mb = max_rss_mb
         # As a child subreaper, this process inherits the processes of a worker that
@@ -246,7 +251,7 @@ class ProcessExecutor:
         one at a time: the room of each counts the backlog left by the ones before."""
         n_slots = len(self.slots)
         deep = backlog() > 2 * n_slots
-        now_m = time.monotonic()
+        now_m = self._clock()
         for slot in self.slots:
             if not slot.ready:
                 continue
@@ -306,7 +311,7 @@ class ProcessExecutor:
             data = pickle.dumps(("tasks", tasks), protocol=5)
         busy = bool(slot.inflight)
         if not busy:
-            slot.head_since = time.monotonic()
+            slot.head_since = self._clock()
         slot.inflight.extend(tasks)
         try:
             if busy and len(data) > PIPE_ROOM:
@@ -415,7 +420,7 @@ class ProcessExecutor:
             inflight = slot.inflight
             if inflight and inflight[0]["id"] == tid:
                 done.append((inflight.popleft(), result))
-                slot.head_since = time.monotonic()
+                slot.head_since = self._clock()
                 continue
             for i, task in enumerate(inflight):
                 if task["id"] == tid:

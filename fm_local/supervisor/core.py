@@ -78,7 +78,10 @@ class Supervisor(
             self.store = Store(self.db, durability=self.durability)
             make = self.make_executor or ProcessExecutor
             self.executor = make(
-                self.n_workers, max_rss_mb=self.max_worker_memory_mb, subreaper=self.subreaper
+                self.n_workers,
+                max_rss_mb=self.max_worker_memory_mb,
+                subreaper=self.subreaper,
+                monotonic=self.clock.monotonic,
             )
             self.executor.start()
             self.executor.wait_ready(WORKER_START_TIMEOUT)

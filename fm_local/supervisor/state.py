@@ -501,7 +501,8 @@ class Part:
     ) -> None:
         self.db = Path(db)
         # Makes the executor at open(): called like ProcessExecutor(workers,
-        # max_rss_mb=..., subreaper=...); InlineExecutor runs tasks in this process.
+        # max_rss_mb=..., subreaper=..., monotonic=<this clock>); InlineExecutor
+        # runs tasks in this process.
         self.make_executor = executor
         # Where every part reads the time; a StepClock makes the engine steppable.
         self.clock = clock or SystemClock()
