@@ -43,7 +43,7 @@ def construct(raw: Any) -> model.Workflow | None:
     ``None`` (then validate with pydantic: it may still be valid)."""
     try:
         built = _model(model.Workflow, raw)
-    except (_Unsure, RecursionError):
+    except Exception:  # noqa: BLE001 - a fast path never fails: pydantic decides
         return None
     assert isinstance(built, model.Workflow)
     return built
@@ -327,7 +327,10 @@ def _int(v: Any) -> int:
 
 def _float(v: Any) -> float:
     if type(v) is int:
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            raise _Unsure from None  # past a float's range: pydantic's to report
     if type(v) is not float or v != v:
         raise _Unsure
     return v

@@ -143,3 +143,16 @@ def test_a_valid_document_builds_no_validator_in_a_fresh_process(tmp_path: Path)
     )
     words, _, _ = python_fresh(tmp_path / "fm.db", script, str(ROOT / "examples" / "approval.json"))
     assert words == ["not-built"]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"settings": {"retry": {"backoffMultiplier": 10**400}}},
+        {"nodes": [{"id": "a", "type": "transform", "expression": "1", "rateLimit": 10**400}]},
+    ],
+)
+def test_a_number_past_a_floats_range_is_left_to_pydantic(where: dict[str, Any]) -> None:
+    raw = {"name": "w", "nodes": [{"id": "a", "type": "transform", "expression": "1"}], **where}
+    assert construct(raw) is None
+    assert _pydantic(raw) is None  # pydantic refuses it (fm validate: one line, exit 2)

@@ -5,6 +5,7 @@ timeouts and rate limits without waiting for them, and without worker processes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -23,8 +24,8 @@ py = partial(python_node, "fmtasks")
 
 
 @contextmanager
-def stepped(db: Path) -> Iterator[tuple[Supervisor, StepClock]]:
-    clock = StepClock()
+def stepped(db: Path, start: float | None = None) -> Iterator[tuple[Supervisor, StepClock]]:
+    clock = StepClock(start)
     sup = Supervisor(db, workers=2, executor=InlineExecutor, clock=clock)
     sup.open()
     try:
@@ -169,3 +170,27 @@ def test_a_node_timeout_on_worker_processes_follows_the_stepped_clock(wf, db):
         assert json.loads(row["error"])["code"] == "TIMEOUT", row["error"]
     finally:
         sup.close()
+
+
+def test_engine_time_alone_paces_a_rate_limit_whatever_the_worlds_time(wf, db):
+    """Task results carry the world's times; a stepped engine an hour behind it
+    still starts 6 items at 5/s within about a second of its own time."""
+    doc = {
+        "name": "behind",
+        "nodes": [
+            {
+                "id": "l",
+                "type": "loop",
+                "arrayPath": list(range(6)),
+                "parallel": True,
+                "rateLimit": {"rate": 5, "per": 1000},
+                "body": {"nodes": [py("n", "noop")]},
+            }
+        ],
+    }
+    eid = api.submit(wf(doc), db=db)
+    with stepped(db, start=time.time() - 3600) as (sup, clock):
+        t0 = clock.now
+        sup.tick(t0)
+        step(sup, clock, t0 + 3.0)
+        assert exec_status(db, eid) == "succeeded"

@@ -320,8 +320,9 @@ class Supervisor(
             self.batch.samples.extend(self.sampler.sample(workers))
         except Exception:  # noqa: BLE001 - sampling must never stop the engine
             log.exception("resource sampling failed")
-        if self.clock.monotonic() - self.sampler.last_prune > 60:
-            self.sampler.last_prune = self.clock.monotonic()
+        # Housekeeping in the world's time, as the sampler's own schedule.
+        if time.monotonic() - self.sampler.last_prune > 60:
+            self.sampler.last_prune = time.monotonic()
             self.flush()
             self.store.prune_samples(self.clock.time() - KEEP_SECONDS)
 

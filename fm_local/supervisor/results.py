@@ -58,6 +58,10 @@ class Results(Part):
                 run.prefetched = False
             return
         run.prefetched = False
+        if self.clock_is_stepped:
+            # The worker's times are the world's; a stepped engine's are its own.
+            finished = self.clock.time()
+            started = min(run.started_at or finished, finished)
         if run.gate_marks is not None:
             for lim, recorded in run.gate_marks:
                 lim.correct(recorded, started)

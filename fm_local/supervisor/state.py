@@ -506,6 +506,7 @@ class Part:
         self.make_executor = executor
         # Where every part reads the time; a StepClock makes the engine steppable.
         self.clock = clock or SystemClock()
+        self.clock_is_stepped = isinstance(self.clock, StepClock)
         self.subreaper = subreaper  # this process is ours (fm daemon, fm run): see workers
         self.max_worker_memory_mb = max_worker_memory_mb
         self.n_workers = max(1, workers)
