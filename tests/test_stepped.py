@@ -194,3 +194,53 @@ def test_engine_time_alone_paces_a_rate_limit_whatever_the_worlds_time(wf, db):
         sup.tick(t0)
         step(sup, clock, t0 + 3.0)
         assert exec_status(db, eid) == "succeeded"
+
+
+class OneWorker(InlineExecutor):
+    """Every task on one worker, the first one running: stopping any task stops
+    them all (the head as started), as a worker process does; tasks run only when
+    ``go`` is set."""
+
+    go = False
+
+    def poll(self, timeout: float, extra: Any = None) -> list[Any]:
+        return super().poll(timeout, extra) if self.go else []
+
+    def stop(self, task_ids: Any) -> list[tuple[dict[str, Any], bool]]:
+        ids = set(task_ids)
+        if not any(task["id"] in ids for task, _ in self.queue):
+            return []
+        held = [(task, i == 0) for i, (task, _) in enumerate(self.queue)]
+        self.queue.clear()
+        return held
+
+
+def test_a_run_stopped_only_for_sharing_a_worker_ends_its_attempt_interrupted(wf, db):
+    """Cancelling B stops the worker that also runs A's node: A's attempt ends
+    `interrupted` (not left `running`), and A's node runs again and succeeds."""
+    from fm_local.store import Store
+
+    a = api.submit(wf({"name": "a", "nodes": [py("n", "noop")]}), db=db)
+    b = api.submit(wf({"name": "b", "nodes": [py("n", "noop")]}), db=db)
+    clock = StepClock()
+    executor = OneWorker(2)
+    sup = Supervisor(db, workers=2, executor=lambda *a, **k: executor, clock=clock)
+    sup.open()
+    try:
+        t0 = clock.now
+        sup.tick(t0)
+        assert [task["ctx"]["executionId"] for task, _ in executor.queue] == [a, b]
+        store = Store(db)
+        try:
+            store.add_signal(b, "cancel", "test", None)
+        finally:
+            store.close()
+        step(sup, clock, t0 + 0.2)
+        assert exec_status(db, b) == "cancelled"
+        executor.go = True
+        step(sup, clock, t0 + 0.5)
+        assert exec_status(db, a) == "succeeded"
+    finally:
+        sup.close()
+    rows = query(db, "SELECT seq, attempt, status FROM attempts WHERE execution_id=?", (a,))
+    assert [(r["attempt"], r["status"]) for r in rows] == [(1, "interrupted"), (1, "succeeded")]

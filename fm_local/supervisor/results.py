@@ -148,8 +148,17 @@ class Results(Part):
         ids = [tid for tid, r in self.tasks.items() if pred(r)]
         if not ids:
             return
-        for r, _ in self._take_back(executor.stop(ids)):
+        for r, started in self._take_back(executor.stop(ids)):
             if pred(r):
                 self._cancel_run(r, reason, status)
             elif not r.terminal:
-                self._requeue(r)
+                self._interrupted_aside(r, started)
+
+    def _interrupted_aside(self, run: Run, started: bool) -> None:
+        """A run stopped only because it shared a worker with one that was: its
+        attempt (if it had started) ends ``interrupted``, and it goes back to the
+        queue without spending one."""
+        if started:
+            run.finished_at = self.clock.time()
+            self._attempt_row(run, "interrupted", None)
+        self._requeue(run)

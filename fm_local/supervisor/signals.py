@@ -220,9 +220,7 @@ class Signals(Part):
                 continue
             if started and pred(r):
                 count += 1
-                r.finished_at = self.clock.time()
-                self._attempt_row(r, "interrupted", None)
-            self._requeue(r)
+            self._interrupted_aside(r, started)
         return count
 
     def _cancel(self, ex: Exec, handler: Any, row: dict[str, Any]) -> str:
