@@ -2,7 +2,9 @@
 
 Attributes are snake_case; every key is accepted in camelCase (the documented
 spelling, used when dumping) and in snake_case. Unknown keys are errors.
-These types only describe shape; cross-node rules live in ``validate``.
+These types only describe shape; cross-node rules live in ``validate``. Each node
+type's class is declared with its behaviour in ``fm_local.nodes.<type>``; this module
+builds the ``Node`` union from them and re-exports them.
 
 Importing this module builds no validator (``defer_build``): a command that never
 validates a document (``fm token``, signals) does not pay for it, and the one that
@@ -12,14 +14,16 @@ completed only when a document fails validation (:func:`complete_models`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+import functools
+import operator
+import sys
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     field_validator,
-    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -125,191 +129,63 @@ class NodeBase(Base):
         return self.name or self.id
 
 
-class PythonNode(NodeBase):
-    type: Literal["python"]
-    call: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
-    args: dict[str, Any] = {}
-
-
-class TransformNode(NodeBase):
-    type: Literal["transform"]
-    expression: str
-    operation: Literal["custom"] = "custom"
-
-
-class HttpNode(NodeBase):
-    type: Literal["http"]
-    method: str = "GET"
-    url: str
-    headers: dict[str, Any] = {}
-    query: dict[str, Any] = {}
-    json_body: Any = Field(default=None, alias="json")
-    body: Any = None
-
-    @model_validator(mode="after")
-    def _one_body(self) -> HttpNode:
-        if self.json_body is not None and self.body is not None:
-            raise ValueError("give either 'json' or 'body', not both")
-        return self
-
-
-class ShellNode(NodeBase):
-    type: Literal["shell"]
-    command: str | Annotated[list[str], Field(min_length=1)]
-    env: dict[str, str] = {}
-    cwd: str | None = None
-    allow_failure: bool = False
-
-
-class ConditionNode(NodeBase):
-    type: Literal["condition"]
-    expression: str
-
-
-class SwitchCase(Base):
-    value: Any
-    label: str | None = None
-
-    @property
-    def value_port(self) -> str:
-        """The case's value as text: its port by SPEC §3."""
-        return self.value if isinstance(self.value, str) else _json_text(self.value)
-
-    @property
-    def port(self) -> str:
-        """The port the engine records for this case: its label when it has one (so
-        cases of equal text, 1 and "1", stay apart), else its value as text. Edges
-        may name a labelled case by either (SwitchNode.canonical_handle)."""
-        return self.label if self.label is not None else self.value_port
-
-
-class SwitchNode(NodeBase):
-    type: Literal["switch"]
-    expression: str
-    cases: list[SwitchCase]
-
-    def handle_map(self) -> dict[str, str]:
-        """sourceHandle -> the port the engine records, for every accepted handle
-        (build it once per switch: a switch may have thousands of cases)."""
-        mapping = {c.port: c.port for c in self.cases}
-        for c in self.cases:
-            if c.label is not None:
-                mapping.setdefault(c.value_port, c.port)
-        return mapping
-
-    def canonical_handle(self, handle: str | None) -> str | None:
-        """An edge's sourceHandle as the port the engine records: a labelled case's
-        value text stands for its label, unless that text is another case's port."""
-        if handle is None:
-            return None
-        return self.handle_map().get(handle, handle)
-
-    def handles(self) -> list[str]:
-        """Every sourceHandle accepted for a case: each port, and a labelled case's
-        value text (when no other case has it as its port)."""
-        return list(self.handle_map())
-
-
-class MergeNode(NodeBase):
-    type: Literal["merge"]
-    mode: Literal["all", "first_success"] = "all"
-    policy: SectionPolicy | None = None
-
-
 class Graph(Base):
     nodes: list[Node] = []
     edges: list[Edge] = []
 
 
-class LoopNode(NodeBase):
-    type: Literal["loop"]
-    loop_type: Literal["forEach", "count"] = "forEach"
-    array_path: Any = None
-    count: int | str | None = None
-    parallel: bool | SectionPolicy = False
-    max_concurrency: Annotated[int, Field(gt=0)] | None = None
-    batch_size: Annotated[int, Field(gt=0)] | None = None
-    delay_between_batches: Annotated[int, Field(ge=0)] = 0
-    item_variable: Annotated[str, Field(pattern=NODE_ID_PATTERN)] = "item"
-    index_variable: Annotated[str, Field(pattern=NODE_ID_PATTERN)] = "index"
-    body: Graph
-    policy: SectionPolicy | None = None
+# -- the node types --------------------------------------------------------------
+# Each is declared in its own module, fm_local/nodes/<type>.py: its model class, its
+# Kind and its evaluation or worker task; fm_local.nodes.kinds lists them (KINDS).
+# They build on NodeBase, Graph and the settings above, so they are imported here.
+# Their classes are re-exported: ``from fm_local.model import LoopNode`` still works.
+from fm_local.nodes.condition import ConditionNode  # noqa: E402
+from fm_local.nodes.delay import DelayNode  # noqa: E402
+from fm_local.nodes.http import HttpNode  # noqa: E402
+from fm_local.nodes.kinds import KINDS  # noqa: E402
+from fm_local.nodes.loop import LoopNode  # noqa: E402
+from fm_local.nodes.merge import MergeNode  # noqa: E402
+from fm_local.nodes.output import OutputNode  # noqa: E402
+from fm_local.nodes.python import PythonNode  # noqa: E402
+from fm_local.nodes.shell import ShellNode  # noqa: E402
+from fm_local.nodes.switch import SwitchCase as SwitchCase  # noqa: E402
+from fm_local.nodes.switch import SwitchNode  # noqa: E402
+from fm_local.nodes.transform import TransformNode  # noqa: E402
+from fm_local.nodes.wait import WaitNode  # noqa: E402
 
-    @field_validator("loop_type", mode="before")
-    @classmethod
-    def _loop_type_alias(cls, v: Any) -> Any:
-        return "forEach" if v in ("for_each", "foreach") else v
+if TYPE_CHECKING:
+    # mypy cannot read a union built at run time. The same members written out keep
+    # code that reads a Node checked against the real classes (isinstance narrowing,
+    # each type's fields), not against NodeBase alone; a new node type adds itself
+    # here as well (at run time the union below is built from KINDS).
+    Node = Annotated[
+        PythonNode
+        | TransformNode
+        | HttpNode
+        | ShellNode
+        | ConditionNode
+        | SwitchNode
+        | MergeNode
+        | LoopNode
+        | DelayNode
+        | WaitNode
+        | OutputNode,
+        Field(discriminator="type"),
+    ]
+else:
+    # The members in KINDS' order (that of pydantic's messages and the JSON schema),
+    # joined with | as a written union would be.
+    Node = Annotated[
+        functools.reduce(operator.or_, [k.model for k in KINDS]), Field(discriminator="type")
+    ]
 
-    @model_validator(mode="after")
-    def _loop_source(self) -> LoopNode:
-        if self.loop_type == "forEach" and self.array_path is None:
-            raise ValueError("a forEach loop needs 'arrayPath'")
-        if self.loop_type == "count" and self.count is None:
-            raise ValueError("a count loop needs 'count'")
-        return self
+NODE_TYPES: dict[str, type[NodeBase]] = {k.name: k.model for k in KINDS}
 
-    @property
-    def is_parallel(self) -> bool:
-        return self.parallel is not False
-
-    @property
-    def section_policy(self) -> SectionPolicy | None:
-        """``policy``, or the seed's ``parallel: {...}`` spelling of it."""
-        if self.policy is not None:
-            return self.policy
-        if isinstance(self.parallel, SectionPolicy):
-            return self.parallel
-        return None
-
-
-class DelayNode(NodeBase):
-    type: Literal["delay"]
-    duration: Annotated[int, Field(ge=0)] | str
-
-
-class WaitNode(NodeBase):
-    type: Literal["wait"]
-    signal: str
-
-
-class OutputNode(NodeBase):
-    type: Literal["output"]
-    output_name: str | None = None
-    value: Any = None
-
-    @property
-    def key(self) -> str:
-        return self.output_name or self.id
-
-
-Node = Annotated[
-    PythonNode
-    | TransformNode
-    | HttpNode
-    | ShellNode
-    | ConditionNode
-    | SwitchNode
-    | MergeNode
-    | LoopNode
-    | DelayNode
-    | WaitNode
-    | OutputNode,
-    Field(discriminator="type"),
-]
-
-NODE_TYPES: dict[str, type[NodeBase]] = {
-    "python": PythonNode,
-    "transform": TransformNode,
-    "http": HttpNode,
-    "shell": ShellNode,
-    "condition": ConditionNode,
-    "switch": SwitchNode,
-    "merge": MergeNode,
-    "loop": LoopNode,
-    "delay": DelayNode,
-    "wait": WaitNode,
-    "output": OutputNode,
-}
+# pydantic completes an inherited field whose annotation it could not resolve when the
+# class was made (NodeBase.compensate: "Node | None") in the namespace of the
+# subclass's own module: each declaration module must know the name ``Node`` too.
+for _kind in KINDS:
+    setattr(sys.modules[_kind.model.__module__], "Node", Node)  # noqa: B010
 
 
 class Edge(Base):
@@ -335,12 +211,6 @@ class Workflow(Base):
     nodes: list[Node]
     edges: list[Edge] = []
     handlers: list[Node] = []
-
-
-def _json_text(value: Any) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":"))
 
 
 def complete_models() -> None:

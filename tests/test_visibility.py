@@ -17,7 +17,7 @@ import pytest
 from conftest import HERE, exec_status, fm_cli, query, wait_until
 
 from fm_local import progress as pg
-from fm_local.nodes.runners import MAX_TRACEBACK, exception_error, user_traceback
+from fm_local.runners import MAX_TRACEBACK, exception_error, user_traceback
 
 NO_SUPERVISOR = "(no supervisor — start `fm daemon`)"
 

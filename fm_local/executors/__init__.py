@@ -14,7 +14,7 @@ supervisor would kill, a death arrives as an event whenever it is known, and
 ``running()`` reports what runs from the executor's side.
 
 A task is a dict: ``{"id", "type", "spec", "folder", "ctx"}``; a result is the
-tuple a worker sends back (``fm_local.nodes.runners.run_task``). This module
+tuple a worker sends back (``fm_local.runners.run_task``). This module
 imports nothing heavy: a worker process imports it.
 """
 

@@ -2,7 +2,7 @@
 :meth:`InlineExecutor.poll`, one after another — no worker process.
 
 For the engine's tests (``Supervisor(db, executor=InlineExecutor)``): a task does
-exactly what it does in a worker (:func:`fm_local.nodes.runners.run_task`), so
+exactly what it does in a worker (:func:`fm_local.runners.run_task`), so
 readiness, retries, error strategies, merges and loops are exercised without
 spawning processes. What it cannot do is what needs a process boundary: a task
 that runs cannot be stopped (it has ended by the time anyone could ask), a node
@@ -78,7 +78,7 @@ class InlineExecutor:
         return []
 
     def poll(self, timeout: float, extra: Any = None) -> list[Event]:
-        from fm_local.nodes.runners import run_task
+        from fm_local.runners import run_task
 
         done: list[tuple[Task, tuple[Any, ...]]] = []
         now = time.time()

@@ -23,7 +23,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
-from fm_local.nodes import runners
+from fm_local import runners
 
 # Results are flushed at the end of a batch, or when this many seconds passed.
 FLUSH_INTERVAL = 0.002
@@ -240,7 +240,7 @@ def main(argv: list[str]) -> int:
     # dispatch (rate limits count starts at dispatch).
     import psutil  # noqa: F401 - kill_descendants needs it, in a signal handler too
 
-    from fm_local.nodes import http, python, shell  # noqa: F401
+    from fm_local.runners import http, python, shell  # noqa: F401
 
     box.send(("ready", _WORKER_PID))
     pending: list[tuple[Any, ...]] = []

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from fm_local import expr
-from fm_local.model import ConditionNode
+from fm_local.model import NodeBase
+from fm_local.nodes.kind import Kind, Runs
+
+
+class ConditionNode(NodeBase):
+    type: Literal["condition"]
+    expression: str
 
 
 def evaluate(
@@ -14,3 +20,13 @@ def evaluate(
 ) -> tuple[Any, str | None]:
     result = bool(expr.compile_expr(node.expression).evaluate(scope, log))
     return {"result": result}, "true" if result else "false"
+
+
+KIND = Kind(
+    "condition",
+    ConditionNode,
+    Runs.INLINE,
+    expression=True,
+    ports=lambda node, accepted: ["true", "false"],
+    evaluate=evaluate,
+)

@@ -1,5 +1,6 @@
-"""The ``loop`` node (SPEC §4, §6): its items, and its output assembled from the
-item records in SQLite, in item order, in the shape its policy asks for.
+"""The ``loop`` node (SPEC §4, §6): its declaration, its items, and its output
+assembled from the item records in SQLite, in item order, in the shape its policy
+asks for.
 
 The output is built as JSON text from the stored item results without parsing
 them, so a loop of 100,000 items never holds 100,000 Python records.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from fm_local import expr, jsonio
 from fm_local.errors import (
@@ -19,10 +22,60 @@ from fm_local.errors import (
     TOTAL_TIMEOUT,
     NodeError,
 )
-from fm_local.model import LoopNode, SectionPolicy
+from fm_local.model import NODE_ID_PATTERN, Graph, NodeBase, SectionPolicy
+from fm_local.nodes.kind import Kind, Runs
 
 MAX_ITEMS = 1_000_000
 PARTIAL_FAILURE = "PARTIAL_FAILURE"
+
+
+class LoopNode(NodeBase):
+    type: Literal["loop"]
+    loop_type: Literal["forEach", "count"] = "forEach"
+    array_path: Any = None
+    count: int | str | None = None
+    parallel: bool | SectionPolicy = False
+    max_concurrency: Annotated[int, Field(gt=0)] | None = None
+    batch_size: Annotated[int, Field(gt=0)] | None = None
+    delay_between_batches: Annotated[int, Field(ge=0)] = 0
+    item_variable: Annotated[str, Field(pattern=NODE_ID_PATTERN)] = "item"
+    index_variable: Annotated[str, Field(pattern=NODE_ID_PATTERN)] = "index"
+    body: Graph
+    policy: SectionPolicy | None = None
+
+    @field_validator("loop_type", mode="before")
+    @classmethod
+    def _loop_type_alias(cls, v: Any) -> Any:
+        return "forEach" if v in ("for_each", "foreach") else v
+
+    @model_validator(mode="after")
+    def _loop_source(self) -> LoopNode:
+        if self.loop_type == "forEach" and self.array_path is None:
+            raise ValueError("a forEach loop needs 'arrayPath'")
+        if self.loop_type == "count" and self.count is None:
+            raise ValueError("a count loop needs 'count'")
+        return self
+
+    @property
+    def is_parallel(self) -> bool:
+        return self.parallel is not False
+
+    @property
+    def section_policy(self) -> SectionPolicy | None:
+        """``policy``, or the seed's ``parallel: {...}`` spelling of it."""
+        if self.policy is not None:
+            return self.policy
+        if isinstance(self.parallel, SectionPolicy):
+            return self.parallel
+        return None
+
+
+KIND = Kind(
+    "loop",
+    LoopNode,
+    Runs.LOOP,
+    templates=(("arrayPath", "array_path"), ("count", "count")),
+)
 
 
 def items_of(node: LoopNode, scope: Mapping[str, Any]) -> tuple[list[Any] | None, int]:

@@ -1,5 +1,9 @@
 """Worker-side dispatch: run one task, capture its logs, return a result tuple.
 
+This package is what a worker process imports: the runner of each worker node type
+(``python``, ``http``, ``shell``; their declarations are in ``fm_local.nodes``) and
+this dispatch. It never imports pydantic or ``fm_local.model``.
+
 A result is ``(task_id, ok, output_json, error, logs, started, finished, code)``; the
 output is JSON text (validated here, so garbage never reaches the supervisor)
 and ``error`` is ``{code, message, details}``. Nothing raised by node code escapes.
@@ -232,7 +236,7 @@ def encode_output(value: Any, what: str) -> tuple[str | None, dict[str, Any] | N
 
 def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
     """Run one task; never raises."""
-    from fm_local.nodes import http, python, shell
+    from fm_local.runners import http, python, shell
 
     cap = LogCapture()
     started = time.time()
