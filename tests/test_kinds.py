@@ -149,3 +149,41 @@ def test_a_body_is_a_loops_only() -> None:
     nodes = _nodes()
     assert [n.id for n in body_nodes(nodes["l"])] == ["inner"]
     assert all(body_nodes(n) == [] for nid, n in nodes.items() if nid != "l")
+
+
+def test_the_union_mypy_reads_lists_every_kind_in_order() -> None:
+    """model.py writes the Node union out for mypy (it cannot read the one built from
+    KINDS at run time): the two must name the same classes in the same order."""
+    import ast
+    import typing
+
+    from conftest import ROOT
+
+    from fm_local import model
+
+    tree = ast.parse((ROOT / "fm_local" / "model.py").read_text())
+    written: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for stmt in node.body:
+                if isinstance(stmt, ast.Assign) and stmt.targets[0].id == "Node":  # type: ignore[attr-defined]
+                    written = _names_in_order(stmt.value)
+    members = [k.model.__name__ for k in KINDS]
+    assert [n for n in written if n in NODE_TYPES_BY_NAME] == members
+    union = typing.get_args(typing.get_args(model.Node)[0])
+    assert [m.__name__ for m in union] == members
+
+
+NODE_TYPES_BY_NAME = {m.__name__ for m in NODE_TYPES.values()}
+
+
+def _names_in_order(expr: Any) -> list[str]:
+    """The names of an expression, left to right (``A | B | C``: A, B, C)."""
+    import ast
+
+    if isinstance(expr, ast.Name):
+        return [expr.id]
+    out: list[str] = []
+    for child in ast.iter_child_nodes(expr):
+        out += _names_in_order(child)
+    return out
