@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from fm_local import expr
 from fm_local.model import Edge, LoopNode, NodeBase
-from fm_local.nodes.kinds import ERROR_HANDLE, kind_of
+from fm_local.nodes.kinds import ERROR_HANDLE, Runs, kind_of
 from fm_local.status import NODE_TERMINAL as TERMINAL
 
 # Terminal node statuses (fm_local.status), and the one that lets normal edges through.
@@ -176,7 +176,7 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
     cycle = find_cycle(by_id, deps)
     if cycle:
         raise ValueError("cycle: " + " -> ".join(cycle))
-    order = _topo_order(list(by_id), deps)
+    order = topo_order(list(by_id), deps)
     dependents: dict[str, list[str]] = {nid: [] for nid in by_id}
     for nid in order:
         # Each source once per dependent (a set, not a scan of the growing list).
@@ -198,14 +198,14 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
         free_names=frozenset(free),
     )
     g.has_edges = {nid: any(not d.is_ref for d in deps[nid]) for nid in by_id}
-    merges = [nid for nid, n in by_id.items() if getattr(n, "type", None) == "merge"]
+    merges = [nid for nid, n in by_id.items() if kind_of(n).runs is Runs.MERGE]
     if merges:
         g.sections = merge_sections(g, merges)
         g.section_owner = innermost_sections(g.sections)
     return g
 
 
-def _topo_order(ids: list[str], deps: Mapping[str, list[Dep]]) -> list[str]:
+def topo_order(ids: list[str], deps: Mapping[str, list[Dep]]) -> list[str]:
     """Kahn's algorithm, stable with respect to document order."""
     pending = {nid: len({d.source for d in deps[nid]}) for nid in ids}
     children: dict[str, list[str]] = {nid: [] for nid in ids}

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from fm_local import expr
-from fm_local.graph import LOOP_SCOPE_NAMES, Dep, compile_graph, find_cycle
+from fm_local.graph import LOOP_SCOPE_NAMES, Dep, compile_graph, find_cycle, topo_order
 from fm_local.model import Edge, LoopNode, NodeBase, OutputNode, SwitchNode, Workflow
 from fm_local.nodes.kinds import DEFAULT_HANDLE, ERROR_HANDLE, body_nodes, kind_of
 from fm_local.validate.text import (
@@ -317,7 +317,7 @@ class _Checker:
         at: list[PathPart],
     ) -> None:
         never: dict[str, str] = {}
-        for nid in _topo(list(by_id), deps):
+        for nid in topo_order(list(by_id), deps):  # any order that follows the edges
             ds = deps[nid]
             if not ds:
                 continue
@@ -538,24 +538,6 @@ def _template_strings(value: Any, at: list[PathPart]) -> Iterator[tuple[list[Pat
     elif isinstance(value, list):
         for i, v in enumerate(value):
             yield from _template_strings(v, at + [i])
-
-
-def _topo(ids: list[str], deps: Mapping[str, list[Dep]]) -> list[str]:
-    pending = {nid: len({d.source for d in deps[nid]}) for nid in ids}
-    children: dict[str, list[str]] = {nid: [] for nid in ids}
-    for nid in ids:
-        for src in {d.source for d in deps[nid]}:
-            children[src].append(nid)
-    ready = [nid for nid in ids if pending[nid] == 0]
-    order: list[str] = []
-    while ready:
-        nid = ready.pop()
-        order.append(nid)
-        for c in children[nid]:
-            pending[c] -= 1
-            if pending[c] == 0:
-                ready.append(c)
-    return order
 
 
 def _type_of(node: NodeBase) -> str:
