@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fm_local import expr
-from fm_local.model import Edge, LoopNode, NodeBase
+from fm_local.model import Edge, NodeBase
 from fm_local.nodes.kinds import ERROR_HANDLE, Runs, kind_of
+from fm_local.nodes.loop import LoopNode
 from fm_local.status import NODE_TERMINAL as TERMINAL
 
 # Terminal node statuses (fm_local.status), and the one that lets normal edges through.

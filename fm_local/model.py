@@ -136,48 +136,24 @@ class Graph(Base):
 
 # -- the node types --------------------------------------------------------------
 # Each is declared in its own module, fm_local/nodes/<type>.py: its model class, its
-# Kind and its evaluation or worker task; fm_local.nodes.kinds lists them (KINDS).
+# Kind and its evaluation or worker task; fm_local.nodes.kinds finds them (KINDS).
 # They build on NodeBase, Graph and the settings above, so they are imported here.
-# Their classes are re-exported: ``from fm_local.model import LoopNode`` still works.
-from fm_local.nodes.condition import ConditionNode  # noqa: E402
-from fm_local.nodes.delay import DelayNode  # noqa: E402
-from fm_local.nodes.http import HttpNode  # noqa: E402
 from fm_local.nodes.kinds import KINDS  # noqa: E402
-from fm_local.nodes.loop import LoopNode  # noqa: E402
-from fm_local.nodes.merge import MergeNode  # noqa: E402
-from fm_local.nodes.output import OutputNode  # noqa: E402
-from fm_local.nodes.python import PythonNode  # noqa: E402
-from fm_local.nodes.shell import ShellNode  # noqa: E402
-from fm_local.nodes.switch import SwitchCase as SwitchCase  # noqa: E402
-from fm_local.nodes.switch import SwitchNode  # noqa: E402
-from fm_local.nodes.transform import TransformNode  # noqa: E402
-from fm_local.nodes.wait import WaitNode  # noqa: E402
 
 if TYPE_CHECKING:
-    # mypy cannot read a union built at run time. The same members written out keep
-    # code that reads a Node checked against the real classes (isinstance narrowing,
-    # each type's fields), not against NodeBase alone; a new node type adds itself
-    # here as well (at run time the union below is built from KINDS).
-    Node = Annotated[
-        PythonNode
-        | TransformNode
-        | HttpNode
-        | ShellNode
-        | ConditionNode
-        | SwitchNode
-        | MergeNode
-        | LoopNode
-        | DelayNode
-        | WaitNode
-        | OutputNode,
-        Field(discriminator="type"),
-    ]
+    # mypy cannot read a union built at run time: to it a Node is a NodeBase, and code
+    # that reads one type's fields narrows with isinstance against that type's class
+    # (imported from its module, fm_local.nodes.<type>).
+    Node = Annotated[NodeBase, Field(discriminator="type")]
 else:
     # The members in KINDS' order (that of pydantic's messages and the JSON schema),
     # joined with | as a written union would be.
     Node = Annotated[
         functools.reduce(operator.or_, [k.model for k in KINDS]), Field(discriminator="type")
     ]
+    # The classes are re-exported: ``from fm_local.model import LoopNode`` still works.
+    globals().update({k.model.__name__: k.model for k in KINDS})
+    from fm_local.nodes.switch import SwitchCase as SwitchCase  # noqa: E402
 
 NODE_TYPES: dict[str, type[NodeBase]] = {k.name: k.model for k in KINDS}
 

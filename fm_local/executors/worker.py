@@ -240,7 +240,7 @@ def main(argv: list[str]) -> int:
     # dispatch (rate limits count starts at dispatch).
     import psutil  # noqa: F401 - kill_descendants needs it, in a signal handler too
 
-    from fm_local.runners import http, python, shell  # noqa: F401
+    runners.load_runners()
 
     box.send(("ready", _WORKER_PID))
     pending: list[tuple[Any, ...]] = []

@@ -29,4 +29,5 @@ KIND = Kind(
     expression=True,
     ports=lambda node, accepted: ["true", "false"],
     evaluate=evaluate,
+    order=50,
 )

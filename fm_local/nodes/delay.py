@@ -30,4 +30,4 @@ def duration_ms(node: DelayNode, scope: Mapping[str, Any]) -> int:
     return max(0, ms)
 
 
-KIND = Kind("delay", DelayNode, Runs.DELAY, templates=(("duration", "duration"),))
+KIND = Kind("delay", DelayNode, Runs.DELAY, templates=(("duration", "duration"),), order=90)

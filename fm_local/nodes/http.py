@@ -49,4 +49,4 @@ _TEMPLATES = (
     ("body", "body"),
 )
 
-KIND = Kind("http", HttpNode, Runs.WORKER, templates=_TEMPLATES, task=task)
+KIND = Kind("http", HttpNode, Runs.WORKER, templates=_TEMPLATES, task=task, order=30)

@@ -54,6 +54,10 @@ class Kind:
     evaluate: Evaluate | None = None
     # Runs.WORKER: the task a worker runs, its templates rendered in a scope.
     task: TaskSpec | None = None
+    # Its place among the types: the order of the document's Node union, which
+    # pydantic's messages (the expected tags) and ``fm schema`` follow. A new type
+    # may leave it: it goes after the others, by name.
+    order: int = 1000
 
     @property
     def has_body(self) -> bool:

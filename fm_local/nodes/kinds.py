@@ -7,29 +7,20 @@ graph) and how the supervisor evaluates it or which task it hands a worker. For 
 worker type the code a worker process runs is its runner, ``fm_local.runners.<type>``
 (a worker never imports this package or pydantic).
 
-:data:`KINDS` lists those modules' kinds; ``fm_local.model`` builds the ``Node`` union
+:data:`KINDS` lists those modules' kinds (found by looking, not registered by
+hand); ``fm_local.model`` builds the ``Node`` union
 and ``NODE_TYPES`` from it. ``graph``, ``validate`` and the supervisor ask
 :func:`kind_of` instead of testing a node's class.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import sys
 from typing import Any
 
 from fm_local.model import NodeBase
-from fm_local.nodes import (
-    condition,
-    delay,
-    http,
-    loop,
-    merge,
-    output,
-    python,
-    shell,
-    switch,
-    transform,
-    wait,
-)
 from fm_local.nodes.kind import (
     DEFAULT_HANDLE,
     ERROR_HANDLE,
@@ -54,24 +45,30 @@ __all__ = [
     "runs_on_worker",
 ]
 
-# In the order of the document's ``Node`` union: pydantic's messages (the list of
-# expected tags) and the JSON schema (``fm schema``) follow it.
-KINDS: tuple[Kind, ...] = tuple(
-    module.KIND
-    for module in (
-        python,
-        transform,
-        http,
-        shell,
-        condition,
-        switch,
-        merge,
-        loop,
-        delay,
-        wait,
-        output,
-    )
-)
+# Modules of this package that declare no node type.
+_NOT_TYPES = {"kind", "kinds"}
+
+
+def _discover() -> tuple[Kind, ...]:
+    """Every module of this package that declares a ``KIND``: a new node type is a
+    new module, nothing else to register. In ``Kind.order`` (then name): the order of
+    the document's ``Node`` union, which pydantic's messages (the expected tags) and
+    the JSON schema (``fm schema``) follow."""
+    kinds = []
+    # This package may be half imported here (its __init__ imports fm_local.model,
+    # which imports this module): read its path from sys.modules.
+    package = sys.modules[__name__.rpartition(".")[0]]
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name in _NOT_TYPES or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"fm_local.nodes.{info.name}")
+        kind = getattr(module, "KIND", None)
+        if isinstance(kind, Kind):
+            kinds.append(kind)
+    return tuple(sorted(kinds, key=lambda k: (k.order, k.name)))
+
+
+KINDS: tuple[Kind, ...] = _discover()
 
 _BY_MODEL: dict[type, Kind] = {k.model: k for k in KINDS}
 assert len(_BY_MODEL) == len({k.name for k in KINDS}) == len(KINDS), "a node type twice"
@@ -88,4 +85,4 @@ def runs_on_worker(node: NodeBase) -> bool:
 
 def body_nodes(node: NodeBase) -> list[Any]:
     """The nodes of a node's body graph (a loop's), else none."""
-    return node.body.nodes if isinstance(node, loop.LoopNode) else []
+    return getattr(node, "body").nodes if kind_of(node).has_body else []  # noqa: B009

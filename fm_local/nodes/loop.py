@@ -75,6 +75,7 @@ KIND = Kind(
     LoopNode,
     Runs.LOOP,
     templates=(("arrayPath", "array_path"), ("count", "count")),
+    order=80,
 )
 
 

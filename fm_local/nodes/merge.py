@@ -19,4 +19,4 @@ def automatic(outputs: dict[str, Any]) -> tuple[Any, str | None]:
     return dict(outputs), None
 
 
-KIND = Kind("merge", MergeNode, Runs.MERGE)
+KIND = Kind("merge", MergeNode, Runs.MERGE, order=70)

@@ -27,4 +27,6 @@ def evaluate(
     return expr.render_value(node.value, scope, log), None
 
 
-KIND = Kind("output", OutputNode, Runs.INLINE, templates=(("value", "value"),), evaluate=evaluate)
+KIND = Kind(
+    "output", OutputNode, Runs.INLINE, templates=(("value", "value"),), evaluate=evaluate, order=110
+)

@@ -22,4 +22,4 @@ def task(node: PythonNode, scope: Scope) -> dict[str, Any]:
     return {"call": node.call, "args": expr.render_value(node.args, scope)}
 
 
-KIND = Kind("python", PythonNode, Runs.WORKER, templates=(("args", "args"),), task=task)
+KIND = Kind("python", PythonNode, Runs.WORKER, templates=(("args", "args"),), task=task, order=10)

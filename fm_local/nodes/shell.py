@@ -36,4 +36,5 @@ KIND = Kind(
     Runs.WORKER,
     templates=(("command", "command"), ("env", "env"), ("cwd", "cwd")),
     task=task,
+    order=40,
 )

@@ -84,4 +84,5 @@ KIND = Kind(
     ports=_ports,
     handle_map=SwitchNode.handle_map,
     evaluate=evaluate,
+    order=60,
 )

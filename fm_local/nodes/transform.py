@@ -22,4 +22,4 @@ def evaluate(
     return expr.compile_expr(node.expression).evaluate(scope, log), None
 
 
-KIND = Kind("transform", TransformNode, Runs.INLINE, expression=True, evaluate=evaluate)
+KIND = Kind("transform", TransformNode, Runs.INLINE, expression=True, evaluate=evaluate, order=20)

@@ -14,4 +14,4 @@ class WaitNode(NodeBase):
     signal: str
 
 
-KIND = Kind("wait", WaitNode, Runs.WAIT)
+KIND = Kind("wait", WaitNode, Runs.WAIT, order=100)

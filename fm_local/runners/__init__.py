@@ -11,13 +11,16 @@ and ``error`` is ``{code, message, details}``. Nothing raised by node code escap
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
+import pkgutil
 import sys
 import sysconfig
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from fm_local import errors
@@ -234,10 +237,32 @@ def encode_output(value: Any, what: str) -> tuple[str | None, dict[str, Any] | N
         )
 
 
+# A worker node type's runner is fm_local.runners.<type>, with run(task, cap).
+RUNNERS: dict[str, Callable[[dict[str, Any], LogCapture], Any]] = {}
+
+
+def runner(kind: str) -> Callable[[dict[str, Any], LogCapture], Any]:
+    """The run function of a worker node type (its module imported on first use)."""
+    if not kind.isidentifier() or kind.startswith("_"):
+        raise errors.FatalError(f"unknown worker task type {kind!r}")
+    try:
+        module = importlib.import_module(f"fm_local.runners.{kind}")
+    except ModuleNotFoundError as exc:
+        raise errors.FatalError(f"unknown worker task type {kind!r}") from exc
+    RUNNERS[kind] = module.run
+    return module.run
+
+
+def load_runners() -> None:
+    """Import every runner now (a worker does, so a task starts within a millisecond
+    of its dispatch: rate limits count starts at dispatch)."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            runner(info.name)
+
+
 def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
     """Run one task; never raises."""
-    from fm_local.runners import http, python, shell
-
     cap = LogCapture()
     started = time.time()
     old_out, old_err = sys.stdout, sys.stderr
@@ -249,14 +274,8 @@ def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
     root.setLevel(logging.INFO)
     kind = task["type"]
     try:
-        if kind == "python":
-            value = python.run(task, cap)
-        elif kind == "http":
-            value = http.run(task, cap)
-        elif kind == "shell":
-            value = shell.run(task, cap)
-        else:
-            raise errors.FatalError(f"unknown worker task type {kind!r}")
+        run = RUNNERS.get(kind) or runner(kind)
+        value = run(task, cap)
         out, err = encode_output(value, f"node '{task['ctx']['nodePath']}'")
     except BaseException as exc:  # noqa: BLE001 - node code may raise anything
         # KeyboardInterrupt and SystemExit too: raised by node code (workers ignore

@@ -8,12 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from fm_local import errors, expr, graph, jsonio
-from fm_local.model import (
-    DelayNode,
-    OutputNode,
-)
 from fm_local.nodes import delay, merge
+from fm_local.nodes.delay import DelayNode
 from fm_local.nodes.kinds import Runs, kind_of
+from fm_local.nodes.output import OutputNode
 from fm_local.supervisor.state import (
     Exec,
     Frame,

@@ -8,12 +8,10 @@ from typing import Any
 
 from fm_local import errors
 from fm_local.limits import RateLimiter, rate_spec
-from fm_local.model import (
-    LoopNode,
-    SectionPolicy,
-)
+from fm_local.model import SectionPolicy
 from fm_local.nodes import loop
 from fm_local.nodes.kinds import runs_on_worker
+from fm_local.nodes.loop import LoopNode
 from fm_local.supervisor.state import (
     _UNSET,
     Exec,

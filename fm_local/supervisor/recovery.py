@@ -10,11 +10,9 @@ from typing import Any
 from fm_local import errors, graph
 from fm_local.graph import CompiledGraph
 from fm_local.limits import RateLimiter
-from fm_local.model import (
-    LoopNode,
-    Workflow,
-)
+from fm_local.model import Workflow
 from fm_local.nodes.kinds import Runs, kind_of
+from fm_local.nodes.loop import LoopNode
 from fm_local.store import loads
 from fm_local.supervisor.state import (
     ACTIVE_STATUSES,

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from fm_local import errors, graph
-from fm_local.model import MergeNode, NodeBase
+from fm_local.model import NodeBase
 from fm_local.nodes.kinds import Runs, kind_of
+from fm_local.nodes.merge import MergeNode
 from fm_local.store import dumps
 from fm_local.supervisor.state import (
     Frame,

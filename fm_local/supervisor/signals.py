@@ -10,10 +10,8 @@ from typing import Any
 
 from fm_local import errors, jsonio
 from fm_local import signals as sigs
-from fm_local.model import (
-    WaitNode,
-)
 from fm_local.nodes.kinds import runs_on_worker
+from fm_local.nodes.wait import WaitNode
 from fm_local.status import EXEC_TERMINAL
 from fm_local.store import loads
 from fm_local.supervisor.state import (

@@ -17,13 +17,9 @@ from fm_local.executors import Executor
 from fm_local.graph import CompiledGraph
 from fm_local.limits import Pool, RateLimiter
 from fm_local.lock import SupervisorLock
-from fm_local.model import (
-    LoopNode,
-    MergeNode,
-    NodeBase,
-    SectionPolicy,
-    Workflow,
-)
+from fm_local.model import NodeBase, SectionPolicy, Workflow
+from fm_local.nodes.loop import LoopNode
+from fm_local.nodes.merge import MergeNode
 from fm_local.resources import Sampler
 from fm_local.status import NODE_MOVES, NODE_TERMINAL, NodeStatus, check_exec, check_node
 from fm_local.store import Batch, Rejected, Store, loads

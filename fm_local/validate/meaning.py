@@ -8,8 +8,11 @@ from typing import Any
 
 from fm_local import expr
 from fm_local.graph import LOOP_SCOPE_NAMES, Dep, compile_graph, find_cycle, topo_order
-from fm_local.model import Edge, LoopNode, NodeBase, OutputNode, SwitchNode, Workflow
+from fm_local.model import Edge, NodeBase, Workflow
 from fm_local.nodes.kinds import DEFAULT_HANDLE, ERROR_HANDLE, body_nodes, kind_of
+from fm_local.nodes.loop import LoopNode
+from fm_local.nodes.output import OutputNode
+from fm_local.nodes.switch import SwitchNode
 from fm_local.validate.text import (
     PathPart,
     Problem,
