@@ -18,3 +18,13 @@ def stamp() -> float:
     import time
 
     return time.time()
+
+
+@huey.task()
+def fetch(url: str) -> int:
+    """One HTTP call (the I/O benchmark, with the thread consumer)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as r:
+        r.read()
+        return r.status

@@ -74,9 +74,10 @@ def fm_latency(tmp: Path, n: int = 20) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def huey_consumer(hdb: Path, workers: int, poll: float) -> Iterator[Any]:
-    """A Huey process consumer on ``hdb`` (``poll`` seconds between its queue
-    polls), stopped on exit; yields the freshly imported ``huey_app``."""
+def huey_consumer(hdb: Path, workers: int, poll: float, kind: str = "process") -> Iterator[Any]:
+    """A Huey consumer on ``hdb`` (``kind``: its worker type, process or thread;
+    ``poll`` seconds between its queue polls), stopped on exit; yields the freshly
+    imported ``huey_app``."""
     env = dict(os.environ, HUEY_DB=str(hdb), PYTHONPATH=str(HERE))
     consumer = subprocess.Popen(
         [
@@ -85,7 +86,7 @@ def huey_consumer(hdb: Path, workers: int, poll: float) -> Iterator[Any]:
             "huey.bin.huey_consumer",
             "huey_app.huey",
             "-k",
-            "process",
+            kind,
             "-w",
             str(workers),
             "-d",

@@ -133,6 +133,9 @@ def huey_once(n: int, workers: int, tmp: Path, run_no: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
+from io_bench import max_in_window  # noqa: E402
+
+
 def item_starts(db: Path, eid: str) -> list[float]:
     con = sqlite3.connect(db)
     rows = con.execute(
@@ -142,15 +145,6 @@ def item_starts(db: Path, eid: str) -> list[float]:
     ).fetchall()
     con.close()
     return [r[0] for r in rows]
-
-
-def max_in_window(starts: list[float], window: float) -> int:
-    best = j = 0
-    for i, s in enumerate(starts):
-        while starts[j] <= s - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def restart_to_first_dispatch(tmp: Path, workers: int) -> float:
@@ -484,6 +478,12 @@ def main() -> None:
 
         for name, unit, value, target in speeds_the_tests_do_not_assert(tmp):
             add(name, unit, value, target)
+
+        # The I/O lane: calls to a local server, fm run beside plain asyncio + aiohttp
+        # and Huey's thread consumer (benchmarks/io_bench.py runs them alone too).
+        from io_bench import scenarios as io_scenarios
+
+        io_scenarios(tmp, runs, add, big=not args.quick)
 
     print_table(rows, w, runs)
 

@@ -45,6 +45,10 @@ class RateLimiter:
         self.tat = base + self.interval
         self.starts.append(now)
 
+    def hold(self, until: float) -> None:
+        """Start nothing before ``until`` (the API said to slow down: a 429)."""
+        self.tat = max(self.tat, until)
+
     def correct(self, recorded: float, actual: float) -> None:
         """The start recorded at ``recorded`` really began at ``actual`` (the
         worker's clock): count it from then, so later starts keep their distance."""

@@ -39,15 +39,24 @@ class Sampler:
     def due(self) -> bool:
         return time.monotonic() - self.last >= SAMPLE_INTERVAL
 
-    def sample(self, workers: list[tuple[int, str | None, str | None]]) -> list[tuple[Any, ...]]:
+    def sample(
+        self,
+        workers: list[tuple[int, str | None, str | None]],
+        io_workers: list[tuple[int, str]] | None = None,
+    ) -> list[tuple[Any, ...]]:
         """Rows ``(ts, pid, role, cpu_percent, rss_bytes, execution_id, node_path)``
-        for the supervisor, each ``(pid, execution_id, node_path)`` worker, and the machine."""
+        for the supervisor, each ``(pid, execution_id, node_path)`` worker, each
+        ``(pid, what it runs)`` I/O worker (role ``io-worker``; what it runs, such as
+        "12 tasks", in ``node_path``), and the machine."""
         self.last = time.monotonic()
         now = time.time()
         rows: list[tuple[Any, ...]] = []
-        alive = {os.getpid()} | {pid for pid, _, _ in workers}
-        for pid, role, eid, path in [(os.getpid(), "supervisor", None, None)] + [
-            (pid, "worker", eid, path) for pid, eid, path in workers
+        io_workers = io_workers or []
+        alive = {os.getpid()} | {pid for pid, _, _ in workers} | {pid for pid, _ in io_workers}
+        for pid, role, eid, path in [
+            (os.getpid(), "supervisor", None, None),
+            *((pid, "worker", eid, path) for pid, eid, path in workers),
+            *((pid, "io-worker", None, what) for pid, what in io_workers),
         ]:
             p = self._proc(pid)
             if p is None:

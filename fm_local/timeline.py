@@ -36,7 +36,8 @@ def render_timeline(
         ch = BAR.get(n["status"], "░")
         bar = " " * a + ch * (b - a) + " " * (width - b)
         ms = (end - start) * 1000
-        lines.append(f"{n['path'][:label_w]:<{label_w}} |{bar}| {ms:7.1f} ms {n['status']}")
+        lane = " (I/O lane)" if n.get("lane") == "io" else ""
+        lines.append(f"{n['path'][:label_w]:<{label_w}} |{bar}| {ms:7.1f} ms {n['status']}{lane}")
     if limit is not None and len(timed) > limit:
         lines.append(f"... {len(timed) - limit} more node instances (--all to show them)")
     lines.append(f"{'':<{label_w}}  0{'':>{width - 8}}{span * 1000:6.0f}ms")
@@ -88,7 +89,8 @@ def render_summary(
         ch = BAR.get(n["status"], "░")
         bar = " " * a + ch * (b - a + 1) + " " * (width - b - 1)
         ms = ((n["finished_at"] or t1) - n["started_at"]) * 1000
-        lines.append(f"{n['path'][:label_w]:<{label_w}} |{bar}| {ms:7.1f} ms {n['status']}")
+        lane = " (I/O lane)" if n.get("lane") == "io" else ""
+        lines.append(f"{n['path'][:label_w]:<{label_w}} |{bar}| {ms:7.1f} ms {n['status']}{lane}")
     for key, spans_ in groups.items():
         diff = [0] * (width + 1)
         for s, e, _ in spans_:
@@ -154,6 +156,8 @@ def chrome_trace(execution: dict[str, Any], nodes: list[dict[str, Any]]) -> dict
         if key not in tids:
             tids[key] = len(tids) + 1
             name = "supervisor" if group == "supervisor" else f"worker {group}"
+            if n.get("lane") == "io":
+                name = f"I/O worker {group}"
             events.append(
                 {
                     "name": "thread_name",
@@ -176,6 +180,7 @@ def chrome_trace(execution: dict[str, Any], nodes: list[dict[str, Any]]) -> dict
                     "status": n["status"],
                     "traceId": n["trace_id"],
                     "attempts": n["attempts"],
+                    "lane": n.get("lane"),
                 },
             }
         )

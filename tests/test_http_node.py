@@ -240,7 +240,7 @@ def test_connection_refused_is_network(wf, db, server):
 
 
 def test_node_timeout_on_slow_route(wf, db, server):
-    # A worker imports httpx on its first request, which on a busy machine alone can
+    # A worker opens its client session on its first request, which on a busy machine alone can
     # outlast a 500 ms timeout: a first request on the only worker warms it up, so
     # the slow request does reach the server within its timeout.
     doc = {

@@ -141,10 +141,24 @@ def test_a_version_2_file_gets_the_triggers(wf, db):
     with sqlite3.connect(db) as con:
         con.execute("DROP TRIGGER node_run_terminal_is_final")
         con.execute("DROP TRIGGER execution_terminal_is_final")
+        con.execute("ALTER TABLE node_runs DROP COLUMN lane")  # version 4's
         con.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     store.Store(db).close()  # a writer migrates
     names = {r["name"] for r in query(db, "SELECT name FROM sqlite_master WHERE type='trigger'")}
     assert {"node_run_terminal_is_final", "execution_terminal_is_final"} <= names
+    assert query(db, "SELECT value FROM meta WHERE key='schema_version'") == [
+        {"value": str(store.SCHEMA_VERSION)}
+    ]
+
+
+def test_a_version_3_file_gets_the_lane_column(wf, db):
+    eid = run_wf(wf(TRANSFORM), db)["id"]
+    with sqlite3.connect(db) as con:
+        con.execute("ALTER TABLE node_runs DROP COLUMN lane")
+        con.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    store.Store(db).close()  # a writer migrates
+    rows = query(db, "SELECT path, lane FROM node_runs WHERE execution_id=?", (eid,))
+    assert rows and all(r["lane"] is None for r in rows), "the old rows, lane unknown"
     assert query(db, "SELECT value FROM meta WHERE key='schema_version'") == [
         {"value": str(store.SCHEMA_VERSION)}
     ]

@@ -21,6 +21,7 @@ from fm_local.store.queries import dead_letter_count, queue_depth
 from tui.records import (
     EXEC_STATUSES,
     WAITING,
+    WORKER_ROLES,
     AttemptRow,
     DetailSnapshot,
     ExecutionInfo,
@@ -282,7 +283,8 @@ class Reader:
             if newest is None:
                 newest = live.newest_sample_time(c)
         latest = [s for s in rows if s.ts == newest]
-        latest.sort(key=lambda s: ({"supervisor": 0, "worker": 1}.get(s.role, 2), s.pid or 0))
+        order = {"supervisor": 0, "worker": 1, "io-worker": 2}
+        latest.sort(key=lambda s: (order.get(s.role, 3), s.pid or 0))
         return ResourceSnapshot(
             latest, newest, now, history_of(rows, now, HISTORY_SECONDS), RECENT_SAMPLE
         )
@@ -315,7 +317,7 @@ def history_of(samples: list[Sample], now: float, seconds: int) -> dict[str, lis
             elif s.role == "supervisor":
                 series["supervisor_cpu"][i] = s.cpu_percent
                 series["supervisor_rss"][i] = float(s.rss_bytes)
-        workers = [s for s in group if s.role == "worker"]
+        workers = [s for s in group if s.role in WORKER_ROLES]
         series["workers_cpu"][i] = sum(s.cpu_percent for s in workers)
         series["workers_rss"][i] = float(sum(s.rss_bytes for s in workers))
     return series

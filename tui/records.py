@@ -234,6 +234,10 @@ class QueueSnapshot:
         return totals
 
 
+# Sample roles counted as workers: process workers and I/O-lane workers.
+WORKER_ROLES = ("worker", "io-worker")
+
+
 @dataclass(frozen=True)
 class Sample:
     ts: float
@@ -264,7 +268,8 @@ class ResourceSnapshot:
         if not self.live:
             return None
         role, what = key.split("_", 1)
-        chosen = [s for s in self.latest if s.role == role.rstrip("s")]
+        roles = WORKER_ROLES if role == "workers" else (role,)
+        chosen = [s for s in self.latest if s.role in roles]
         if not chosen:
             return None
         values = [s.cpu_percent if what == "cpu" else float(s.rss_bytes) for s in chosen]

@@ -123,6 +123,7 @@ def _node_json(n: dict[str, Any]) -> dict[str, Any]:
         "traceId": n["trace_id"],
         "branch": n["branch_id"],
         "workerPid": n["worker_pid"],
+        "lane": n.get("lane"),
         "port": n["port"],
         "code": n.get("code"),
         "items": n.get("items"),
@@ -266,7 +267,10 @@ def _node_table(row: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
     codes = [n["code"] for n in nodes if n.get("code")]
     cw = min(max(map(len, codes)), 40) if codes else 0
     code_head = f"{'CODE':<{cw}} " if cw else ""
-    click.echo(f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8} {'TRACE':<9} {code_head}ERROR")
+    click.echo(
+        f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8} {'TRACE':<9} {'LANE':<7} "
+        f"{code_head}ERROR"
+    )
     root = row["trace_id"]
     for n in nodes:
         ms = (
@@ -284,7 +288,7 @@ def _node_table(row: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
         code = f"{(n.get('code') or '-')[:cw]:<{cw}} " if cw else ""
         click.echo(
             f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8} "
-            f"{trace or '-':<9} {code}{etext}".rstrip()
+            f"{trace or '-':<9} {n.get('lane') or '-':<7} {code}{etext}".rstrip()
         )
 
 
@@ -446,6 +450,7 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: st
                     "startedAt": n["started_at"],
                     "finishedAt": n["finished_at"],
                     "workerPid": n["worker_pid"],
+                    "lane": n.get("lane"),
                 }
                 for n in nodes
             ]
@@ -537,6 +542,8 @@ def workers(ctx: Ctx) -> None:
     click.echo(f"{'ROLE':<11} {'PID':>7} {'CPU%':>6} {'RSS MB':>8}  NODE")
     for r in rows:
         node = f"{r['execution_id']} {r['node_path']}" if r["node_path"] else "-"
+        if r["role"] == "io-worker":
+            node = f"I/O lane: {r['node_path'] or '0 tasks'}"
         pid = r["pid"] if r["pid"] is not None else "-"
         click.echo(
             f"{r['role']:<11} {pid:>7} {r['cpu_percent']:>6.1f} {r['rss_bytes'] / 2**20:>8.1f}  {node}"

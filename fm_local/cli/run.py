@@ -24,6 +24,7 @@ from fm_local.errors import (
     UsageError,
     WorkflowInvalid,
 )
+from fm_local.executors import DEFAULT_IO_CONCURRENCY
 
 if TYPE_CHECKING:
     import logging
@@ -115,6 +116,19 @@ def max_worker_memory_option(f: Any) -> Any:
     )(f)
 
 
+def io_concurrency_option(f: Any) -> Any:
+    """``--io-concurrency``, for every command that runs a supervisor (run, daemon)."""
+    return click.option(
+        "--io-concurrency",
+        type=click.IntRange(0, 100_000),
+        default=DEFAULT_IO_CONCURRENCY,
+        show_default=True,
+        metavar="N",
+        help="I/O nodes (http, shell, async python) in flight at once on the I/O lane's "
+        "event loop; 0: each takes a worker process.",
+    )(f)
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @json_option
@@ -178,6 +192,7 @@ def durability_option(f: Any) -> Any:
 )
 @durability_option
 @max_worker_memory_option
+@io_concurrency_option
 @json_option
 @pass_ctx
 def run(
@@ -188,6 +203,7 @@ def run(
     workers: int | None,
     durability: str,
     max_worker_memory: int | None,
+    io_concurrency: int,
 ) -> None:
     """Run a workflow to the end (on the daemon if one serves the DB, else embedded)."""
     from fm_local.lock import is_served
@@ -225,6 +241,7 @@ def run(
         only_execution=eid,
         max_worker_memory_mb=max_worker_memory,
         subreaper=True,
+        io_concurrency=io_concurrency,
     )
     try:
         sup.open()
@@ -256,7 +273,7 @@ def _warn_daemon_settings(ctx: Ctx, holder: dict[str, float]) -> None:
     cctx = click.get_current_context()
     given = [
         "--" + name.replace("_", "-")
-        for name in ("workers", "durability", "max_worker_memory")
+        for name in ("workers", "durability", "max_worker_memory", "io_concurrency")
         if cctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     ]
     if given:
@@ -343,6 +360,7 @@ def submit(
     help="Also serve the signal API on this address (loopback unless you say otherwise).",
 )
 @max_worker_memory_option
+@io_concurrency_option
 @pass_ctx
 def daemon(
     ctx: Ctx,
@@ -350,6 +368,7 @@ def daemon(
     durability: str,
     http_bind: str | None,
     max_worker_memory: int | None,
+    io_concurrency: int,
 ) -> None:
     """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
     import logging
@@ -372,6 +391,7 @@ def daemon(
         durability=durability,
         max_worker_memory_mb=max_worker_memory,
         subreaper=True,
+        io_concurrency=io_concurrency,
     )
     sup.open()
     server = None

@@ -24,6 +24,10 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# I/O tasks (http, shell, async python) in flight at once on the I/O lane, by default
+# (``fm daemon --io-concurrency``, SPEC §11).
+DEFAULT_IO_CONCURRENCY = 1000
+
 Task = dict[str, Any]
 Result = tuple[Any, ...]
 
@@ -58,8 +62,15 @@ Event = Finished | Started | Lost
 class Offer(Protocol):
     """Room for tasks now, on one unit of the executor (a worker process)."""
 
-    # The pid that will run the tasks, when the executor knows it (recorded with them).
-    worker: int | None
+    @property
+    def worker(self) -> int | None:
+        """The pid that will run the next task, when the executor knows it (recorded
+        with the task); asked only for a task about to be made."""
+        ...
+
+    # Which tasks it takes: "process" (a worker process each), "io" (many at once on
+    # an event loop), None (any).
+    lane: str | None
 
     def wants(self) -> bool:
         """Room for one more task."""
@@ -135,6 +146,35 @@ class Executor(Protocol):
     def workers(self) -> list[tuple[int, int | None]]:
         """(pid, the task it runs or None) of each worker process, for sampling."""
         ...
+
+    def io_workers(self) -> list[tuple[int, int]]:
+        """(pid, tasks in flight) of each I/O-lane worker process, for sampling."""
+        ...
+
+
+class StartingOffer:
+    """Room for ``room`` tasks that each start as soon as they arrive (nothing waits
+    behind another, so no prefetch budget): the I/O lane's and the inline
+    executor's offers."""
+
+    lane: str | None = None
+
+    def __init__(self, room: int) -> None:
+        self.tasks: list[Task] = []
+        self._room = room
+
+    def wants(self) -> bool:
+        return self._room > 0
+
+    def budget(self) -> float | None:
+        return None
+
+    def charge(self, estimate: float | None) -> None:
+        pass
+
+    def add(self, task: Task) -> None:
+        self.tasks.append(task)
+        self._room -= 1
 
 
 def started_first(held: list[Task]) -> list[tuple[Task, bool]]:

@@ -19,30 +19,16 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-from fm_local.executors import Event, Finished, Offer, Task
+from fm_local.executors import Event, Finished, Offer, StartingOffer, Task
 
 
-class InlineOffer:
+class InlineOffer(StartingOffer):
     """Room for ``room`` more tasks (:class:`fm_local.executors.Offer`): each starts
-    at the next poll, none waits behind another."""
+    at the next poll, none waits behind another; tasks of every lane."""
 
     def __init__(self, room: int) -> None:
+        super().__init__(room)
         self.worker: int | None = os.getpid()
-        self.tasks: list[Task] = []
-        self._room = room
-
-    def wants(self) -> bool:
-        return self._room > 0
-
-    def budget(self) -> float | None:
-        return None
-
-    def charge(self, estimate: float | None) -> None:
-        pass
-
-    def add(self, task: Task) -> None:
-        self.tasks.append(task)
-        self._room -= 1
 
 
 class InlineExecutor:
@@ -116,6 +102,9 @@ class InlineExecutor:
 
     def next_check(self, now_m: float) -> float | None:
         return None
+
+    def io_workers(self) -> list[tuple[int, int]]:
+        return []
 
     def workers(self) -> list[tuple[int, int | None]]:
         return [(os.getpid(), self.queue[0][0]["id"] if self.queue else None)]

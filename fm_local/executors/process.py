@@ -18,15 +18,22 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 from fm_local.executors import Event, Finished, Lost, Offer, Started, Task, started_first
+from fm_local.executors.iolane import IOLane, IOOffer
+from fm_local.executors.procs import (
+    Slot,
+    close,
+    descendants,
+    encode_tasks,
+    kill_all,
+    killpg,
+    spawn,
+)
 
 PREFETCH = 16  # most tasks queued on one worker
 PREFETCH_WINDOW = 0.005  # seconds of expected work a worker may hold behind its head
@@ -38,36 +45,12 @@ SIG_DROP = (
 )  # as fm_local.executors.worker.SIG_DROP (not imported: it imports nodes)
 
 
-@dataclass(eq=False)
-class Slot:
-    """One worker process and the tasks it holds (sent, no result yet)."""
-
-    index: int
-    proc: subprocess.Popen[bytes]
-    inbox: Connection  # we write tasks here
-    outbox: Connection  # we read results here
-    ready: bool = False
-    inflight: deque[dict[str, Any]] = field(default_factory=deque)
-    # Monotonic time the head task started (dispatch, or the previous result).
-    head_since: float = 0.0
-    token: str = ""  # in the environment of everything the worker starts
-    pidfd: int | None = None  # readable once the worker process has exited
-    retiring: bool = False  # over its memory limit: handing back, then stopping
-    dropping: set[int] = field(default_factory=set)  # asked back, answer pending
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def busy(self) -> int:
-        return len(self.inflight)
-
-
 class ProcessOffer:
     """Room on one worker (:class:`fm_local.executors.Offer`): one task that starts
     at once on an idle worker, then tasks whose expected durations fit the
     prefetch window behind it."""
+
+    lane: str | None = "process"
 
     __slots__ = (
         "slot",
@@ -122,6 +105,7 @@ class ProcessExecutor:
         max_rss_mb: int | None = None,
         subreaper: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
+        io_concurrency: int = 0,
     ) -> None:
         self.size = max(1, size)
         # The scheduler's monotonic clock: what running() and the prefetch window
@@ -144,6 +128,13 @@ class ProcessExecutor:
         # Task id -> the scheduler's estimate of its duration (seconds; None: unknown),
         # for the tasks the workers hold.
         self._estimates: dict[int, float | None] = {}
+        # The I/O lane: one event-loop worker running up to io_concurrency tasks.
+        self.io = (
+            IOLane(io_concurrency, env, max_rss_mb, monotonic, self._dying)
+            if io_concurrency > 0
+            else None
+        )
+        self.lanes = ("process", "io") if self.io is not None else ("process",)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -158,57 +149,22 @@ class ProcessExecutor:
                 self._children_fd = None
         while len(self.slots) < self.size:
             self.slots.append(self._spawn())
+        if self.io is not None:
+            # Started now, beside the process workers, but not waited for: a first
+            # I/O task that comes before it is ready waits in order (iolane).
+            self.io.start()
 
     def _spawn(self) -> Slot:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        env = dict(os.environ if self.env is None else self.env)
-        # The worker must import this very fm_local, wherever it is installed.
-        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = pkg_root + (
-            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-        )
-        if self.max_rss_mb is not None:
-            env["FM_WORKER_MAX_RSS_MB"] = str(self.max_rss_mb)
-        token = os.urandom(8).hex()
-        env["FM_WORKER_TOKEN"] = token
-        try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fm_local.executors.worker",
-                    str(to_child_r),
-                    str(from_child_w),
-                    str(os.getpid()),
-                ],
-                pass_fds=(to_child_r, from_child_w),
-                stdin=subprocess.DEVNULL,
-                process_group=0,
-                env=env,
-            )
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        os.set_blocking(to_child_w, True)
-        slot = Slot(
-            index=self._next_index,
-            proc=proc,
-            inbox=Connection(to_child_w, readable=False),
-            outbox=Connection(from_child_r, writable=False),
-            token=token,
-        )
-        try:
-            slot.pidfd = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):
-            slot.pidfd = None  # no pidfd here: poll() asks the process instead
+        slot = spawn("fm_local.executors.worker", self._next_index, self.env, self.max_rss_mb)
         self._next_index += 1
         return slot
 
     def wait_ready(self, timeout: float) -> None:
         """Wait (bounded) until every worker has started and reported ready."""
         deadline = time.monotonic() + timeout
-        while any(not s.ready for s in self.slots) and time.monotonic() < deadline:
+        while (
+            any(not s.ready for s in self.slots) or (self.io is not None and not self.io.ready)
+        ) and time.monotonic() < deadline:
             for kind, slot, _ in self._poll(0.05):
                 if kind == "died":
                     raise RuntimeError(f"worker process {slot.pid} died while starting")
@@ -216,6 +172,9 @@ class ProcessExecutor:
     def shutdown(self) -> None:
         """Stop every worker: idle ones exit at once; one still running a node is
         stopped with everything its node started."""
+        if self.io is not None and self.io.slot is not None:
+            self.slots.append(self.io.slot)  # stopped with the others
+            self.io.slot = None
         for slot in self.slots:
             try:
                 slot.inbox.send_bytes(pickle.dumps(("stop",)))
@@ -226,25 +185,27 @@ class ProcessExecutor:
             try:
                 slot.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self._dying.append((slot.proc, time.monotonic() + STOP_GRACE, _tree(slot.pid)))
-                _killpg(slot.proc.pid, signal.SIGTERM)
+                self._dying.append(
+                    (slot.proc, time.monotonic() + STOP_GRACE, descendants(slot.pid))
+                )
+                killpg(slot.proc.pid, signal.SIGTERM)
             else:
-                _killpg(slot.proc.pid, signal.SIGKILL)  # leftovers in its group
-            _close(slot)
+                killpg(slot.proc.pid, signal.SIGKILL)  # leftovers in its group
+            close(slot)
         self.slots = []
         for proc, kill_at, tree in self._dying:
             try:
                 proc.wait(max(0.0, kill_at - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            _killpg(proc.pid, signal.SIGKILL)
-            _kill_all(tree)
+            killpg(proc.pid, signal.SIGKILL)
+            kill_all(tree)
             proc.wait()
         self._dying = []
 
     # --- scheduling -----------------------------------------------------------------
 
-    def offers(self, backlog: Callable[[], int]) -> Iterator[ProcessOffer]:
+    def offers(self, backlog: Callable[[], int]) -> Iterator[Offer]:
         """One offer per worker that takes tasks now: an idle one takes one (more,
         behind it, when the backlog is deep); a busy one, only when the backlog is
         deep, tasks whose expected durations fit what is left of its window. Made
@@ -263,6 +224,10 @@ class ProcessExecutor:
                 room = min(PREFETCH - len(slot.inflight), max(1, backlog() // n_slots))
             budget = 0.0 if idle else self._window_left(slot, now_m)
             yield ProcessOffer(slot, room, budget, self._estimates)
+        if self.io is not None:
+            room = self.io.room()
+            if room > 0:
+                yield IOOffer(self.io, room)
 
     def _window_left(self, slot: Slot, now_m: float) -> float:
         """Seconds of prefetch window a busy worker has left: the window minus the
@@ -284,31 +249,21 @@ class ProcessExecutor:
     def submit(self, offer: Offer) -> list[tuple[Task, BaseException]]:
         """Send an offer's tasks to its worker; returns the tasks that could not
         be encoded (with why) — the others are sent."""
-        assert isinstance(offer, ProcessOffer)
-        tasks = offer.tasks
+        tasks = offer.tasks  # type: ignore[attr-defined]
         if not tasks:
             return []
+        if isinstance(offer, IOOffer):
+            return offer.io.send(tasks)
+        assert isinstance(offer, ProcessOffer)
         bad = self._send(offer.slot, tasks)
         for task, _ in bad:
             self._estimates.pop(task["id"], None)
         return bad
 
     def _send(self, slot: Slot, tasks: list[Task]) -> list[tuple[Task, BaseException]]:
-        bad: list[tuple[dict[str, Any], BaseException]] = []
-        try:
-            data = pickle.dumps(("tasks", tasks), protocol=5)
-        except Exception:  # noqa: BLE001 - find the task at fault; send the others
-            good = []
-            for t in tasks:
-                try:
-                    pickle.dumps(t, protocol=5)
-                    good.append(t)
-                except Exception as exc:  # noqa: BLE001
-                    bad.append((t, exc))
-            tasks = good
-            if not tasks:
-                return bad
-            data = pickle.dumps(("tasks", tasks), protocol=5)
+        data, tasks, bad = encode_tasks(tasks)
+        if data is None:
+            return bad
         busy = bool(slot.inflight)
         if not busy:
             slot.head_since = self._clock()
@@ -327,7 +282,21 @@ class ProcessExecutor:
         """Wait up to ``timeout`` for results (or for ``extra``, a file-like object
         such as a wake-up socket, to be readable); what happened, in order."""
         events: list[Event] = []
+        io = self.io
+        if io is not None and io.lost:
+            for tasks, why in io.lost:
+                events.append(Lost([(t, True) for t in tasks], why))
+            io.lost = []
         for kind, slot, payload in self._poll(timeout, extra):
+            if io is not None and slot is io.slot:
+                if kind == "io":
+                    events.append(Finished(payload))
+                elif kind == "died":
+                    io.replace(f"worker process {slot.pid} died", kill=False)
+                    for tasks, why in io.lost:
+                        events.append(Lost([(t, True) for t in tasks], why))
+                    io.lost = []
+                continue
             if kind == "results":
                 events.append(Finished(payload))
             elif kind == "started":
@@ -341,8 +310,12 @@ class ProcessExecutor:
         ``("started", slot, task id)`` (a new head), ``("died", slot, [tasks])`` (the
         tasks it held, head first), ``("retired", slot, [])``, ``("ready", slot, None)``."""
         self._reap()
-        by_conn: dict[Any, Slot] = {s.outbox: s for s in self.slots}
-        for s in self.slots:
+        slots = self.slots
+        io = self.io
+        if io is not None and io.slot is not None:
+            slots = [*slots, io.slot]
+        by_conn: dict[Any, Slot] = {s.outbox: s for s in slots}
+        for s in slots:
             if s.pidfd is not None:
                 by_conn[s.pidfd] = s
         events: list[tuple[str, Slot, Any]] = []
@@ -354,7 +327,7 @@ class ProcessExecutor:
             return events
         ready = [r for r in wait(waiting, timeout) if r is not extra]
         gone = {by_conn[r] for r in ready if isinstance(r, int)}  # type: ignore[index]
-        for s in self.slots:
+        for s in slots:
             if s.pidfd is None and s.proc.poll() is not None:
                 gone.add(s)
         seen: set[int] = set()
@@ -364,10 +337,18 @@ class ProcessExecutor:
                 continue
             seen.add(id(slot))
             try:
-                self._read(slot, events, exited=slot in gone)
+                if io is not None and slot is io.slot:
+                    done = io.read(exited=slot in gone)
+                    if done:
+                        events.append(("io", slot, done))
+                else:
+                    self._read(slot, events, exited=slot in gone)
             except (EOFError, OSError, pickle.UnpicklingError):
                 gone.add(slot)
         for slot in gone:
+            if io is not None and slot is io.slot:
+                events.append(("died", slot, []))
+                continue
             if slot not in self.slots:
                 continue
             held = list(slot.inflight)
@@ -455,13 +436,18 @@ class ProcessExecutor:
     # --- the task-level view (fm_local.executors.Executor) ----------------------
 
     def running(self) -> list[tuple[int, float]]:
-        return [(s.inflight[0]["id"], s.head_since) for s in self.slots if s.inflight]
+        out = [(s.inflight[0]["id"], s.head_since) for s in self.slots if s.inflight]
+        if self.io is not None:
+            out.extend((tid, since) for tid, (_, since) in self.io.running.items())
+        return out
 
     def stop(self, task_ids: Collection[int]) -> list[tuple[Task, bool]]:
         """Stop every worker holding one of these tasks (a worker runs one task at a
         time: the tasks queued behind it come back too, unstarted)."""
         ids = set(task_ids)
         out: list[tuple[Task, bool]] = []
+        if self.io is not None:
+            out.extend(self.io.cancel(ids))
         for slot in list(self.slots):
             if any(t["id"] in ids for t in slot.inflight):
                 out.extend(started_first(self.stop_slot(slot)))
@@ -480,6 +466,13 @@ class ProcessExecutor:
         return max(PREFETCH_HOLD, 2 * (self._estimates.get(head_id) or 0.0))
 
     def reclaim(self, now_m: float) -> None:
+        io = self.io
+        if io is not None and io.cancelling and io.overdue() and io.slot is not None:
+            # A cancellation did not take (a thread that runs on): replace the worker.
+            io.replace(
+                f"I/O worker process {io.slot.pid} replaced: a cancelled node did not stop",
+                kill=True,
+            )
         for slot in self.slots:
             inflight = slot.inflight
             if len(inflight) < 2:
@@ -489,7 +482,7 @@ class ProcessExecutor:
             self.drop(slot, [t["id"] for t in list(inflight)[1:]])
 
     def next_check(self, now_m: float) -> float | None:
-        due: float | None = None
+        due: float | None = self.io.next_check() if self.io is not None else None
         for slot in self.slots:
             if len(slot.inflight) > len(slot.dropping) + 1:
                 # Look again when the tasks queued behind it are due to be taken back.
@@ -500,6 +493,12 @@ class ProcessExecutor:
     def workers(self) -> list[tuple[int, int | None]]:
         return [(s.pid, s.inflight[0]["id"] if s.inflight else None) for s in self.slots]
 
+    def io_workers(self) -> list[tuple[int, int]]:
+        io = self.io
+        if io is None or io.slot is None:
+            return []
+        return [(io.slot.pid, len(io.running))]
+
     def _replace(self, slot: Slot, *, kill: bool) -> None:
         if slot not in self.slots:
             return
@@ -507,13 +506,13 @@ class ProcessExecutor:
         # Whatever runs below the worker now is stopped with it, even a process
         # that left its process group (the worker's own SIGTERM handler kills
         # them too; this is for a worker too stuck to run it).
-        tree = [p for p in _tree(slot.pid) if p.pid not in self.detached]
+        tree = [p for p in descendants(slot.pid) if p.pid not in self.detached]
         if kill:
-            _killpg(slot.proc.pid, signal.SIGTERM)
+            killpg(slot.proc.pid, signal.SIGTERM)
         self._dying.append((slot.proc, time.monotonic() + STOP_GRACE, tree))
         if self._children_fd is not None:
             self._watch.append((slot.token, slot.pid, time.monotonic() + 5.0))
-        _close(slot)
+        close(slot)
         self.slots[i] = self._spawn()
 
     def _reap(self) -> None:
@@ -526,12 +525,12 @@ class ProcessExecutor:
         for proc, kill_at, tree in self._dying:
             if proc.poll() is not None:
                 # The leader is gone; make sure nothing it started survives.
-                _killpg(proc.pid, signal.SIGKILL)
-                _kill_all(tree)
+                killpg(proc.pid, signal.SIGKILL)
+                kill_all(tree)
                 continue
             if now >= kill_at:
-                _killpg(proc.pid, signal.SIGKILL)
-                _kill_all(tree)
+                killpg(proc.pid, signal.SIGKILL)
+                kill_all(tree)
             keep.append((proc, kill_at, tree))
         self._dying = keep
 
@@ -545,6 +544,8 @@ class ProcessExecutor:
         except OSError:
             return
         known = {s.pid for s in self.slots} | {p.pid for p, _, _ in self._dying}
+        if self.io is not None and self.io.slot is not None:
+            known.add(self.io.slot.pid)
         unknown = pids - known - self.detached
         if not unknown:
             return
@@ -565,45 +566,3 @@ class ProcessExecutor:
                     os.waitpid(pid, 0)
             except (psutil.Error, OSError):
                 continue
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _close(slot: Slot) -> None:
-    for conn in (slot.inbox, slot.outbox):
-        try:
-            conn.close()
-        except OSError:
-            pass
-    if slot.pidfd is not None:
-        try:
-            os.close(slot.pidfd)
-        except OSError:
-            pass
-        slot.pidfd = None
-
-
-def _tree(pid: int) -> list[Any]:
-    """The processes below ``pid`` now (psutil objects: a reused pid is not killed)."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _kill_all(procs: list[Any]) -> None:
-    import psutil
-
-    for p in procs:
-        try:
-            if p.is_running():
-                p.kill()
-        except psutil.Error:
-            pass

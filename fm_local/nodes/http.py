@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from fm_local import expr
 from fm_local.model import NodeBase
-from fm_local.nodes.kind import Kind, Runs, Scope
+from fm_local.nodes.kind import Kind, Runs, Scope, io_lane
 
 
 class HttpNode(NodeBase):
@@ -49,4 +49,4 @@ _TEMPLATES = (
     ("body", "body"),
 )
 
-KIND = Kind("http", HttpNode, Runs.WORKER, templates=_TEMPLATES, task=task, order=30)
+KIND = Kind("http", HttpNode, Runs.WORKER, templates=_TEMPLATES, task=task, lane=io_lane, order=30)

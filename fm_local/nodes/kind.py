@@ -35,6 +35,11 @@ class Runs(StrEnum):
     WAIT = "wait"  # waits for a signal
 
 
+def io_lane(node: Any, folder: str) -> str:
+    """The lane of a type whose every node waits on I/O (http, shell)."""
+    return "io"
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str  # the document's "type"
@@ -54,6 +59,10 @@ class Kind:
     evaluate: Evaluate | None = None
     # Runs.WORKER: the task a worker runs, its templates rendered in a scope.
     task: TaskSpec | None = None
+    # Runs.WORKER: its lane, given the node and the workflow folder — "io" (many at
+    # once on a worker's event loop) or "process" (a worker process each); None:
+    # always "process".
+    lane: Callable[[Any, str], str] | None = None
     # Its place among the types: the order of the document's Node union, which
     # pydantic's messages (the expected tags) and ``fm schema`` follow. A new type
     # may leave it: it goes after the others, by name.

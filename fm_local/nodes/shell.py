@@ -9,7 +9,7 @@ from pydantic import Field
 
 from fm_local import expr
 from fm_local.model import NodeBase
-from fm_local.nodes.kind import Kind, Runs, Scope
+from fm_local.nodes.kind import Kind, Runs, Scope, io_lane
 
 
 class ShellNode(NodeBase):
@@ -36,5 +36,6 @@ KIND = Kind(
     Runs.WORKER,
     templates=(("command", "command"), ("env", "env"), ("cwd", "cwd")),
     task=task,
+    lane=io_lane,
     order=40,
 )

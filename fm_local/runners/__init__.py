@@ -11,6 +11,8 @@ and ``error`` is ``{code, message, details}``. Nothing raised by node code escap
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import importlib
 import json
 import logging
@@ -261,6 +263,25 @@ def load_runners() -> None:
             runner(info.name)
 
 
+def _result(
+    task: dict[str, Any],
+    cap: LogCapture,
+    started: float,
+    out: str | None,
+    err: dict[str, Any] | None,
+) -> tuple[Any, ...]:
+    return (
+        task["id"],
+        err is None,
+        out,
+        err,
+        cap.finish(),
+        cap.started or started,
+        time.time(),
+        cap.code,
+    )
+
+
 def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
     """Run one task; never raises."""
     cap = LogCapture()
@@ -285,14 +306,69 @@ def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
         sys.stdout, sys.stderr = old_out, old_err
         root.removeHandler(handler)
         root.setLevel(old_level)
-    finished = time.time()
-    return (
-        task["id"],
-        err is None,
-        out,
-        err,
-        cap.finish(),
-        cap.started or started,
-        finished,
-        cap.code,
-    )
+    return _result(task, cap, started, out, err)
+
+
+# --- the I/O lane: many tasks at once on one event loop ------------------------------
+
+# The log capture of the task this code runs for (each asyncio task, and each thread
+# it starts through the runners, has its own context).
+_current: contextvars.ContextVar[LogCapture | None] = contextvars.ContextVar(
+    "fm_capture", default=None
+)
+
+
+class _TaskStream(_Stream):
+    """stdout/stderr of a worker running many tasks: each write goes to the capture
+    of the task that wrote it (nothing written outside a task is kept)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def write(self, text: str) -> int:
+        cap = _current.get()
+        if cap is not None:
+            cap.write(self.name, text)
+        return len(text)
+
+
+class _TaskHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        cap = _current.get()
+        if cap is None:
+            return
+        try:
+            cap.add("logging", f"{record.levelname} {record.name}: {record.getMessage()}")
+        except Exception:
+            pass
+
+
+def capture_by_task() -> None:
+    """Route this process's stdout, stderr and logging to the running task's capture
+    (an I/O worker does this once)."""
+    sys.stdout = _TaskStream("stdout")  # type: ignore[assignment]
+    sys.stderr = _TaskStream("stderr")  # type: ignore[assignment]
+    root = logging.getLogger()
+    root.addHandler(_TaskHandler(logging.DEBUG))
+    root.setLevel(logging.INFO)
+
+
+async def run_task_async(task: dict[str, Any]) -> tuple[Any, ...]:
+    """Run one task on the running event loop (its runner's ``run_async``); never
+    raises, but is cancelled like any asyncio task (the node is being stopped)."""
+    cap = LogCapture()
+    _current.set(cap)  # this asyncio task's own context
+    started = time.time()
+    kind = task["type"]
+    try:
+        module = importlib.import_module(f"fm_local.runners.{kind}")
+        run = getattr(module, "run_async", None)
+        if run is None:
+            raise errors.FatalError(f"a {kind} node does not run on the I/O lane")
+        value = await run(task, cap)
+        out, err = encode_output(value, f"node '{task['ctx']['nodePath']}'")
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - node code may raise anything
+        out, err = None, exception_error(exc)
+    return _result(task, cap, started, out, err)

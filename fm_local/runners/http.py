@@ -1,29 +1,66 @@
 """The ``http`` node: one request; output ``{status, headers, body}``.
 
+The request is made with aiohttp on the worker's I/O event loop (many at once per
+worker; benchmarks/http_clients.py measured it against httpx's async client).
+Header names in the output are lower case; a header sent twice is joined with ", ".
+
 429 -> RATE_LIMIT (Retry-After is kept as ``details.retryAfterMs``, the least retry
 delay), 5xx -> SERVER_ERROR, other 4xx -> CLIENT_ERROR, no connection -> NETWORK.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
+import os
 import time
 import urllib.parse
 from typing import Any
 
 from fm_local import errors
 
-_client: Any = None
+# One client session per event loop (a worker's I/O loop lives as long as the worker):
+# connections are pooled per host and kept alive between calls.
+_sessions: dict[int, Any] = {}
 
 
-def _get_client() -> Any:
-    global _client
-    if _client is None:
-        import httpx
+def _session() -> Any:
+    import aiohttp
 
-        _client = httpx.Client(follow_redirects=True)
-    return _client
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(id(loop))
+    if session is None or session.closed:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_headers_sent)
+        # Proxies (and .netrc) from the environment when it names a proxy: reading
+        # them costs aiohttp two thread hops per request, so not otherwise.
+        session = aiohttp.ClientSession(
+            connector=connector, trust_env=_proxy_in_env(), trace_configs=[trace]
+        )
+        _sessions[id(loop)] = session
+    return session
+
+
+def _proxy_in_env() -> bool:
+    names = ("http_proxy", "https_proxy", "all_proxy")
+    return any(os.environ.get(n) or os.environ.get(n.upper()) for n in names)
+
+
+async def _headers_sent(session: Any, trace_ctx: Any, params: Any) -> None:
+    # The request left (connection made, headers written): the start that rate
+    # limits count is this one, closest to the request's arrival at the server.
+    cap = (trace_ctx.trace_request_ctx or {}).get("cap")
+    if cap is not None and not getattr(cap, "sent", False):
+        cap.started = time.time()
+        cap.sent = True  # a redirect's next request is the same call
+
+
+async def close_sessions() -> None:
+    for session in list(_sessions.values()):
+        await session.close()
+    _sessions.clear()
 
 
 def _retry_after_ms(value: str | None) -> int | None:
@@ -49,14 +86,26 @@ def _text(value: Any) -> str:
 
 
 def run(task: dict[str, Any], cap: Any) -> Any:
-    import httpx
+    """In a process worker (or the inline executor): the same request, on an event
+    loop of its own."""
+
+    async def once() -> Any:
+        try:
+            return await run_async(task, cap)
+        finally:
+            await close_sessions()
+
+    return asyncio.run(once())
+
+
+async def run_async(task: dict[str, Any], cap: Any) -> Any:
+    import aiohttp
 
     spec = task["spec"]
     method = str(spec.get("method") or "GET").upper()
     url = str(spec["url"])
     timeout_ms = spec.get("timeout")
-    # The url's own query string is kept; ``query`` adds to it (httpx's ``params``
-    # would replace it).
+    # The url's own query string is kept; ``query`` adds to it.
     split = urllib.parse.urlsplit(url)
     params: list[tuple[str, str]] = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
     for k, v in (spec.get("query") or {}).items():
@@ -66,49 +115,50 @@ def run(task: dict[str, Any], cap: Any) -> Any:
     kwargs: dict[str, Any] = {
         "headers": {k: str(v) for k, v in (spec.get("headers") or {}).items()},
         "params": params,
-        "timeout": (timeout_ms / 1000.0) if timeout_ms else 30.0,
+        "timeout": aiohttp.ClientTimeout(total=(timeout_ms / 1000.0) if timeout_ms else 30.0),
     }
     if spec.get("json") is not None:
         kwargs["json"] = spec["json"]
     elif spec.get("body") is not None:
         raw = spec["body"]
-        kwargs["content"] = raw if isinstance(raw, (str, bytes)) else str(raw)
+        kwargs["data"] = raw if isinstance(raw, (str, bytes)) else str(raw)
     cap.add("log", f"{method} {url}")
     try:
-        client = _get_client()
+        session = _session()
         cap.started = time.time()
-        resp = client.request(method, url, **kwargs)
-    except httpx.TimeoutException as exc:
-        raise errors.NodeError(f"{method} {url}: timed out ({exc})", errors.TIMEOUT) from exc
-    except (httpx.ConnectError, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        async with session.request(method, url, trace_request_ctx={"cap": cap}, **kwargs) as resp:
+            content = await resp.read()
+            status = resp.status
+            headers = {k.lower(): ", ".join(resp.headers.getall(k)) for k in resp.headers}
+            charset = resp.charset or "utf-8"
+    except TimeoutError as exc:
+        raise errors.NodeError(f"{method} {url}: timed out", errors.TIMEOUT) from exc
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
         raise errors.NodeError(
             f"{method} {url}: {type(exc).__name__}: {exc}", errors.NETWORK
         ) from exc
-    except httpx.HTTPError as exc:
-        raise errors.NodeError(
-            f"{method} {url}: {type(exc).__name__}: {exc}", errors.NETWORK
-        ) from exc
-    body: Any
-    ctype = resp.headers.get("content-type", "")
-    if "json" in ctype:
+    try:
+        text = content.decode(charset, errors="replace")
+    except LookupError:
+        text = content.decode("utf-8", errors="replace")
+    body: Any = text
+    if "json" in headers.get("content-type", ""):
         try:
-            body = resp.json()
+            body = json.loads(text)
         except ValueError:
-            body = resp.text
-    else:
-        body = resp.text
-    cap.add("log", f"-> {resp.status_code} ({len(resp.content)} bytes)")
-    out = {"status": resp.status_code, "headers": dict(resp.headers), "body": body}
-    if resp.status_code >= 400:
-        details: dict[str, Any] = {"status": resp.status_code, "body": body}
-        if resp.status_code == 429:
+            body = text
+    cap.add("log", f"-> {status} ({len(content)} bytes)")
+    out = {"status": status, "headers": headers, "body": body}
+    if status >= 400:
+        details: dict[str, Any] = {"status": status, "body": body}
+        if status == 429:
             code = errors.RATE_LIMIT
-            ra = _retry_after_ms(resp.headers.get("retry-after"))
+            ra = _retry_after_ms(headers.get("retry-after"))
             if ra is not None:
                 details["retryAfterMs"] = ra
-        elif resp.status_code >= 500:
+        elif status >= 500:
             code = errors.SERVER_ERROR
         else:
             code = errors.CLIENT_ERROR
-        raise errors.NodeError(f"{method} {url}: HTTP {resp.status_code}", code, details)
+        raise errors.NodeError(f"{method} {url}: HTTP {status}", code, details)
     return out

@@ -178,7 +178,7 @@ def load_function(folder: str, call: str) -> Callable[..., Any]:
 _wants_ctx: dict[Callable[..., Any], bool] = {}
 
 
-def run(task: dict[str, Any], cap: Any) -> Any:
+def _prepare(task: dict[str, Any], cap: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
     spec = task["spec"]
     fn = load_function(task["folder"], spec["call"])
     kwargs = dict(spec.get("args") or {})
@@ -192,6 +192,13 @@ def run(task: dict[str, Any], cap: Any) -> Any:
     if wants:
         kwargs["ctx"] = NodeContext(task["ctx"], lambda line: cap.add("log", line))
     cap.code = code_of(task["folder"], spec["call"])
+    return fn, kwargs
+
+
+def run(task: dict[str, Any], cap: Any) -> Any:
+    """In a process worker: the function alone in this process (a coroutine function
+    runs to its end on an event loop of its own)."""
+    fn, kwargs = _prepare(task, cap)
     cap.started = time.time()
     result = fn(**kwargs)
     if inspect.isawaitable(result):
@@ -201,3 +208,38 @@ def run(task: dict[str, Any], cap: Any) -> Any:
 
 async def _await(aw: Any) -> Any:
     return await aw
+
+
+# Threads for sync functions on the I/O lane (a node's ``lane: "io"``).
+_threads: Any = None
+# Thread-lane calls that were cancelled but whose thread still runs: Python cannot
+# stop a thread, so the worker reports them (see fm_local.executors.ioworker).
+lingering: dict[int, Any] = {}  # task id -> its thread's future
+
+
+async def run_async(task: dict[str, Any], cap: Any) -> Any:
+    """On a worker's I/O event loop: a coroutine function is awaited there, among the
+    other calls in flight; a sync function runs in a thread of the worker."""
+    global _threads
+    fn, kwargs = _prepare(task, cap)
+    cap.started = time.time()
+    if inspect.iscoroutinefunction(fn):
+        return await fn(**kwargs)
+    if _threads is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _threads = ThreadPoolExecutor(max_workers=256, thread_name_prefix="fm-io")
+    import contextvars
+    import functools
+
+    call = functools.partial(contextvars.copy_context().run, fn, **kwargs)
+    future = _threads.submit(call)
+    try:
+        result = await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        if not future.done():
+            lingering[task["id"]] = future
+        raise
+    if inspect.isawaitable(result):
+        result = await result
+    return result

@@ -76,6 +76,7 @@ NODE_COLS = (
     "input",
     "code",
     "items",
+    "lane",
 )
 ATTEMPT_COLS = (
     "execution_id",

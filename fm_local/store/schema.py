@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 MIGRATIONS: list[str] = [
@@ -206,6 +206,11 @@ MIGRATIONS: list[str] = [
     BEGIN
         SELECT RAISE(ABORT, 'a finished execution is final');
     END;
+    """,
+    # 4: where a node's task ran (SPEC §11): 'process' (a worker process of its
+    # own) or 'io' (the I/O lane's event loop); NULL for nodes no worker runs.
+    """
+    ALTER TABLE node_runs ADD COLUMN lane TEXT;
     """,
 ]
 

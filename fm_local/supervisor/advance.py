@@ -86,7 +86,8 @@ class Advance(Part):
         run.ready_at = self.clock.time()
         if not ex.queued:
             self._list_ready(ex)
-        ready = ex.ready
+        run.lane = self._lane_of(run)
+        ready = ex.ready_io if run.lane == "io" else ex.ready
         policy = ex.policy
         if front or policy == "lifo":
             ready.appendleft(run)
@@ -334,5 +335,6 @@ class Advance(Part):
             self.wake.ended(ex.id)
         self.execs.pop(ex.id, None)
         self._unlist_ready(ex)
-        self.ready_count -= len(ex.ready)
+        self.ready_count -= len(ex.ready) + len(ex.ready_io)
         ex.ready.clear()
+        ex.ready_io.clear()

@@ -92,6 +92,7 @@ class Commit(Part):
                 run.input_json,
                 run.code,
                 run.items,
+                run.lane,
             )
             if status in ACTIVE_STATUSES and run.ntype != "item" and run.ntype != "loop":
                 qstatus = "timer" if kind_of(run.node).runs is Runs.DELAY else status

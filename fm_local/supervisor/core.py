@@ -82,7 +82,9 @@ class Supervisor(
                 max_rss_mb=self.max_worker_memory_mb,
                 subreaper=self.subreaper,
                 monotonic=self.clock.monotonic,
+                io_concurrency=self.io_concurrency,
             )
+            self.io_lane = "io" in getattr(self.executor, "lanes", ())
             self.executor.start()
             self.executor.wait_ready(WORKER_START_TIMEOUT)
             self.sampler = Sampler()
@@ -298,12 +300,10 @@ class Supervisor(
             t = min(t, FLUSH_INTERVAL - (now_m - self.last_flush))
         if self.timers:
             t = min(t, self.timers[0][0] - self.clock.time())
+        if self.node_deadlines:
+            t = min(t, self.node_deadlines[0][0] - now_m)
         executor = self.executor
         if executor is not None:
-            for task_id, since in executor.running():
-                run = self.tasks.get(task_id)
-                if run is not None and run.node.timeout:
-                    t = min(t, since + run.node.timeout / 1000.0 - now_m)
             due = executor.next_check(now_m)
             if due is not None:
                 t = min(t, due - now_m)
@@ -316,8 +316,9 @@ class Supervisor(
         for pid, task_id in self.executor.workers():
             run = self.tasks.get(task_id) if task_id is not None else None
             workers.append((pid, run.ex.id if run else None, run.path if run else None))
+        io = [(pid, f"{n} tasks") for pid, n in self.executor.io_workers()]
         try:
-            self.batch.samples.extend(self.sampler.sample(workers))
+            self.batch.samples.extend(self.sampler.sample(workers, io))
         except Exception:  # noqa: BLE001 - sampling must never stop the engine
             log.exception("resource sampling failed")
         # Housekeeping in the world's time, as the sampler's own schedule.

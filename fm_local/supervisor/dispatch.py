@@ -3,6 +3,7 @@ expected duration, and the task a worker receives."""
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 from fm_local import errors, jsonio
@@ -29,10 +30,11 @@ class Dispatch(Part):
         for offer in executor.offers(lambda: self.ready_count):
             if not self.ready_count:
                 return
+            io = offer.lane == "io"
             while self.rr and offer.wants():
                 budget = offer.budget()
                 head = budget is None
-                run = self._next_ready(now, head, budget)
+                run = self._next_ready(now, head, budget, io)
                 if run is None:
                     break
                 offer.charge(durations.get(id(run.node)))
@@ -63,11 +65,12 @@ class Dispatch(Part):
             )
 
     def _next_ready(
-        self, now: float, allow_limited: bool, budget: float | None = None
+        self, now: float, allow_limited: bool, budget: float | None = None, io: bool = False
     ) -> Run | None:
         """The next task: workflows in turn (fair sharing), within a workflow the
-        executions in queue-policy order, within an execution its ready queue.
-        With a ``budget`` (prefetch), only a task expected to take no longer."""
+        executions in queue-policy order, within an execution its ready queue
+        (of the I/O lane, with ``io``). With a ``budget`` (prefetch), only a task
+        expected to take no longer."""
         for _ in range(len(self.rr)):
             key = self.rr[0]
             self.rr.rotate(-1)
@@ -76,15 +79,17 @@ class Dispatch(Part):
                 continue
             order = execs if len(execs) == 1 else sorted(execs, key=_exec_order)
             for ex in order:
-                if not ex.ready:
-                    self._unlist_ready(ex)
+                ready = ex.ready_io if io else ex.ready
+                if not ready:
+                    if not ex.has_ready():
+                        self._unlist_ready(ex)
                     continue
                 if ex.status != "running":
                     continue
                 if ex.max_concurrency is not None and ex.running >= ex.max_concurrency:
                     continue
-                while ex.ready:
-                    run = ex.ready[0]
+                while ready:
+                    run = ready[0]
                     if budget is not None:
                         est = self.durations.get(id(run.node))
                         if est is None or est > budget:
@@ -93,15 +98,15 @@ class Dispatch(Part):
                         if not allow_limited:
                             break
                         if not self._gate(run, now):
-                            ex.ready.popleft()
+                            ready.popleft()
                             self.ready_count -= 1
                             continue  # parked until its limiter allows it
-                    ex.ready.popleft()
+                    ready.popleft()
                     self.ready_count -= 1
-                    if not ex.ready:
+                    if not ready and not ex.has_ready():
                         self._unlist_ready(ex)
                     return run
-                if not ex.ready:
+                if not ex.has_ready():
                     self._unlist_ready(ex)
         return None
 
@@ -136,6 +141,10 @@ class Dispatch(Part):
         run.worker_pid = worker
         ex.running += 1
         self.tasks[tid] = run
+        if run.node.timeout:
+            # It cannot time out before this (it starts at dispatch or later).
+            due = self.clock.monotonic() + run.node.timeout / 1000.0
+            heapq.heappush(self.node_deadlines, (due, tid))
         self._mark(run)
         if head:
             self._attempt_row(run, "running", None)
@@ -155,6 +164,42 @@ class Dispatch(Part):
                 "branch": b.scope() if b is not None else None,
             },
         }
+
+    def _due_tasks(self, now_m: float) -> list[int]:
+        """The running tasks whose node's timeout has passed. Looks only at deadlines
+        due by now (a heap), so a thousand calls in flight cost nothing here until
+        one may be late; a task that started after its dispatch (it waited behind
+        another) is put back with the deadline of its real start."""
+        heap = self.node_deadlines
+        if not heap or heap[0][0] > now_m:
+            return []
+        due: list[int] = []
+        starts: dict[int, float] | None = None
+        while heap and heap[0][0] <= now_m:
+            _, tid = heapq.heappop(heap)
+            run = self.tasks.get(tid)
+            if run is None or run.task_id != tid or not run.node.timeout:
+                continue  # ended, stopped or given back since
+            if starts is None:
+                assert self.executor is not None
+                starts = dict(self.executor.running())
+            since = starts.get(tid)
+            if since is None:
+                since = now_m  # not started yet: it has its whole timeout ahead
+            deadline = since + run.node.timeout / 1000.0
+            if deadline <= now_m:
+                due.append(tid)
+            else:
+                heapq.heappush(heap, (deadline, tid))
+        return due
+
+    def _lane_of(self, run: Run) -> str:
+        """Where the run's task goes: the I/O lane for a type whose kind says so (an
+        http or shell node, an ``async def`` python function), else a process."""
+        if not self.io_lane:
+            return "process"
+        lane = kind_of(run.node).lane
+        return lane(run.node, run.ex.folder) if lane is not None else "process"
 
     @staticmethod
     def _parallel_info(frame: Frame) -> Any:

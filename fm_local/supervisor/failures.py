@@ -156,14 +156,15 @@ class Failures(Part):
     ) -> None:
         """Cancel the selected runs of ``ex`` that wait to start or to finish
         without a worker: ready, parked by a limiter, timers, wait nodes."""
-        keep: deque[Run] = deque()
-        for run in ex.ready:
-            if pred(run):
-                self._cancel_run(run, reason, status)
-                self.ready_count -= 1
-            else:
-                keep.append(run)
-        ex.ready = keep
+        for lane in ("ready", "ready_io"):
+            keep: deque[Run] = deque()
+            for run in getattr(ex, lane):
+                if pred(run):
+                    self._cancel_run(run, reason, status)
+                    self.ready_count -= 1
+                else:
+                    keep.append(run)
+            setattr(ex, lane, keep)
         for q in self.parked.values():
             for run in [r for r in q if pred(r)]:
                 q.remove(run)

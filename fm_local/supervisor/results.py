@@ -65,6 +65,8 @@ class Results(Part):
         if run.gate_marks is not None:
             for lim, recorded in run.gate_marks:
                 lim.correct(recorded, started)
+            if not ok and err.get("code") == errors.RATE_LIMIT:
+                self._slow_down(run, err, finished)
             run.gate_marks = None
         run.started_at = started
         run.finished_at = finished
@@ -162,3 +164,13 @@ class Results(Part):
             run.finished_at = self.clock.time()
             self._attempt_row(run, "interrupted", None)
         self._requeue(run)
+
+    def _slow_down(self, run: Run, err: dict[str, Any], finished: float) -> None:
+        """A 429 went through shared limiters: none of them starts anything until its
+        Retry-After has passed (one interval of the limiter without one), so the
+        rest of a loop does not hammer the API meanwhile."""
+        details = err.get("details")
+        ra = details.get("retryAfterMs") if isinstance(details, dict) else None
+        for lim, _ in run.gate_marks or ():
+            pause = ra / 1000.0 if isinstance(ra, (int, float)) else lim.interval
+            lim.hold(max(finished, self.clock.time()) + pause)

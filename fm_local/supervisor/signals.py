@@ -200,7 +200,7 @@ class Signals(Part):
         self.loops_to_open.extend(ex.deferred_loops)
         ex.deferred_work = []
         ex.deferred_loops = []
-        if ex.ready and not ex.queued:
+        if ex.has_ready() and not ex.queued:
             self._list_ready(ex)
         return "resumed"
 

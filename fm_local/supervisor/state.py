@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fm_local import errors, graph, jsonio
 from fm_local.checkd import CheckService
-from fm_local.executors import Executor
+from fm_local.executors import DEFAULT_IO_CONCURRENCY, Executor
 from fm_local.graph import CompiledGraph
 from fm_local.limits import Pool, RateLimiter
 from fm_local.lock import SupervisorLock
@@ -130,6 +130,7 @@ class Run:
         "input_json",
         "code",
         "items",
+        "lane",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -171,6 +172,8 @@ class Run:
         self.input_json: str | None = None  # the resolved task input (worker nodes)
         self.code: str | None = None  # which module file (and its hash) a python node ran
         self.items: int | None = None  # a loop's item count
+        # Where its task runs (SPEC §11): "process" or "io"; None until it is ready.
+        self.lane: str | None = None
 
     def value(self) -> Any:
         if self._value is _UNSET:
@@ -443,7 +446,9 @@ class Exec:
         self.top = Frame(self, g, "", None, self.trace_id)
         self.running = 0  # worker tasks held by workers
         self.signal_scope: dict[str, Any] = {}
+        # Runs ready to start, per lane: a worker process each, and the I/O lane.
         self.ready: deque[Run] = deque()
+        self.ready_io: deque[Run] = deque()
         self.max_concurrency = workflow.settings.max_concurrency
         self.default_retry = workflow.settings.retry
         self.wf_key: int = row["workflow_id"]
@@ -464,6 +469,9 @@ class Exec:
         self.unconsumed: dict[str, Any] = {}  # signal data no wait node took yet
         self.signal_latest: dict[str, int] = {}  # type -> id of the newest signal
         self.compensations: deque[Run] = deque()
+
+    def has_ready(self) -> bool:
+        return bool(self.ready or self.ready_io)
 
     @property
     def status(self) -> str:
@@ -494,6 +502,7 @@ class Part:
         subreaper: bool = False,
         executor: Callable[..., Executor] | None = None,
         clock: SystemClock | StepClock | None = None,
+        io_concurrency: int = DEFAULT_IO_CONCURRENCY,
     ) -> None:
         self.db = Path(db)
         # Makes the executor at open(): called like ProcessExecutor(workers,
@@ -506,6 +515,10 @@ class Part:
         self.subreaper = subreaper  # this process is ours (fm daemon, fm run): see workers
         self.max_worker_memory_mb = max_worker_memory_mb
         self.n_workers = max(1, workers)
+        # I/O tasks in flight at once on the I/O lane (0: no I/O lane, every task
+        # takes a worker process).
+        self.io_concurrency = max(0, io_concurrency)
+        self.io_lane = False  # the executor has one (set at open)
         self.durability = durability
         self.only_execution = only_execution
         self.drain_timeout = drain_timeout
@@ -518,6 +531,9 @@ class Part:
         self.rr: deque[int] = deque()
         self.wf_execs: dict[int, list[Exec]] = {}
         self.tasks: dict[int, Run] = {}
+        # (monotonic time before which it cannot time out, task id) of each task whose
+        # node has a timeout, a heap; an entry whose task ended is dropped when due.
+        self.node_deadlines: list[tuple[float, int]] = []
         self.task_ids = itertools.count(1)
         self.timers: list[tuple[float, int, str, Any]] = []
         self.timer_seq = itertools.count()

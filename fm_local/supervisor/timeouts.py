@@ -24,12 +24,7 @@ class Timeouts(Part):
         executor = self.executor
         assert executor is not None
         now_m = self.clock.monotonic()
-        for task_id, since in executor.running():
-            run = self.tasks.get(task_id)
-            if run is None or not run.node.timeout:
-                continue
-            if now_m - since < run.node.timeout / 1000.0:
-                continue
+        for task_id in self._due_tasks(now_m):
             for r, started in self._take_back(executor.stop([task_id])):
                 if r.terminal:
                     continue
@@ -52,12 +47,14 @@ class Timeouts(Part):
             if limit is None or ex.status != "running":
                 continue
             horizon = now - limit / 1000.0
-            if any(r.ready_at < horizon for r in ex.ready):
-                keep: deque[Run] = deque()
-                for r in ex.ready:
-                    (late if r.ready_at < horizon else keep).append(r)
-                self.ready_count -= len(ex.ready) - len(keep)
-                ex.ready = keep
+            for lane in ("ready", "ready_io"):
+                ready: deque[Run] = getattr(ex, lane)
+                if any(r.ready_at < horizon for r in ready):
+                    keep: deque[Run] = deque()
+                    for r in ready:
+                        (late if r.ready_at < horizon else keep).append(r)
+                    self.ready_count -= len(ready) - len(keep)
+                    setattr(ex, lane, keep)
         for q in self.parked.values():
             for r in [r for r in q if r.ex.status == "running"]:
                 limit = r.ex.workflow.settings.queue.timeout

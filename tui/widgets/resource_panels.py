@@ -82,7 +82,9 @@ class ProcessTable(DataTable[Any]):
                             f"{s.cpu_percent:.1f}",
                             fmt.size(s.rss_bytes),
                             s.execution_id or "-",
-                            s.node_path or ("idle" if s.role == "worker" else "-"),
+                            f"I/O lane: {s.node_path or '0 tasks'}"
+                            if s.role == "io-worker"
+                            else s.node_path or ("idle" if s.role == "worker" else "-"),
                         ),
                     )
                 )

@@ -1,0 +1,164 @@
+"""The I/O worker process: many node tasks at once on one asyncio event loop.
+
+``http`` nodes, ``async def`` python functions, sync python functions that opted in
+to a thread (``lane: "io"``) and ``shell`` nodes (a child process waited for without
+blocking) run here, each as an asyncio task, up to the number the supervisor sends
+(``--io-concurrency``). Messages are those of :mod:`fm_local.executors.worker`, plus:
+
+- ``("cancel", [ids])``: stop these tasks (asyncio cancellation; a shell node's
+  process group is killed). Each is answered by ``("cancelled", [ids])`` once its
+  work has really stopped — for a thread, once the function returned: Python cannot
+  stop a thread, so a thread that runs on keeps its answer back, and the supervisor
+  replaces this worker when the answer is late (its other tasks then run again
+  elsewhere, as recoveries).
+
+Invariants as for the process worker: no database; it dies with the supervisor; a
+child subreaper in its own process group, so what node code starts is stopped with
+it; results are batched per turn of the event loop.
+Started as ``python -m fm_local.executors.ioworker RFD WFD PPID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+from fm_local import runners
+from fm_local.executors import worker as base
+
+
+class IOWorker:
+    def __init__(self, inbox: Connection, outbox: Connection) -> None:
+        self.inbox = inbox
+        self.outbox = outbox
+        self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self.cancelling: set[int] = set()
+        self.results: list[tuple[Any, ...]] = []
+        self.cancelled: list[int] = []
+        self.flush_scheduled = False
+        self.done = asyncio.Event()
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        self.outbox.send_bytes(pickle.dumps(msg, protocol=5))
+
+    def on_readable(self) -> None:
+        try:
+            while self.inbox.poll(0):
+                msg = pickle.loads(self.inbox.recv_bytes())
+                self.handle(msg)
+        except Exception:  # noqa: BLE001 - EOF (the supervisor is gone) or garbage
+            self.stop()
+
+    def handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "tasks":
+            for task in msg[1]:
+                t = asyncio.get_running_loop().create_task(self.run(task))
+                self.tasks[task["id"]] = t
+        elif kind == "cancel":
+            for tid in msg[1]:
+                running = self.tasks.get(tid)
+                if running is None:
+                    continue  # ended already: its result is on the way
+                self.cancelling.add(tid)
+                running.cancel()
+        elif kind == "drop":
+            # Nothing waits here: every task starts when it arrives.
+            pass
+        elif kind == "stop":
+            self.stop()
+
+    async def run(self, task: dict[str, Any]) -> None:
+        tid = task["id"]
+        try:
+            result = await runners.run_task_async(task)
+        except asyncio.CancelledError:
+            await self._until_thread_ends(tid)
+            self.cancelled.append(tid)
+        else:
+            if tid in self.cancelling:
+                self.cancelled.append(tid)  # ended before the cancel took
+            else:
+                self.results.append(result)
+        finally:
+            self.tasks.pop(tid, None)
+            self.cancelling.discard(tid)
+            self._schedule_flush()
+
+    async def _until_thread_ends(self, tid: int) -> None:
+        """A cancelled thread-lane call: answer once its thread is done."""
+        from fm_local.runners import python
+
+        future = python.lingering.get(tid)
+        while future is not None and not future.done():
+            await asyncio.sleep(0.05)
+        python.lingering.pop(tid, None)
+
+    def _schedule_flush(self) -> None:
+        # At the end of this turn of the loop: what ended in the same turn goes in
+        # one message, and nothing waits for a timer.
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        try:
+            if self.results:
+                results, self.results = self.results, []
+                self.send(("results", results))
+            if self.cancelled:
+                ids, self.cancelled = self.cancelled, []
+                self.send(("cancelled", ids))
+        except OSError:
+            self.stop()
+
+    def stop(self) -> None:
+        for t in self.tasks.values():
+            t.cancel()
+        self.done.set()
+
+
+async def serve(box: IOWorker) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_reader(box.inbox.fileno(), box.on_readable)
+    box.send(("ready", os.getpid()))
+    await box.done.wait()
+    loop.remove_reader(box.inbox.fileno())
+    if box.tasks:
+        await asyncio.wait(list(box.tasks.values()), timeout=1.0)
+
+
+def main(argv: list[str]) -> int:
+    rfd, wfd, ppid = int(argv[1]), int(argv[2]), int(argv[3])
+    base._WORKER_PID = os.getpid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGTERM, base._on_term)
+    base._prctl(base.PR_SET_PDEATHSIG, signal.SIGTERM)
+    base._prctl(base.PR_SET_CHILD_SUBREAPER, 1)
+    if os.getppid() != ppid:
+        return 0
+    import psutil  # noqa: F401 - kill_descendants needs it, in a signal handler too
+
+    # Import the node runtimes now, so a task starts within a millisecond of its dispatch.
+    runners.load_runners()
+    import aiohttp  # noqa: F401
+
+    runners.capture_by_task()
+    box = IOWorker(Connection(rfd, writable=False), Connection(wfd, readable=False))
+    try:
+        asyncio.run(serve(box))
+    finally:
+        base.kill_descendants()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main(sys.argv)
+    # Not sys.exit: a thread-lane call that never returns would hold the exit.
+    os._exit(code)
