@@ -87,7 +87,11 @@ class Advance(Part):
         if not ex.queued:
             self._list_ready(ex)
         run.lane = self._lane_of(run)
-        ready = ex.ready_io if run.lane == "io" else ex.ready
+        if run.lane == "io":
+            ready = ex.ready_io
+            self.ready_io_count += 1
+        else:
+            ready = ex.ready
         policy = ex.policy
         if front or policy == "lifo":
             ready.appendleft(run)
@@ -336,5 +340,6 @@ class Advance(Part):
         self.execs.pop(ex.id, None)
         self._unlist_ready(ex)
         self.ready_count -= len(ex.ready) + len(ex.ready_io)
+        self.ready_io_count -= len(ex.ready_io)
         ex.ready.clear()
         ex.ready_io.clear()

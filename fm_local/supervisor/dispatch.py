@@ -31,6 +31,8 @@ class Dispatch(Part):
             if not self.ready_count:
                 return
             io = offer.lane == "io"
+            if io and not self.ready_io_count:
+                continue  # nothing ready for the I/O lane: nothing to send
             while self.rr and offer.wants():
                 budget = offer.budget()
                 head = budget is None
@@ -100,9 +102,11 @@ class Dispatch(Part):
                         if not self._gate(run, now):
                             ready.popleft()
                             self.ready_count -= 1
+                            self.ready_io_count -= io
                             continue  # parked until its limiter allows it
                     ready.popleft()
                     self.ready_count -= 1
+                    self.ready_io_count -= io
                     if not ready and not ex.has_ready():
                         self._unlist_ready(ex)
                     return run

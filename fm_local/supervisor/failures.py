@@ -162,6 +162,7 @@ class Failures(Part):
                 if pred(run):
                     self._cancel_run(run, reason, status)
                     self.ready_count -= 1
+                    self.ready_io_count -= lane == "ready_io"
                 else:
                     keep.append(run)
             setattr(ex, lane, keep)

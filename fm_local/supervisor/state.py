@@ -548,6 +548,7 @@ class Part:
         self.workflows: dict[int, tuple[Workflow, str, CompiledGraph]] = {}
         self.bodies: dict[int, CompiledGraph] = {}
         self.ready_count = 0
+        self.ready_io_count = 0  # of which on the I/O lane
         self.work: deque[tuple[Frame, str]] = deque()
         self.frames_to_check: deque[Frame] = deque()
         self.loops_to_open: deque[LoopState] = deque()

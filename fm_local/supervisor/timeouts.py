@@ -54,6 +54,8 @@ class Timeouts(Part):
                     for r in ready:
                         (late if r.ready_at < horizon else keep).append(r)
                     self.ready_count -= len(ready) - len(keep)
+                    if lane == "ready_io":
+                        self.ready_io_count -= len(ready) - len(keep)
                     setattr(ex, lane, keep)
         for q in self.parked.values():
             for r in [r for r in q if r.ex.status == "running"]:
