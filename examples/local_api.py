@@ -1,7 +1,7 @@
 """A tiny JSON HTTP API on 127.0.0.1 for the ``parallel_api_calls`` example.
 
-Standard library only (``http.server.ThreadingHTTPServer``), so the example needs no
-network and no third-party service. Endpoints:
+An aiohttp server (aiohttp comes with fm_local), so the example needs no network and
+no third-party service, and answers a hundred requests at once as a real API would. Endpoints:
 
 - ``GET /users``                -> a list of ``--users`` users ``{id, name, email}``
 - ``GET /users/{id}/profile``   -> that user's profile, after ``--delay-ms`` of "work"
@@ -25,16 +25,15 @@ Run it by hand: ``python examples/local_api.py --port-file /tmp/api.port`` then
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
-import re
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-PROFILE = re.compile(r"^/users/(\d+)/profile$")
+from aiohttp import web
+
 COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli"]
 
 
@@ -53,103 +52,90 @@ def make_profile(user_id: int) -> dict[str, Any]:
     }
 
 
-class Api(ThreadingHTTPServer):
-    daemon_threads = True  # a stuck client never keeps the process alive
+class Api:
+    """The API's state: its users, the slow upstream's delay, and what it counted."""
 
     def __init__(self, users: int, delay: float) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
         self.users = make_users(users)
+        self.ids = {u["id"] for u in self.users}
         self.delay = delay
-        self.lock = threading.Lock()
         self.in_flight = 0
         self.max_concurrency = 0
         self.requests = 0
         self.profile_requests = 0
         self.last_request = time.monotonic()
-
-    def touch(self) -> None:
-        with self.lock:
-            self.requests += 1
-            self.last_request = time.monotonic()
+        self.stop = asyncio.Event()
 
     def stats(self) -> dict[str, Any]:
-        with self.lock:
-            return {
-                "maxConcurrency": self.max_concurrency,
-                "inFlight": self.in_flight,
-                "profileRequests": self.profile_requests,
-                "requests": self.requests,
-                "pid": os.getpid(),
-            }
+        return {
+            "maxConcurrency": self.max_concurrency,
+            "inFlight": self.in_flight,
+            "profileRequests": self.profile_requests,
+            "requests": self.requests,
+            "pid": os.getpid(),
+        }
 
-    def stop_soon(self) -> None:
-        # shutdown() blocks until serve_forever returns: never call it on its thread.
-        threading.Thread(target=self.shutdown, daemon=True).start()
+    def app(self) -> web.Application:
+        @web.middleware
+        async def touch(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.requests += 1
+            self.last_request = time.monotonic()
+            return await handler(request)
 
+        app = web.Application(middlewares=[touch])
+        app.router.add_get("/users", self.get_users)
+        app.router.add_get("/stats", self.get_stats)
+        app.router.add_get("/users/{id:\\d+}/profile", self.get_profile)
+        app.router.add_post("/shutdown", self.shutdown)
+        return app
 
-class Handler(BaseHTTPRequestHandler):
-    server: Api
+    async def get_users(self, request: web.Request) -> web.Response:
+        return web.json_response(self.users)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet: the server runs detached
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
 
-    def send_json(self, status: int, value: Any) -> None:
-        data = json.dumps(value).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        srv = self.server
-        srv.touch()
-        path = self.path.split("?", 1)[0]
-        if path == "/users":
-            self.send_json(200, srv.users)
-        elif path == "/stats":
-            self.send_json(200, srv.stats())
-        elif m := PROFILE.match(path):
-            self.profile(int(m.group(1)))
-        else:
-            self.send_json(404, {"error": f"no route {path}"})
-
-    def profile(self, user_id: int) -> None:
-        srv = self.server
-        with srv.lock:
-            srv.in_flight += 1
-            srv.profile_requests += 1
-            srv.max_concurrency = max(srv.max_concurrency, srv.in_flight)
+    async def get_profile(self, request: web.Request) -> web.Response:
+        user_id = int(request.match_info["id"])
+        self.in_flight += 1
+        self.profile_requests += 1
+        self.max_concurrency = max(self.max_concurrency, self.in_flight)
         try:
-            time.sleep(srv.delay)  # the "slow upstream": makes parallelism visible
+            await asyncio.sleep(self.delay)  # the "slow upstream": makes parallelism visible
         finally:
-            with srv.lock:
-                srv.in_flight -= 1
-                srv.last_request = time.monotonic()
-        if not any(u["id"] == user_id for u in srv.users):
-            self.send_json(404, {"error": f"no user {user_id}"})
-            return
-        self.send_json(200, make_profile(user_id))
+            self.in_flight -= 1
+            self.last_request = time.monotonic()
+        if user_id not in self.ids:
+            return web.json_response({"error": f"no user {user_id}"}, status=404)
+        return web.json_response(make_profile(user_id))
 
-    def do_POST(self) -> None:
-        self.server.touch()
-        if self.path == "/shutdown":
-            self.send_json(200, {"ok": True, "pid": os.getpid()})
-            self.server.stop_soon()
-        else:
-            self.send_json(404, {"error": f"no route {self.path}"})
+    async def shutdown(self, request: web.Request) -> web.Response:
+        self.stop.set()  # after this answer has gone out (serve() closes the site)
+        return web.json_response({"ok": True, "pid": os.getpid()})
+
+    async def watchdog(self, idle_timeout: float, max_lifetime: float) -> None:
+        born = time.monotonic()
+        while not self.stop.is_set():
+            await asyncio.sleep(min(0.5, idle_timeout / 4))
+            now = time.monotonic()
+            idle = self.in_flight == 0 and now - self.last_request > idle_timeout
+            if idle or now - born > max_lifetime:
+                self.stop.set()
 
 
-def watchdog(srv: Api, idle_timeout: float, max_lifetime: float) -> None:
-    born = time.monotonic()
-    while True:
-        time.sleep(min(0.5, idle_timeout / 4))
-        now = time.monotonic()
-        with srv.lock:
-            idle = srv.in_flight == 0 and now - srv.last_request > idle_timeout
-        if idle or now - born > max_lifetime:
-            srv.stop_soon()
-            return
+async def serve(api: Api, port_file: str, idle_timeout: float, max_lifetime: float) -> None:
+    runner = web.AppRunner(api.app(), access_log=None)
+    await runner.setup()
+    # A backlog for a hundred clients connecting at once.
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    write_port_file(port_file, port)
+    watchdog = asyncio.ensure_future(api.watchdog(idle_timeout, max_lifetime))
+    await api.stop.wait()
+    await asyncio.sleep(0.05)  # let the last answer (to /shutdown) leave
+    watchdog.cancel()
+    await runner.cleanup()
 
 
 def write_port_file(path: str, port: int) -> None:
@@ -170,15 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.detach and os.fork() > 0:
         os._exit(0)  # the starter reaps this parent; the server lives on in the child
-    srv = Api(args.users, args.delay_ms / 1000.0)
-    threading.Thread(
-        target=watchdog, args=(srv, args.idle_timeout, args.max_lifetime), daemon=True
-    ).start()
-    write_port_file(args.port_file, srv.server_address[1])
-    try:
-        srv.serve_forever(poll_interval=0.1)
-    finally:
-        srv.server_close()
+    api = Api(args.users, args.delay_ms / 1000.0)
+    asyncio.run(serve(api, args.port_file, args.idle_timeout, args.max_lifetime))
     return 0
 
 

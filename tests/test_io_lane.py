@@ -178,6 +178,26 @@ def test_rate_limit_counts_requests_as_they_leave_and_arrive(iwf, db, server):
     assert most_in_window(arrived, 0.95) <= 8
 
 
+def test_a_fast_rate_limit_holds_when_tasks_go_out_ahead_of_their_turn(iwf, db, server):
+    """1,000 calls/s ({"rate": 100, "per": 100}: one start each millisecond) over 300
+    calls: the supervisor hands I/O tasks over up to 20 ms ahead of their turn and the
+    worker holds each until then; still no 100 ms window of starts (requests sent)
+    holds more than 100, and the server saw all 300."""
+    doc = loop_doc(
+        [{"id": "call", "type": "http", "url": server.url("/sleep?ms=10&i=f{{item}}")}],
+        list(range(300)),
+        maxConcurrency=300,
+        rateLimit={"rate": 100, "per": 100},
+    )
+    start = time.time()
+    res = run_wf(iwf(doc), db)
+    assert res["status"] == "succeeded", res
+    sent = [r["started_at"] for r in runs(db, res["id"], "each[%].call")]
+    assert len(sent) == 300
+    assert most_in_window(sent, 0.1) <= 100
+    assert len([x for x in server.arrivals("/sleep") if x >= start]) == 300
+
+
 def test_a_429_holds_the_shared_limiter_for_its_retry_after(iwf, db, server):
     """The first call gets 429 with Retry-After: 2. The loop's other calls go through
     the same limiter: none reaches the server until 2 s after the 429."""

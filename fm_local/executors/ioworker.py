@@ -25,6 +25,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -76,6 +77,12 @@ class IOWorker:
     async def run(self, task: dict[str, Any]) -> None:
         tid = task["id"]
         try:
+            not_before = task.get("notBefore")
+            if not_before is not None:
+                # Handed over ahead of its turn under a rate limit: start on time.
+                delay = not_before - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             result = await runners.run_task_async(task)
         except asyncio.CancelledError:
             await self._until_thread_ends(tid)

@@ -153,7 +153,7 @@ class Dispatch(Part):
         if head:
             self._attempt_row(run, "running", None)
         b = run.branch
-        return {
+        task: dict[str, Any] = {
             "id": tid,
             "type": run.ntype,
             "spec": spec,
@@ -168,6 +168,10 @@ class Dispatch(Part):
                 "branch": b.scope() if b is not None else None,
             },
         }
+        if run.not_before is not None:
+            task["notBefore"] = run.not_before  # the worker holds it until then
+            run.not_before = None
+        return task
 
     def _due_tasks(self, now_m: float) -> list[int]:
         """The running tasks whose node's timeout has passed. Looks only at deadlines

@@ -131,6 +131,7 @@ class Run:
         "code",
         "items",
         "lane",
+        "not_before",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -174,6 +175,8 @@ class Run:
         self.items: int | None = None  # a loop's item count
         # Where its task runs (SPEC §11): "process" or "io"; None until it is ready.
         self.lane: str | None = None
+        # A rate-limited I/O task handed over ahead of its turn: when it may start.
+        self.not_before: float | None = None
 
     def value(self) -> Any:
         if self._value is _UNSET:
