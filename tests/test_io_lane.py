@@ -546,3 +546,53 @@ def test_fm_workers_shows_the_io_worker_and_its_calls(iwf, db, tmp_path, daemon)
     assert fm_cli(db, "cancel", eid).exit_code == 0
     api.wait(eid, db=db, timeout=60)
     d.stop()
+
+
+def test_the_io_worker_never_blocks_on_a_full_pipe() -> None:
+    """The I/O worker's writes to the supervisor never block its event loop: with a
+    pipe nobody reads, 8 MB of results wait in its buffer while the loop goes on (a
+    blocking write here once deadlocked worker and supervisor, each writing to the
+    other); once read, every message arrives whole, in order, framed as
+    multiprocessing's Connection frames them."""
+    import asyncio
+    import pickle
+    import threading
+    from multiprocessing.connection import Connection
+
+    from fm_local.executors.ioworker import Outbox
+
+    r, w = os.pipe()
+    reader = Connection(r, writable=False)
+    messages = [("results", [(i, True, "x" * 1000)] * 8) for i in range(1000)]
+
+    async def main() -> int:
+        out = Outbox(w)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        t = asyncio.ensure_future(ticker())
+        for msg in messages:
+            out.send_bytes(pickle.dumps(msg))
+            await asyncio.sleep(0)
+        assert out.buf, "the pipe is full and nobody reads it: the rest waits"
+        # Now the supervisor (another thread here, another process for real) reads.
+        got: list[Any] = []
+        supervisor = threading.Thread(
+            target=lambda: got.extend(pickle.loads(reader.recv_bytes()) for _ in messages)
+        )
+        supervisor.start()
+        while supervisor.is_alive():
+            await asyncio.sleep(0.001)
+        t.cancel()
+        assert got == messages
+        assert not out.buf
+        return ticks
+
+    assert asyncio.run(main()) > 1000, "the loop kept running while the pipe was full"
+    reader.close()
+    os.close(w)

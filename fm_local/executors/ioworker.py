@@ -24,6 +24,7 @@ import asyncio
 import os
 import pickle
 import signal
+import struct
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -33,8 +34,46 @@ from fm_local import runners
 from fm_local.executors import worker as base
 
 
+class Outbox:
+    """The pipe to the supervisor, written without ever blocking: what the pipe does
+    not take now waits in a buffer and goes out when the event loop sees it
+    writable. A blocking write could deadlock — this worker stuck writing results
+    while the supervisor is stuck writing tasks to it — where the loop, which reads
+    the tasks, keeps running. Messages are framed as
+    ``multiprocessing.connection.Connection.send_bytes`` frames them (a 4-byte
+    big-endian length), which the supervisor reads with ``recv_bytes``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.buf = bytearray()
+        self.watching = False
+
+    def send_bytes(self, data: bytes) -> None:
+        if len(data) > 0x7FFFFFFF:
+            raise ValueError("message too large")
+        self.buf += struct.pack("!i", len(data))
+        self.buf += data
+        self.drain()
+
+    def drain(self) -> None:
+        while self.buf:
+            try:
+                n = os.write(self.fd, self.buf)
+            except BlockingIOError:
+                break
+            del self.buf[:n]
+        loop = asyncio.get_running_loop()
+        if self.buf and not self.watching:
+            loop.add_writer(self.fd, self.drain)
+            self.watching = True
+        elif not self.buf and self.watching:
+            loop.remove_writer(self.fd)
+            self.watching = False
+
+
 class IOWorker:
-    def __init__(self, inbox: Connection, outbox: Connection) -> None:
+    def __init__(self, inbox: Connection, outbox: Outbox) -> None:
         self.inbox = inbox
         self.outbox = outbox
         self.tasks: dict[int, asyncio.Task[Any]] = {}
@@ -139,6 +178,9 @@ async def serve(box: IOWorker) -> None:
     loop.remove_reader(box.inbox.fileno())
     if box.tasks:
         await asyncio.wait(list(box.tasks.values()), timeout=1.0)
+    deadline = loop.time() + 1.0
+    while box.outbox.buf and loop.time() < deadline:
+        await asyncio.sleep(0.01)  # what is still buffered, if the supervisor reads it
 
 
 def main(argv: list[str]) -> int:
@@ -157,7 +199,7 @@ def main(argv: list[str]) -> int:
     import aiohttp  # noqa: F401
 
     runners.capture_by_task()
-    box = IOWorker(Connection(rfd, writable=False), Connection(wfd, readable=False))
+    box = IOWorker(Connection(rfd, writable=False), Outbox(wfd))
     try:
         asyncio.run(serve(box))
     finally:
