@@ -82,6 +82,11 @@ class IOWorker:
         self.cancelled: list[int] = []
         self.flush_scheduled = False
         self.done = asyncio.Event()
+        # Tasks held until their turn under a rate limit (hold): how late that
+        # schedule runs, when the last one started, the window it is kept over.
+        self.hold_shift = 0.0
+        self.last_held = 0.0
+        self.hold_window = 0.0
 
     def send(self, msg: tuple[Any, ...]) -> None:
         self.outbox.send_bytes(pickle.dumps(msg, protocol=5))
@@ -116,12 +121,8 @@ class IOWorker:
     async def run(self, task: dict[str, Any]) -> None:
         tid = task["id"]
         try:
-            not_before = task.get("notBefore")
-            if not_before is not None:
-                # Handed over ahead of its turn under a rate limit: start on time.
-                delay = not_before - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            if task.get("notBefore") is not None:
+                await self.hold(task["notBefore"], task.get("holdWindow", 1.0))
             result = await runners.run_task_async(task)
         except asyncio.CancelledError:
             await self._until_thread_ends(tid)
@@ -135,6 +136,26 @@ class IOWorker:
             self.tasks.pop(tid, None)
             self.cancelling.discard(tid)
             self._schedule_flush()
+
+    async def hold(self, not_before: float, window: float) -> None:
+        """A task handed over ahead of its turn under a rate limit starts at its turn.
+        If this worker runs late (starved of CPU), the rest of the held schedule is
+        shifted by as much, so starts never come closer together than the limiter
+        spaced them; the shift ends once no held task started for a whole window."""
+        now = time.time()
+        if now - self.last_held > max(window, self.hold_window):
+            self.hold_shift = 0.0
+        self.hold_window = window
+        while True:
+            due = not_before + self.hold_shift
+            delay = due - time.time()
+            if delay <= 0:
+                break
+            await asyncio.sleep(delay)
+        late = time.time() - due
+        if late > 0.001:
+            self.hold_shift += late
+        self.last_held = time.time()
 
     async def _until_thread_ends(self, tid: int) -> None:
         """A cancelled thread-lane call: answer once its thread is done."""

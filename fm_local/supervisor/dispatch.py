@@ -169,7 +169,8 @@ class Dispatch(Part):
             },
         }
         if run.not_before is not None:
-            task["notBefore"] = run.not_before  # the worker holds it until then
+            # The worker holds it until then (and keeps the spacing if it runs late).
+            task["notBefore"], task["holdWindow"] = run.not_before
             run.not_before = None
         return task
 

@@ -62,7 +62,7 @@ class Gates(Part):
         for lim in limiters:
             lim.acquire(start)
         run.gate_marks = [(lim, start) for lim in limiters] if limiters else None
-        run.not_before = start if start > now else None
+        run.not_before = (start, max(lim.per for lim in limiters)) if start > now else None
         if pool is not None:
             pool.acquire()
             run.held_pool = pool

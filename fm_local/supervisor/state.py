@@ -175,8 +175,9 @@ class Run:
         self.items: int | None = None  # a loop's item count
         # Where its task runs (SPEC §11): "process" or "io"; None until it is ready.
         self.lane: str | None = None
-        # A rate-limited I/O task handed over ahead of its turn: when it may start.
-        self.not_before: float | None = None
+        # A rate-limited I/O task handed over ahead of its turn: when it may start,
+        # and the longest window of its limiters.
+        self.not_before: tuple[float, float] | None = None
 
     def value(self) -> Any:
         if self._value is _UNSET:
