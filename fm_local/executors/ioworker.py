@@ -32,6 +32,7 @@ from typing import Any
 
 from fm_local import runners
 from fm_local.executors import worker as base
+from fm_local.limits import MARGIN
 
 
 class Outbox:
@@ -141,7 +142,8 @@ class IOWorker:
         """A task handed over ahead of its turn under a rate limit starts at its turn.
         If this worker runs late (starved of CPU), the rest of the held schedule is
         shifted by as much, so starts never come closer together than the limiter
-        spaced them; the shift ends once no held task started for a whole window."""
+        spaced them (but for the limiter's margin); the shift ends once no held task
+        started for a whole window."""
         now = time.time()
         if now - self.last_held > max(window, self.hold_window):
             self.hold_shift = 0.0
@@ -153,7 +155,9 @@ class IOWorker:
                 break
             await asyncio.sleep(delay)
         late = time.time() - due
-        if late > 0.001:
+        if late > MARGIN:
+            # Later than the limiter's own margin (a timer's usual overshoot is
+            # within it): a stall, not jitter.
             self.hold_shift += late
         self.last_held = time.time()
 
