@@ -4,6 +4,7 @@ request's arrival and departure.
 
 - ``GET /sleep?ms=N&i=K``  answers ``{"i": K}`` after N ms
 - ``GET /limited?i=K``     answers 429 (Retry-After: 2) to its first request, then 200
+- ``GET /redirect?ms=N&i=K`` answers 302 to ``/sleep?i=K`` after N ms
 - ``GET /hits``            every request so far: ``[{path, i, t, end}]``
 
 Started as ``python tests/ioserver.py PORT_FILE``: it binds a free port on 127.0.0.1
@@ -40,6 +41,12 @@ async def limited(request: web.Request) -> web.Response:
     return web.json_response({"i": request.query.get("i")})
 
 
+async def redirect(request: web.Request) -> web.Response:
+    hits.append({"path": "/redirect", "i": request.query.get("i"), "t": time.time()})
+    await asyncio.sleep(int(request.query.get("ms", "0")) / 1000.0)
+    raise web.HTTPFound(f"/sleep?i={request.query.get('i')}")
+
+
 async def all_hits(request: web.Request) -> web.Response:
     return web.json_response(hits)
 
@@ -48,6 +55,7 @@ async def main(port_file: str) -> None:
     app = web.Application()
     app.router.add_get("/sleep", sleep)
     app.router.add_get("/limited", limited)
+    app.router.add_get("/redirect", redirect)
     app.router.add_get("/hits", all_hits)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -178,6 +178,25 @@ def test_rate_limit_counts_requests_as_they_leave_and_arrive(iwf, db, server):
     assert most_in_window(arrived, 0.95) <= 8
 
 
+def test_a_redirected_call_starts_when_its_first_request_is_sent(iwf, db, server):
+    """The start recorded (and counted by rate limits) is when the node's first
+    request left, not the redirect's second one: a server that takes 300 ms to
+    answer the first with a 302."""
+    doc = loop_doc(
+        [{"id": "call", "type": "http", "url": server.url("/redirect?ms=300&i=rd{{item}}")}],
+        [0, 1],
+        rateLimit=5,
+    )
+    res = run_wf(iwf(doc), db)
+    assert res["status"] == "succeeded", res
+    for r in runs(db, res["id"], "each[%].call"):
+        i = json.loads(r["output"])["body"]["i"]
+        first = [h["t"] for h in server.hits if h["path"] == "/redirect" and h["i"] == i]
+        second = [h["t"] for h in server.hits if h["path"] == "/sleep" and h["i"] == i]
+        assert len(first) == 1 and len(second) == 1
+        assert r["started_at"] <= first[0] < second[0] - 0.25
+
+
 def test_a_fast_rate_limit_holds_when_tasks_go_out_ahead_of_their_turn(iwf, db, server):
     """1,000 calls/s ({"rate": 100, "per": 100}: one start each millisecond) over 300
     calls: the supervisor hands I/O tasks over up to 20 ms ahead of their turn and the

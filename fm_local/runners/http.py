@@ -11,6 +11,7 @@ delay), 5xx -> SERVER_ERROR, other 4xx -> CLIENT_ERROR, no connection -> NETWORK
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import json
 import os
@@ -24,6 +25,10 @@ from fm_local import errors
 # connections are pooled per host and kept alive between calls.
 _sessions: dict[int, Any] = {}
 
+# The log capture of the call this asyncio task makes (each task has its own context).
+_call: contextvars.ContextVar[Any] = contextvars.ContextVar("fm_http_call", default=None)
+_request_class: Any = None
+
 
 def _session() -> Any:
     import aiohttp
@@ -32,29 +37,40 @@ def _session() -> Any:
     session = _sessions.get(id(loop))
     if session is None or session.closed:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        trace = aiohttp.TraceConfig()
-        trace.on_request_headers_sent.append(_headers_sent)
         # Proxies (and .netrc) from the environment when it names a proxy: reading
         # them costs aiohttp two thread hops per request, so not otherwise.
         session = aiohttp.ClientSession(
-            connector=connector, trust_env=_proxy_in_env(), trace_configs=[trace]
+            connector=connector, trust_env=_proxy_in_env(), request_class=_request_type()
         )
         _sessions[id(loop)] = session
     return session
 
 
+def _request_type() -> Any:
+    """aiohttp's request, noting when it is sent: its connection made, its headers
+    about to be written. That is the start rate limits count, the closest to the
+    request's arrival at the server (a new connection, a TLS handshake or a wait for
+    the pool come before it). An aiohttp trace would tell the same, at about a fifth
+    of a call's CPU (measured: 10,000 calls, 1,000 in flight)."""
+    global _request_class
+    if _request_class is None:
+        import aiohttp
+
+        class Request(aiohttp.ClientRequest):
+            async def send(self, conn: Any) -> Any:
+                cap = _call.get()
+                if cap is not None:
+                    cap.started = time.time()
+                    _call.set(None)  # a redirect's next request is the same call
+                return await super().send(conn)
+
+        _request_class = Request
+    return _request_class
+
+
 def _proxy_in_env() -> bool:
     names = ("http_proxy", "https_proxy", "all_proxy")
     return any(os.environ.get(n) or os.environ.get(n.upper()) for n in names)
-
-
-async def _headers_sent(session: Any, trace_ctx: Any, params: Any) -> None:
-    # The request left (connection made, headers written): the start that rate
-    # limits count is this one, closest to the request's arrival at the server.
-    cap = (trace_ctx.trace_request_ctx or {}).get("cap")
-    if cap is not None and not getattr(cap, "sent", False):
-        cap.started = time.time()
-        cap.sent = True  # a redirect's next request is the same call
 
 
 async def close_sessions() -> None:
@@ -105,18 +121,20 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
     method = str(spec.get("method") or "GET").upper()
     url = str(spec["url"])
     timeout_ms = spec.get("timeout")
-    # The url's own query string is kept; ``query`` adds to it.
-    split = urllib.parse.urlsplit(url)
-    params: list[tuple[str, str]] = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
-    for k, v in (spec.get("query") or {}).items():
-        for item in v if isinstance(v, list) else [v]:
-            params.append((str(k), _text(item)))
-    url = urllib.parse.urlunsplit(split._replace(query=""))
     kwargs: dict[str, Any] = {
-        "headers": {k: str(v) for k, v in (spec.get("headers") or {}).items()},
-        "params": params,
         "timeout": aiohttp.ClientTimeout(total=(timeout_ms / 1000.0) if timeout_ms else 30.0),
     }
+    if spec.get("headers"):
+        kwargs["headers"] = {k: str(v) for k, v in spec["headers"].items()}
+    if spec.get("query"):
+        # The url's own query string is kept; ``query`` adds to it.
+        split = urllib.parse.urlsplit(url)
+        params = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
+        for k, v in spec["query"].items():
+            for item in v if isinstance(v, list) else [v]:
+                params.append((str(k), _text(item)))
+        url = urllib.parse.urlunsplit(split._replace(query=""))
+        kwargs["params"] = params
     if spec.get("json") is not None:
         kwargs["json"] = spec["json"]
     elif spec.get("body") is not None:
@@ -126,7 +144,8 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
     try:
         session = _session()
         cap.started = time.time()
-        async with session.request(method, url, trace_request_ctx={"cap": cap}, **kwargs) as resp:
+        _call.set(cap)
+        async with session.request(method, url, **kwargs) as resp:
             content = await resp.read()
             status = resp.status
             headers = {k.lower(): ", ".join(resp.headers.getall(k)) for k in resp.headers}

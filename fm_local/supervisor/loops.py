@@ -234,7 +234,12 @@ class Loops(Part):
                 }
             else:
                 item.status = "succeeded"
-                item.set_output(self._item_result(f))
+                sinks = f.graph.sinks
+                sink = f.runs.get(sinks[0]) if len(sinks) == 1 else None
+                if sink is not None and sink.status == "succeeded":
+                    item.share_output(sink)  # a one-sink body's output is the item's
+                else:
+                    item.set_output(self._item_result(f))
         if item.status == "succeeded":
             ls.succeeded += 1
         elif item.status == "failed":

@@ -184,6 +184,12 @@ class Run:
             self._value = loads(self.output_json)
         return self._value
 
+    def share_output(self, other: Run) -> None:
+        """The output of ``other``, as it stands (its JSON text is not built again,
+        nor parsed if it was not yet)."""
+        self._value = other._value
+        self.output_json = other.output_json
+
     def set_output(self, value: Any, text: str | None = None) -> None:
         self._value = value
         self.output_json = text if text is not None else jsonio.bounded_dumps(value)
