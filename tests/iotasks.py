@@ -42,3 +42,13 @@ async def noisy(i):
         print(f"item {i} line {k}")
         await asyncio.sleep(0.01)
     return i
+
+
+_kept: list[bytes] = []
+
+
+async def leak(i, mb, seconds):
+    """Keeps ``mb`` MB for as long as its worker lives (a leak), then naps."""
+    _kept.append(os.urandom(mb * 2**20))
+    await asyncio.sleep(seconds)
+    return {"i": i, "pid": os.getpid()}

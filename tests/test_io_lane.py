@@ -543,6 +543,42 @@ def test_kill9_of_the_daemon_mid_io_loop_loses_nothing(iwf, db, tmp_path, daemon
     assert len(succeeded) == 60 and all(r["n"] == 1 for r in succeeded), "each result once"
 
 
+def test_an_io_worker_past_its_memory_limit_drains_while_a_new_one_takes_over(
+    iwf, db, tmp_path, daemon
+):
+    """--max-worker-memory 150 and async calls that each keep 30 MB: the I/O worker
+    that passes the limit gets no new task, finishes the calls it holds (none is
+    re-run, none is lost) and exits, while a new worker takes the next calls."""
+    d = daemon(workers=1, extra=("--max-worker-memory", "150"))
+    leak = {
+        "id": "leak",
+        "type": "python",
+        "call": "iotasks:leak",
+        "args": {"i": "{{item}}", "mb": 30, "seconds": 0.3},
+    }
+    eid = api.submit(iwf(loop_doc([leak], list(range(16)), maxConcurrency=3)), db=db)
+    res = api.wait(eid, db=db, timeout=120)
+    assert res["status"] == "succeeded", res
+    outs = res["output"]["each"]
+    assert [o["i"] for o in outs] == list(range(16))
+    pids = {o["pid"] for o in outs}
+    assert len(pids) >= 2, "a new I/O worker took over"
+    attempts = query(db, "SELECT path, kind, status FROM attempts WHERE execution_id=?", (eid,))
+    leaks = [a for a in attempts if a["path"].endswith(".leak")]
+    assert len(leaks) == 16 and all(
+        (a["kind"], a["status"]) == ("attempt", "succeeded") for a in leaks
+    ), leaks
+    for r in runs(db, eid, "each[%].leak"):
+        assert r["recoveries"] == 0 and r["worker_pid"] == json.loads(r["output"])["pid"]
+    current = max(pids, key=lambda p: max(o["i"] for o in outs if o["pid"] == p))
+    wait_until(
+        lambda: not any(psutil.pid_exists(p) for p in pids - {current}),
+        30,
+        "the drained I/O workers exited",
+    )
+    d.stop()
+
+
 def test_fm_workers_shows_the_io_worker_and_its_calls(iwf, db, tmp_path, daemon):
     from conftest import fm_cli
 

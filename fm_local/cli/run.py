@@ -111,7 +111,8 @@ def max_worker_memory_option(f: Any) -> Any:
         default=None,
         envvar="FM_WORKER_MAX_RSS_MB",
         metavar="MB",
-        help="Recycle a worker between tasks once its memory (RSS) passes this many MB "
+        help="Recycle a worker between tasks once its memory (RSS) passes this many MB; "
+        "the I/O worker finishes its calls while a new one takes the next "
         "(default 2048; 0: never; env FM_WORKER_MAX_RSS_MB).",
     )(f)
 

@@ -13,6 +13,11 @@ worker confirms once the work has really stopped — a confirmation later than
 ``CANCEL_GRACE`` means the cancellation did not take (a thread that runs on), and
 the worker is replaced: its other tasks are reported lost (they run again, as
 recoveries), like every task of a worker that dies.
+
+A worker past its memory limit (``--max-worker-memory``) says so; it is sent
+nothing more and *drains*: its tasks run to their end while a new worker takes the
+new ones, and it exits once idle (nothing is re-run). A draining worker is
+cancelled, replaced and mourned like the current one.
 """
 
 from __future__ import annotations
@@ -59,9 +64,12 @@ class IOLane:
         self.env = env
         self.max_rss_mb = max_rss_mb
         self._clock = monotonic
-        self.slot: Slot | None = None
+        self.slot: Slot | None = None  # the worker new tasks go to
+        self.draining: list[Slot] = []  # workers past their memory limit, finishing
         # Task id -> (task, when it was sent, in the scheduler's clock).
         self.running: dict[int, tuple[Task, float]] = {}
+        # Task id -> the worker it was sent to (until it ended or its cancel did).
+        self.owner: dict[int, Slot] = {}
         # Task id -> real monotonic time by which its cancellation must be confirmed.
         self.cancelling: dict[int, float] = {}
         # Tasks of a replaced worker, reported lost at the next poll.
@@ -74,6 +82,9 @@ class IOLane:
         if self.slot is None:
             self.slot = spawn("fm_local.executors.ioworker", self._index, self.env, self.max_rss_mb)
             self._index += 1
+
+    def slots(self) -> list[Slot]:
+        return [self.slot, *self.draining] if self.slot is not None else list(self.draining)
 
     @property
     def ready(self) -> bool:
@@ -89,8 +100,10 @@ class IOLane:
         if data is None:
             return bad
         now_m = self._clock()
+        slot = self.slot
         for t in tasks:
             self.running[t["id"]] = (t, now_m)
+            self.owner[t["id"]] = slot
         if not self.slot.ready:
             self.waiting.append(data)
             return bad
@@ -101,35 +114,38 @@ class IOLane:
         return bad
 
     def cancel(self, ids: set[int]) -> list[tuple[Task, bool]]:
-        """Stop these tasks: returns them (each had started); the worker confirms."""
+        """Stop these tasks: returns them (each had started); their worker confirms."""
         out = []
+        by_slot: dict[int, tuple[Slot, list[int]]] = {}
         for tid in ids:
             item = self.running.pop(tid, None)
             if item is not None:
                 out.append((item[0], True))
                 self.cancelling[tid] = time.monotonic() + CANCEL_GRACE
-        if out and self.slot is not None:
-            data = pickle.dumps(("cancel", [t["id"] for t, _ in out]))
-            if not self.slot.ready:
+                slot = self.owner[tid]
+                by_slot.setdefault(id(slot), (slot, []))[1].append(tid)
+        for slot, tids in by_slot.values():
+            data = pickle.dumps(("cancel", tids))
+            if not slot.ready:
                 self.waiting.append(data)  # after the tasks it cancels
-                return out
+                continue
             try:
-                self.slot.inbox.send_bytes(data)
+                slot.inbox.send_bytes(data)
             except OSError:
                 pass
         return out
 
-    def read(self, exited: bool) -> list[tuple[Task, tuple[Any, ...]]]:
-        """Every complete message the worker wrote: the results of tasks still
+    def read(self, slot: Slot, exited: bool) -> list[tuple[Task, tuple[Any, ...]]]:
+        """Every complete message ``slot``'s worker wrote: the results of tasks still
         wanted (a cancelled task's late result is dropped)."""
-        assert self.slot is not None
-        conn = self.slot.outbox
+        conn = slot.outbox
         done: list[tuple[Task, tuple[Any, ...]]] = []
         while conn.poll(0):
             msg = pickle.loads(conn.recv_bytes())
             kind = msg[0]
             if kind == "results":
                 for result in msg[1]:
+                    self.owner.pop(result[0], None)
                     item = self.running.pop(result[0], None)
                     if item is not None:
                         done.append((item[0], result))
@@ -137,22 +153,36 @@ class IOLane:
                         self.cancelling.pop(result[0], None)
             elif kind == "cancelled":
                 for tid in msg[1]:
+                    self.owner.pop(tid, None)
                     self.cancelling.pop(tid, None)
+            elif kind == "retiring" and slot is self.slot:
+                # Over its memory limit: new tasks go to a new worker (started with
+                # the next of them); this one finishes what it has, then exits.
+                self.draining.append(slot)
+                self.slot = None
+                try:
+                    slot.inbox.send_bytes(pickle.dumps(("drain",)))
+                except OSError:
+                    pass  # the death shows up in poll()
             elif kind == "ready":
-                self.slot.ready = True
+                slot.ready = True
                 waiting, self.waiting = self.waiting, []
                 for data in waiting:
                     try:
-                        self.slot.inbox.send_bytes(data)
+                        slot.inbox.send_bytes(data)
                     except OSError:
                         break  # the death shows up in poll()
             if exited and not conn.poll(0):
                 break
         return done
 
-    def overdue(self) -> bool:
+    def overdue(self) -> list[Slot]:
+        """The workers that did not confirm a cancellation in time."""
         now = time.monotonic()
-        return any(due <= now for due in self.cancelling.values())
+        late = {
+            id(self.owner[t]): self.owner[t] for t, due in self.cancelling.items() if due <= now
+        }
+        return list(late.values())
 
     def next_check(self) -> float | None:
         """When (the scheduler's clock) the earliest cancellation is due."""
@@ -160,15 +190,22 @@ class IOLane:
             return None
         return self._clock() + max(0.0, min(self.cancelling.values()) - time.monotonic())
 
-    def replace(self, reason: str, kill: bool) -> None:
-        """Replace the worker; what it ran is reported lost at the next poll."""
-        slot = self.slot
-        if slot is None:
+    def replace(self, slot: Slot, reason: str, kill: bool) -> None:
+        """Replace ``slot``'s worker (the current one, or a draining one); the tasks
+        it ran are reported lost at the next poll. A drained worker that exited
+        with nothing left is let go."""
+        held = [task for tid, (task, _) in self.running.items() if self.owner[tid] is slot]
+        for tid in [tid for tid, s in self.owner.items() if s is slot]:
+            del self.owner[tid]
+            self.running.pop(tid, None)
+            self.cancelling.pop(tid, None)
+        if slot is self.slot:
+            self.waiting = []
+            self.slot = None  # a new one starts with the next task
+        elif slot in self.draining:
+            self.draining.remove(slot)
+        else:
             return
-        held = [task for task, _ in self.running.values()]
-        self.running.clear()
-        self.cancelling.clear()
-        self.waiting = []
         if held:
             self.lost.append((held, reason))
         procs = descendants(slot.pid)
@@ -176,4 +213,3 @@ class IOLane:
             killpg(slot.pid, signal.SIGTERM)
         self.dying.append((slot.proc, time.monotonic() + 0.5, procs))
         close(slot)
-        self.slot = None  # a new one starts with the next task

@@ -88,6 +88,12 @@ class IOWorker:
         self.hold_shift = 0.0
         self.last_held = 0.0
         self.hold_window = 0.0
+        # Past its memory limit (--max-worker-memory) this worker says so and the
+        # supervisor sends it nothing more ("drain"): it ends once its tasks have.
+        mb = os.environ.get("FM_WORKER_MAX_RSS_MB")
+        self.max_rss = int(mb or base.DEFAULT_MAX_RSS_MB) * 2**20
+        self.retiring = False
+        self.draining = False
 
     def send(self, msg: tuple[Any, ...]) -> None:
         self.outbox.send_bytes(pickle.dumps(msg, protocol=5))
@@ -116,8 +122,17 @@ class IOWorker:
         elif kind == "drop":
             # Nothing waits here: every task starts when it arrives.
             pass
+        elif kind == "drain":
+            self.draining = True
+            if not self.tasks:
+                self.stop()
         elif kind == "stop":
             self.stop()
+
+    def check_memory(self) -> None:
+        if self.max_rss and not self.retiring and base._rss_bytes() > self.max_rss:
+            self.retiring = True
+            self.send(("retiring",))
 
     async def run(self, task: dict[str, Any]) -> None:
         tid = task["id"]
@@ -137,6 +152,8 @@ class IOWorker:
             self.tasks.pop(tid, None)
             self.cancelling.discard(tid)
             self._schedule_flush()
+            if self.draining and not self.tasks:
+                self.stop()  # after that flush: it was scheduled first
 
     async def hold(self, not_before: float, window: float) -> None:
         """A task handed over ahead of its turn under a rate limit starts at its turn.
@@ -199,7 +216,11 @@ async def serve(box: IOWorker) -> None:
     loop = asyncio.get_running_loop()
     loop.add_reader(box.inbox.fileno(), box.on_readable)
     box.send(("ready", os.getpid()))
-    await box.done.wait()
+    while not box.done.is_set():
+        try:
+            await asyncio.wait_for(box.done.wait(), base.MEMORY_CHECK_INTERVAL)
+        except TimeoutError:
+            box.check_memory()
     loop.remove_reader(box.inbox.fileno())
     if box.tasks:
         await asyncio.wait(list(box.tasks.values()), timeout=1.0)

@@ -172,9 +172,10 @@ class ProcessExecutor:
     def shutdown(self) -> None:
         """Stop every worker: idle ones exit at once; one still running a node is
         stopped with everything its node started."""
-        if self.io is not None and self.io.slot is not None:
-            self.slots.append(self.io.slot)  # stopped with the others
+        if self.io is not None:
+            self.slots.extend(self.io.slots())  # stopped with the others
             self.io.slot = None
+            self.io.draining = []
         for slot in self.slots:
             try:
                 slot.inbox.send_bytes(pickle.dumps(("stop",)))
@@ -201,7 +202,7 @@ class ProcessExecutor:
             killpg(proc.pid, signal.SIGKILL)
             kill_all(tree)
             proc.wait()
-        self._dying = []
+        self._dying.clear()
 
     # --- scheduling -----------------------------------------------------------------
 
@@ -288,11 +289,12 @@ class ProcessExecutor:
                 events.append(Lost([(t, True) for t in tasks], why))
             io.lost = []
         for kind, slot, payload in self._poll(timeout, extra):
-            if io is not None and slot is io.slot:
+            if kind == "io" or kind == "io-gone":
+                assert io is not None
                 if kind == "io":
                     events.append(Finished(payload))
-                elif kind == "died":
-                    io.replace(f"worker process {slot.pid} died", kill=False)
+                else:
+                    io.replace(slot, f"worker process {slot.pid} died", kill=False)
                     for tasks, why in io.lost:
                         events.append(Lost([(t, True) for t in tasks], why))
                     io.lost = []
@@ -312,8 +314,9 @@ class ProcessExecutor:
         self._reap()
         slots = self.slots
         io = self.io
-        if io is not None and io.slot is not None:
-            slots = [*slots, io.slot]
+        io_slots = io.slots() if io is not None else []
+        if io_slots:
+            slots = [*slots, *io_slots]
         by_conn: dict[Any, Slot] = {s.outbox: s for s in slots}
         for s in slots:
             if s.pidfd is not None:
@@ -337,8 +340,8 @@ class ProcessExecutor:
                 continue
             seen.add(id(slot))
             try:
-                if io is not None and slot is io.slot:
-                    done = io.read(exited=slot in gone)
+                if io is not None and slot in io_slots:
+                    done = io.read(slot, exited=slot in gone)
                     if done:
                         events.append(("io", slot, done))
                 else:
@@ -346,8 +349,16 @@ class ProcessExecutor:
             except (EOFError, OSError, pickle.UnpicklingError):
                 gone.add(slot)
         for slot in gone:
-            if io is not None and slot is io.slot:
-                events.append(("died", slot, []))
+            if slot in io_slots:
+                if id(slot) not in seen:
+                    # What it wrote before it exited (a drained worker's last results).
+                    try:
+                        done = io.read(slot, exited=True)  # type: ignore[union-attr]
+                        if done:
+                            events.append(("io", slot, done))
+                    except (EOFError, OSError, pickle.UnpicklingError):
+                        pass
+                events.append(("io-gone", slot, []))
                 continue
             if slot not in self.slots:
                 continue
@@ -467,12 +478,14 @@ class ProcessExecutor:
 
     def reclaim(self, now_m: float) -> None:
         io = self.io
-        if io is not None and io.cancelling and io.overdue() and io.slot is not None:
-            # A cancellation did not take (a thread that runs on): replace the worker.
-            io.replace(
-                f"I/O worker process {io.slot.pid} replaced: a cancelled node did not stop",
-                kill=True,
-            )
+        if io is not None and io.cancelling:
+            for late in io.overdue():
+                # A cancellation did not take (a thread that runs on): replace the worker.
+                io.replace(
+                    late,
+                    f"I/O worker process {late.pid} replaced: a cancelled node did not stop",
+                    kill=True,
+                )
         for slot in self.slots:
             inflight = slot.inflight
             if len(inflight) < 2:
@@ -495,9 +508,13 @@ class ProcessExecutor:
 
     def io_workers(self) -> list[tuple[int, int]]:
         io = self.io
-        if io is None or io.slot is None:
+        if io is None:
             return []
-        return [(io.slot.pid, len(io.running))]
+        n: dict[int, int] = {}
+        for tid in io.running:
+            pid = io.owner[tid].pid
+            n[pid] = n.get(pid, 0) + 1
+        return [(s.pid, n.get(s.pid, 0)) for s in io.slots()]
 
     def _replace(self, slot: Slot, *, kill: bool) -> None:
         if slot not in self.slots:
@@ -532,7 +549,8 @@ class ProcessExecutor:
                 killpg(proc.pid, signal.SIGKILL)
                 kill_all(tree)
             keep.append((proc, kill_at, tree))
-        self._dying = keep
+        # In place: the I/O lane appends to this same list.
+        self._dying[:] = keep
 
     def _kill_orphans(self) -> None:
         """Processes of a dead worker's nodes, reparented to us: kill and reap them."""
@@ -544,8 +562,8 @@ class ProcessExecutor:
         except OSError:
             return
         known = {s.pid for s in self.slots} | {p.pid for p, _, _ in self._dying}
-        if self.io is not None and self.io.slot is not None:
-            known.add(self.io.slot.pid)
+        if self.io is not None:
+            known.update(s.pid for s in self.io.slots())
         unknown = pids - known - self.detached
         if not unknown:
             return
