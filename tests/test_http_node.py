@@ -7,6 +7,7 @@ request it receives is recorded, so the tests count real hits and their times.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import run_wf, show
+from conftest import query, run_wf, show
 
 SLOW_ROUTE_SECONDS = 10  # /slow answers this long after the request arrived
 
@@ -138,6 +139,12 @@ def test_json_response_output_shape(wf, db, server):
     assert headers["x-test-server"] == "fm"
     assert headers["content-type"] == "application/json"
     assert server.count("/json") == 1
+    # One log line per call, written when it ended.
+    logs = query(db, "SELECT line FROM logs WHERE execution_id=?", (res["id"],))
+    assert len(logs) == 1
+    assert re.fullmatch(
+        rf"GET {re.escape(server.url('/json'))} -> 200 \(\d+ bytes\)", logs[0]["line"]
+    )
 
 
 def test_text_response_body_is_text(wf, db, server):
@@ -237,6 +244,8 @@ def test_connection_refused_is_network(wf, db, server):
     rec = node_record(db, res["id"], "down")
     assert rec["error"]["code"] == "NETWORK"
     assert res["error"]["code"] == "NETWORK"
+    logs = query(db, "SELECT line FROM logs WHERE execution_id=?", (res["id"],))
+    assert [r["line"] for r in logs] == [f"GET http://127.0.0.1:{port}/x -> ClientConnectorError"]
 
 
 def test_node_timeout_on_slow_route(wf, db, server):

@@ -140,7 +140,7 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
     elif spec.get("body") is not None:
         raw = spec["body"]
         kwargs["data"] = raw if isinstance(raw, (str, bytes)) else str(raw)
-    cap.add("log", f"{method} {url}")
+    # One log line per call, written when it ended: "GET url -> 200 (12 bytes)".
     try:
         session = _session()
         cap.started = time.time()
@@ -151,8 +151,10 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
             headers = {k.lower(): ", ".join(resp.headers.getall(k)) for k in resp.headers}
             charset = resp.charset or "utf-8"
     except TimeoutError as exc:
+        cap.add("log", f"{method} {url} -> timed out")
         raise errors.NodeError(f"{method} {url}: timed out", errors.TIMEOUT) from exc
     except (aiohttp.ClientError, OSError, ValueError) as exc:
+        cap.add("log", f"{method} {url} -> {type(exc).__name__}")
         raise errors.NodeError(
             f"{method} {url}: {type(exc).__name__}: {exc}", errors.NETWORK
         ) from exc
@@ -166,7 +168,7 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
             body = json.loads(text)
         except ValueError:
             body = text
-    cap.add("log", f"-> {status} ({len(content)} bytes)")
+    cap.add("log", f"{method} {url} -> {status} ({len(content)} bytes)")
     out = {"status": status, "headers": headers, "body": body}
     if status >= 400:
         details: dict[str, Any] = {"status": status, "body": body}
