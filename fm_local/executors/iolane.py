@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fm_local.executors import StartingOffer, Task
-from fm_local.executors.procs import Slot, close, descendants, encode_tasks, killpg, spawn
+from fm_local.executors.procs import Frames, Slot, close, descendants, encode_tasks, killpg, spawn
 
 CANCEL_GRACE = 1.0  # seconds a cancelled task may take to stop
 
@@ -135,13 +135,15 @@ class IOLane:
                 pass
         return out
 
-    def read(self, slot: Slot, exited: bool) -> list[tuple[Task, tuple[Any, ...]]]:
-        """Every complete message ``slot``'s worker wrote: the results of tasks still
-        wanted (a cancelled task's late result is dropped)."""
-        conn = slot.outbox
+    def read(self, slot: Slot) -> tuple[list[tuple[Task, tuple[Any, ...]]], bool]:
+        """Every complete message ``slot``'s worker wrote, read without waiting for
+        one it is still writing: the results of tasks still wanted (a cancelled
+        task's late result is dropped), and whether the worker closed its pipe."""
+        if slot.frames is None:
+            slot.frames = Frames(slot.outbox.fileno())
         done: list[tuple[Task, tuple[Any, ...]]] = []
-        while conn.poll(0):
-            msg = pickle.loads(conn.recv_bytes())
+        for data in slot.frames.read():
+            msg = pickle.loads(data)
             kind = msg[0]
             if kind == "results":
                 for result in msg[1]:
@@ -172,9 +174,7 @@ class IOLane:
                         slot.inbox.send_bytes(data)
                     except OSError:
                         break  # the death shows up in poll()
-            if exited and not conn.poll(0):
-                break
-        return done
+        return done, slot.frames.eof
 
     def overdue(self) -> list[Slot]:
         """The workers that did not confirm a cancellation in time."""

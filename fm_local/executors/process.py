@@ -341,9 +341,11 @@ class ProcessExecutor:
             seen.add(id(slot))
             try:
                 if io is not None and slot in io_slots:
-                    done = io.read(slot, exited=slot in gone)
+                    done, closed = io.read(slot)
                     if done:
                         events.append(("io", slot, done))
+                    if closed:
+                        gone.add(slot)
                 else:
                     self._read(slot, events, exited=slot in gone)
             except (EOFError, OSError, pickle.UnpicklingError):
@@ -353,7 +355,7 @@ class ProcessExecutor:
                 if id(slot) not in seen:
                     # What it wrote before it exited (a drained worker's last results).
                     try:
-                        done = io.read(slot, exited=True)  # type: ignore[union-attr]
+                        done, _ = io.read(slot)  # type: ignore[union-attr]
                         if done:
                             events.append(("io", slot, done))
                     except (EOFError, OSError, pickle.UnpicklingError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import subprocess
 import sys
 from collections import deque
@@ -30,6 +31,7 @@ class Slot:
     pidfd: int | None = None  # readable once the worker process has exited
     retiring: bool = False  # over its memory limit: handing back, then stopping
     dropping: set[int] = field(default_factory=set)  # asked back, answer pending
+    frames: Frames | None = None  # the outbox read without blocking (the I/O lane)
 
     @property
     def pid(self) -> int:
@@ -38,6 +40,42 @@ class Slot:
     @property
     def busy(self) -> int:
         return len(self.inflight)
+
+
+class Frames:
+    """The messages of a worker's pipe, read without ever blocking: a message that
+    is only partly written waits in a buffer for the rest, so the supervisor never
+    waits on a worker that is busy writing (the I/O worker writes its results as its
+    event loop finds the pipe writable). Frames are those of
+    ``Connection.send_bytes`` (a 4-byte big-endian length, then the bytes)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.buf = bytearray()
+        self.eof = False
+
+    def read(self) -> list[bytes]:
+        """Every message complete so far (``eof`` is set once the writer is gone)."""
+        while not self.eof:
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.eof = True
+            self.buf += chunk
+        out = []
+        buf, pos, end = self.buf, 0, len(self.buf)
+        while end - pos >= 4:
+            (n,) = struct.unpack_from("!i", buf, pos)
+            if n < 0 or end - pos - 4 < n:
+                break
+            out.append(bytes(buf[pos + 4 : pos + 4 + n]))
+            pos += 4 + n
+        if pos:
+            del buf[:pos]
+        return out
 
 
 def spawn(module: str, index: int, env: dict[str, str] | None, max_rss_mb: int | None) -> Slot:
