@@ -239,8 +239,10 @@ def encode_output(value: Any, what: str) -> tuple[str | None, dict[str, Any] | N
         )
 
 
-# A worker node type's runner is fm_local.runners.<type>, with run(task, cap).
+# A worker node type's runner is fm_local.runners.<type>, with run(task, cap) (and
+# ``async def run_async(task, cap)`` if it runs on the I/O lane).
 RUNNERS: dict[str, Callable[[dict[str, Any], LogCapture], Any]] = {}
+ASYNC_RUNNERS: dict[str, Callable[[dict[str, Any], LogCapture], Any]] = {}
 
 
 def runner(kind: str) -> Callable[[dict[str, Any], LogCapture], Any]:
@@ -361,10 +363,13 @@ async def run_task_async(task: dict[str, Any]) -> tuple[Any, ...]:
     started = time.time()
     kind = task["type"]
     try:
-        module = importlib.import_module(f"fm_local.runners.{kind}")
-        run = getattr(module, "run_async", None)
+        run = ASYNC_RUNNERS.get(kind)
         if run is None:
-            raise errors.FatalError(f"a {kind} node does not run on the I/O lane")
+            runner(kind)  # its module imported, or FatalError
+            run = getattr(sys.modules[f"fm_local.runners.{kind}"], "run_async", None)
+            if run is None:
+                raise errors.FatalError(f"a {kind} node does not run on the I/O lane")
+            ASYNC_RUNNERS[kind] = run
         value = await run(task, cap)
         out, err = encode_output(value, f"node '{task['ctx']['nodePath']}'")
     except asyncio.CancelledError:
