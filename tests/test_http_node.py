@@ -147,6 +147,20 @@ def test_json_response_output_shape(wf, db, server):
     )
 
 
+def test_logs_and_errors_leave_out_the_query_string(wf, db, server):
+    """A url's query string may carry a key: the log line and an error message name
+    the url without it (the request itself carries it)."""
+    res = run_wf(wf(one_node(http("q", server.url("/json?api_key=s3cret")))), db)
+    assert res["status"] == "succeeded", res
+    assert res["output"]["q"]["body"]["query"] == {"api_key": ["s3cret"]}
+    res = run_wf(wf(one_node(http("nf", server.url("/missing?api_key=s3cret")))), db)
+    assert res["status"] == "failed"
+    assert "s3cret" not in json.dumps(res["error"])
+    lines = [r["line"] for r in query(db, "SELECT line FROM logs")]
+    assert len(lines) == 2 and not any("s3cret" in line for line in lines), lines
+    assert lines[0].startswith(f"GET {server.url('/json')} -> 200 (")
+
+
 def test_text_response_body_is_text(wf, db, server):
     res = run_wf(wf(one_node(http("t", server.url("/text")))), db)
     assert res["status"] == "succeeded", res

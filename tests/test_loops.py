@@ -351,3 +351,29 @@ def test_hundred_items_with_limits_compose(wf, db, tmp_path):
         st.conn.execute("SELECT count(*) FROM node_runs WHERE node_type='item'").fetchone()[0]
         == 100
     )
+
+
+def test_an_item_output_is_compact_json_even_when_its_body_is_a_loop(wf, db):
+    """An item whose one-node body is a loop: the item's recorded output is the
+    compact JSON of the inner loop's value (an inner loop's own text spells some
+    errors with spaces), as every other item output is."""
+    import json
+
+    inner = {
+        "id": "inner",
+        "type": "loop",
+        "arrayPath": "{{ [0, 1, 2] }}",
+        "policy": {"onPartialFailure": "collect", "failFast": True},
+        "body": {"nodes": [{"id": "t", "type": "transform", "expression": "1 / item"}]},
+    }
+    outer = {"id": "outer", "type": "loop", "arrayPath": "{{ [0] }}", "body": {"nodes": [inner]}}
+    res = run_wf(wf({"name": "nested", "nodes": [outer]}), db)
+    assert res["status"] == "succeeded", res
+    rows = dict(
+        Store(db).conn.execute(
+            "SELECT path, output FROM node_runs WHERE execution_id=?", (res["id"],)
+        )
+    )
+    value = json.loads(rows["outer[0].inner"])
+    assert value["failureCount"] == 3
+    assert rows["outer[0]"] == json.dumps(value, separators=(",", ":"))

@@ -138,13 +138,19 @@ class IOLane:
     def read(self, slot: Slot) -> tuple[list[tuple[Task, tuple[Any, ...]]], bool]:
         """Every complete message ``slot``'s worker wrote, read without waiting for
         one it is still writing: the results of tasks still wanted (a cancelled
-        task's late result is dropped), and whether the worker closed its pipe."""
+        task's late result is dropped), and whether the worker closed its pipe — or
+        wrote something that is not a message, which counts the same: it is replaced,
+        and what it still held is reported lost, while the results read before it
+        are kept."""
         if slot.frames is None:
             slot.frames = Frames(slot.outbox.fileno())
         done: list[tuple[Task, tuple[Any, ...]]] = []
         for data in slot.frames.read():
-            msg = pickle.loads(data)
-            kind = msg[0]
+            try:
+                msg = pickle.loads(data)
+                kind = msg[0]
+            except Exception:  # noqa: BLE001 - garbage on the pipe
+                return done, True
             if kind == "results":
                 for result in msg[1]:
                     self.owner.pop(result[0], None)
@@ -169,9 +175,9 @@ class IOLane:
             elif kind == "ready":
                 slot.ready = True
                 waiting, self.waiting = self.waiting, []
-                for data in waiting:
+                for queued in waiting:
                     try:
-                        slot.inbox.send_bytes(data)
+                        slot.inbox.send_bytes(queued)
                     except OSError:
                         break  # the death shows up in poll()
         return done, slot.frames.eof

@@ -162,11 +162,14 @@ class ProcessExecutor:
     def wait_ready(self, timeout: float) -> None:
         """Wait (bounded) until every worker has started and reported ready."""
         deadline = time.monotonic() + timeout
+        io = self.io
         while (
-            any(not s.ready for s in self.slots) or (self.io is not None and not self.io.ready)
+            any(not s.ready for s in self.slots)
+            # (An I/O worker that retired at once is replaced with the next I/O task.)
+            or (io is not None and io.slot is not None and not io.ready)
         ) and time.monotonic() < deadline:
             for kind, slot, _ in self._poll(0.05):
-                if kind == "died":
+                if kind == "died" or kind == "io-gone":
                     raise RuntimeError(f"worker process {slot.pid} died while starting")
 
     def shutdown(self) -> None:

@@ -141,6 +141,10 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
         raw = spec["body"]
         kwargs["data"] = raw if isinstance(raw, (str, bytes)) else str(raw)
     # One log line per call, written when it ended: "GET url -> 200 (12 bytes)".
+    # Logs and errors name the url without its query string (it may hold a key).
+    shown = url
+    if "?" in shown:
+        shown = urllib.parse.urlunsplit(urllib.parse.urlsplit(shown)._replace(query=""))
     try:
         session = _session()
         cap.started = time.time()
@@ -151,12 +155,12 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
             headers = {k.lower(): ", ".join(resp.headers.getall(k)) for k in resp.headers}
             charset = resp.charset or "utf-8"
     except TimeoutError as exc:
-        cap.add("log", f"{method} {url} -> timed out")
-        raise errors.NodeError(f"{method} {url}: timed out", errors.TIMEOUT) from exc
+        cap.add("log", f"{method} {shown} -> timed out")
+        raise errors.NodeError(f"{method} {shown}: timed out", errors.TIMEOUT) from exc
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        cap.add("log", f"{method} {url} -> {type(exc).__name__}")
+        cap.add("log", f"{method} {shown} -> {type(exc).__name__}")
         raise errors.NodeError(
-            f"{method} {url}: {type(exc).__name__}: {exc}", errors.NETWORK
+            f"{method} {shown}: {type(exc).__name__}: {exc}", errors.NETWORK
         ) from exc
     try:
         text = content.decode(charset, errors="replace")
@@ -168,7 +172,7 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
             body = json.loads(text)
         except ValueError:
             body = text
-    cap.add("log", f"{method} {url} -> {status} ({len(content)} bytes)")
+    cap.add("log", f"{method} {shown} -> {status} ({len(content)} bytes)")
     out = {"status": status, "headers": headers, "body": body}
     if status >= 400:
         details: dict[str, Any] = {"status": status, "body": body}
@@ -181,5 +185,5 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
             code = errors.SERVER_ERROR
         else:
             code = errors.CLIENT_ERROR
-        raise errors.NodeError(f"{method} {url}: HTTP {status}", code, details)
+        raise errors.NodeError(f"{method} {shown}: HTTP {status}", code, details)
     return out

@@ -236,8 +236,10 @@ class Loops(Part):
                 item.status = "succeeded"
                 sinks = f.graph.sinks
                 sink = f.runs.get(sinks[0]) if len(sinks) == 1 else None
-                if sink is not None and sink.status == "succeeded":
-                    item.share_output(sink)  # a one-sink body's output is the item's
+                if sink is not None and sink.status == "succeeded" and sink.ntype != "loop":
+                    # A one-sink body's output is the item's: its compact JSON text as
+                    # it is (an inner loop's assembled text is not always compact).
+                    item.share_output(sink)
                 else:
                     item.set_output(self._item_result(f))
         if item.status == "succeeded":
