@@ -29,15 +29,19 @@ class HttpNode(NodeBase):
 
 
 def task(node: HttpNode, scope: Scope) -> dict[str, Any]:
-    return {
-        "method": expr.render_value(node.method, scope),
-        "url": expr.render_value(node.url, scope),
-        "headers": expr.render_value(node.headers, scope),
-        "query": expr.render_value(node.query, scope),
-        "json": expr.render_value(node.json_body, scope),
-        "body": expr.render_value(node.body, scope),
-        "timeout": node.timeout,
-    }
+    # One rendering of all the fields: one time, step and memory budget for the node.
+    spec: dict[str, Any] = expr.render_value(
+        {
+            "method": node.method,
+            "url": node.url,
+            "headers": node.headers,
+            "query": node.query,
+            "json": node.json_body,
+            "body": node.body,
+        },
+        scope,
+    )
+    return {**spec, "timeout": node.timeout}
 
 
 _TEMPLATES = (
