@@ -219,7 +219,9 @@ def test_a_fast_rate_limit_holds_when_tasks_go_out_ahead_of_their_turn(iwf, db, 
 
 def test_a_429_holds_the_shared_limiter_for_its_retry_after(iwf, db, server):
     """The first call gets 429 with Retry-After: 2. The loop's other calls go through
-    the same limiter: none reaches the server until 2 s after the 429."""
+    the same limiter (5/s, six in flight allowed): none reaches the server until 2 s
+    after the 429, where the limiter alone would have let the next one go 0.2 s
+    after it."""
     doc = loop_doc(
         [
             {
@@ -230,8 +232,8 @@ def test_a_429_holds_the_shared_limiter_for_its_retry_after(iwf, db, server):
             }
         ],
         list(range(6)),
-        maxConcurrency=1,
-        rateLimit={"rate": 50, "per": 1000},
+        maxConcurrency=6,
+        rateLimit={"rate": 1, "per": 200},
     )
     res = run_wf(iwf(doc), db)
     assert res["status"] == "succeeded", res
@@ -651,3 +653,35 @@ def test_the_io_worker_never_blocks_on_a_full_pipe() -> None:
     assert asyncio.run(main()) > 1000, "the loop kept running while the pipe was full"
     reader.close()
     os.close(w)
+
+
+def test_a_task_cancelled_before_it_took_a_step_is_answered_at_once() -> None:
+    """A task and its cancel read in the same turn of the I/O worker's loop (as after
+    the worker started, when what waited for it goes out at once): the task never
+    runs, and the worker says at once that it is cancelled — no silence that the
+    supervisor would take, after its grace, for a cancellation that did not take."""
+    import asyncio
+    import pickle
+    from multiprocessing.connection import Connection
+
+    from fm_local.executors.ioworker import IOWorker, Outbox
+
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    reader = Connection(r_out, writable=False)
+    task = {"id": 7, "type": "python", "spec": {}, "ctx": {"nodePath": "x"}}
+
+    async def main() -> IOWorker:
+        box = IOWorker(Connection(r_in, writable=False), Outbox(w_out))
+        box.handle(("tasks", [task]))
+        box.handle(("cancel", [7]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return box
+
+    box = asyncio.run(main())
+    assert not box.tasks
+    assert reader.poll(5)
+    assert pickle.loads(reader.recv_bytes()) == ("cancelled", [7])
+    for fd in (w_in,):
+        os.close(fd)

@@ -22,6 +22,7 @@ cancelled, replaced and mourned like the current one.
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import time
@@ -80,7 +81,9 @@ class IOLane:
 
     def start(self) -> None:
         if self.slot is None:
-            self.slot = spawn("fm_local.executors.ioworker", self._index, self.env, self.max_rss_mb)
+            env = dict(os.environ if self.env is None else self.env)
+            env["FM_IO_CONCURRENCY"] = str(self.concurrency)  # its thread pool's size
+            self.slot = spawn("fm_local.executors.ioworker", self._index, env, self.max_rss_mb)
             self._index += 1
 
     def slots(self) -> list[Slot]:

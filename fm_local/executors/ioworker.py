@@ -78,6 +78,7 @@ class IOWorker:
         self.inbox = inbox
         self.outbox = outbox
         self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self.begun: set[int] = set()  # tasks whose coroutine has started
         self.cancelling: set[int] = set()
         self.results: list[tuple[Any, ...]] = []
         self.cancelled: list[int] = []
@@ -117,8 +118,19 @@ class IOWorker:
                 running = self.tasks.get(tid)
                 if running is None:
                     continue  # ended already: its result is on the way
+                if tid not in self.begun:
+                    # Cancelled before its coroutine took a step (it came in the same
+                    # read as its task): it never runs, so nothing of run() would
+                    # answer for it. Answer now.
+                    running.cancel()
+                    del self.tasks[tid]
+                    self.cancelled.append(tid)
+                    self._schedule_flush()
+                    continue
                 self.cancelling.add(tid)
                 running.cancel()
+            if self.draining and not self.tasks:
+                self.stop()
         elif kind == "drop":
             # Nothing waits here: every task starts when it arrives.
             pass
@@ -136,6 +148,7 @@ class IOWorker:
 
     async def run(self, task: dict[str, Any]) -> None:
         tid = task["id"]
+        self.begun.add(tid)
         try:
             if task.get("notBefore") is not None:
                 await self.hold(task["notBefore"], task.get("holdWindow", 1.0))
@@ -150,6 +163,7 @@ class IOWorker:
                 self.results.append(result)
         finally:
             self.tasks.pop(tid, None)
+            self.begun.discard(tid)
             self.cancelling.discard(tid)
             self._schedule_flush()
             if self.draining and not self.tasks:
@@ -246,8 +260,12 @@ def main(argv: list[str]) -> int:
 
     runners.capture_by_task()
     box = IOWorker(Connection(rfd, writable=False), Outbox(wfd))
+    # Not asyncio.run: its shutdown waits, with no time limit, for every thread of
+    # the loop's default executor, and a node's hung asyncio.to_thread call would
+    # keep this worker (a draining one too) alive for good.
+    loop = asyncio.new_event_loop()
     try:
-        asyncio.run(serve(box))
+        loop.run_until_complete(serve(box))
     finally:
         base.kill_descendants()
     return 0

@@ -228,7 +228,11 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
     if _threads is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _threads = ThreadPoolExecutor(max_workers=256, thread_name_prefix="fm-io")
+        # As many threads as calls may be in flight on the lane: a call never waits
+        # for a thread, so it starts when the limits let it (rate limits count it
+        # from then). Threads are made only as they are needed.
+        n = int(os.environ.get("FM_IO_CONCURRENCY") or 1000)
+        _threads = ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="fm-io")
     import contextvars
     import functools
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from fm_local import errors
 from fm_local.executors import Task
+from fm_local.retries import retry_after_ms
 from fm_local.supervisor.state import (
     _UNSET,
     Part,
@@ -169,8 +170,7 @@ class Results(Part):
         """A 429 went through shared limiters: none of them starts anything until its
         Retry-After has passed (one interval of the limiter without one), so the
         rest of a loop does not hammer the API meanwhile."""
-        details = err.get("details")
-        ra = details.get("retryAfterMs") if isinstance(details, dict) else None
+        ra = retry_after_ms(err)
         for lim, _ in run.gate_marks or ():
-            pause = ra / 1000.0 if isinstance(ra, (int, float)) else lim.interval
+            pause = ra / 1000.0 if ra is not None else lim.interval
             lim.hold(max(finished, self.clock.time()) + pause)
