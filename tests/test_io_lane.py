@@ -685,3 +685,24 @@ def test_a_task_cancelled_before_it_took_a_step_is_answered_at_once() -> None:
     assert pickle.loads(reader.recv_bytes()) == ("cancelled", [7])
     for fd in (w_in,):
         os.close(fd)
+
+
+def test_items_cut_short_by_a_cancel_are_cancelled_not_succeeded(iwf, db, tmp_path, daemon):
+    """The execution is cancelled with ten calls in flight: each item ends as its
+    body did — cancelled where the call was stopped (an item whose body was cut short
+    was recorded as succeeded), succeeded only where the call had ended."""
+    from conftest import fm_cli
+
+    d = daemon(workers=1)
+    eid = api.submit(iwf(nap_loop(tmp_path, 30, 5, 10)), db=db)
+    wait_until(lambda: len(events(tmp_path)) >= 10, 60, "10 calls in flight")
+    assert fm_cli(db, "cancel", eid).exit_code == 0
+    res = api.wait(eid, db=db, timeout=60)
+    d.stop()
+    assert res["status"] == "cancelled"
+    rows = query(db, "SELECT path, status FROM node_runs WHERE execution_id=?", (eid,))
+    status = {r["path"]: r["status"] for r in rows}
+    items = [p for p in status if p.startswith("each[") and p.endswith("]")]
+    assert len(items) == 10
+    for p in items:
+        assert status[p] == status[p + ".nap"] == "cancelled", (p, status[p], status[p + ".nap"])

@@ -225,7 +225,9 @@ class Loops(Part):
             if f.failure is not None:
                 item.status = "failed"
                 item.error = f.failure
-            elif f.halted or f.resolved < len(f.graph.nodes):
+            elif f.stopped() or f.resolved < len(f.graph.nodes):
+                # Stopped from above too (the execution cancelled, a fail-fast of an
+                # enclosing frame): its body was cut short, whatever ended it.
                 item.status = "cancelled"
                 item.error = item.error or {
                     "code": errors.CANCELLED,
