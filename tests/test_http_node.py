@@ -262,6 +262,28 @@ def test_connection_refused_is_network(wf, db, server):
     assert [r["line"] for r in logs] == [f"GET http://127.0.0.1:{port}/x -> ClientConnectorError"]
 
 
+def test_a_url_that_is_not_http_fails_at_once_without_a_traceback(wf, db, server):
+    """ftp://… or no url at all: VALIDATION_ERROR, not retried (a network error would
+    be), and no traceback of the http client's internals."""
+    for url in ("ftp://127.0.0.1/x", "not a url"):
+        node = http("bad", url, retry={"maxAttempts": 3, "initialDelay": 10})
+        res = run_wf(wf(one_node(node)), db)
+        assert res["status"] == "failed"
+        rec = node_record(db, res["id"], "bad")
+        assert rec["error"]["code"] == "VALIDATION_ERROR", rec["error"]
+        assert rec["attempts"] == 1
+        assert "traceback" not in (rec["error"].get("details") or {}), rec["error"]
+    # A network error has no traceback either; its message names the cause.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = run_wf(wf(one_node(http("down", f"http://127.0.0.1:{port}/x"))), db)
+    rec = node_record(db, res["id"], "down")
+    assert rec["error"]["code"] == "NETWORK"
+    assert "traceback" not in (rec["error"].get("details") or {}), rec["error"]
+    assert "ClientConnectorError" in rec["error"]["message"]
+
+
 def test_node_timeout_on_slow_route(wf, db, server):
     # A worker opens its client session on its first request, which on a busy machine alone can
     # outlast a 500 ms timeout: a first request on the only worker warms it up, so

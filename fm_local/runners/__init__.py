@@ -171,14 +171,35 @@ def user_traceback(exc: BaseException, limit: int = MAX_TRACEBACK) -> str:
     return note + "".join(reversed(kept))
 
 
+def _user_code_in(exc: BaseException) -> bool:
+    """Whether a frame of ``exc`` (or of an exception it chains) is the user's: not
+    in fm_local, not an installed package, not the standard library's machinery."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        for frame, _ in traceback.walk_tb(e.__traceback__):
+            name = frame.f_code.co_filename
+            if not (
+                name.startswith(_ENGINE_DIR) or "site-packages" in name or _machinery(name)
+            ):
+                return True
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return False
+
+
 def exception_error(exc: BaseException) -> dict[str, Any]:
-    """Map an exception from node code to an error record."""
+    """Map an exception from node code to an error record. A node type's own error
+    (an http status, a network failure, a shell exit code, raised by fm_local's
+    runners and the libraries they use) has no traceback: its message says it all;
+    one raised through the user's code keeps the user's frames."""
     names = [c.__name__ for c in type(exc).__mro__ if c not in (object, BaseException)]
-    details: dict[str, Any] = {
-        "exception": type(exc).__name__,
-        "exceptionTypes": names,
-        "traceback": clean_text(user_traceback(exc)),
-    }
+    details: dict[str, Any] = {"exception": type(exc).__name__, "exceptionTypes": names}
+    if not isinstance(exc, errors.NodeError) or _user_code_in(exc):
+        details["traceback"] = clean_text(user_traceback(exc))
     if isinstance(exc, errors.NodeError):
         if exc.details is not None:
             details["data"] = jsonable(exc.details)

@@ -5,7 +5,9 @@ worker; benchmarks/http_clients.py measured it against httpx's async client).
 Header names in the output are lower case; a header sent twice is joined with ", ".
 
 429 -> RATE_LIMIT (Retry-After is kept as ``details.retryAfterMs``, the least retry
-delay), 5xx -> SERVER_ERROR, other 4xx -> CLIENT_ERROR, no connection -> NETWORK.
+delay), 5xx -> SERVER_ERROR, other 4xx -> CLIENT_ERROR, no connection -> NETWORK,
+a url that is not http(s) -> VALIDATION_ERROR (not retried). None of them carries a
+traceback: the message says what happened.
 """
 
 from __future__ import annotations
@@ -157,6 +159,13 @@ async def run_async(task: dict[str, Any], cap: Any) -> Any:
     except TimeoutError as exc:
         cap.add("log", f"{method} {shown} -> timed out")
         raise errors.NodeError(f"{method} {shown}: timed out", errors.TIMEOUT) from exc
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        # Not a network failure: the same url fails the same way, so not retried.
+        cap.add("log", f"{method} {shown} -> {type(exc).__name__}")
+        raise errors.NodeError(
+            f"{method} {shown}: not an http(s) url ({type(exc).__name__})",
+            errors.VALIDATION_ERROR,
+        ) from exc
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         cap.add("log", f"{method} {shown} -> {type(exc).__name__}")
         raise errors.NodeError(
