@@ -183,9 +183,7 @@ def _user_code_in(exc: BaseException) -> bool:
         seen.add(id(e))
         for frame, _ in traceback.walk_tb(e.__traceback__):
             name = frame.f_code.co_filename
-            if not (
-                name.startswith(_ENGINE_DIR) or "site-packages" in name or _machinery(name)
-            ):
+            if not (name.startswith(_ENGINE_DIR) or "site-packages" in name or _machinery(name)):
                 return True
         todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
     return False
