@@ -706,3 +706,24 @@ def test_items_cut_short_by_a_cancel_are_cancelled_not_succeeded(iwf, db, tmp_pa
     assert len(items) == 10
     for p in items:
         assert status[p] == status[p + ".nap"] == "cancelled", (p, status[p], status[p + ".nap"])
+
+
+def test_tasks_that_never_reached_the_io_worker_go_back_as_not_started() -> None:
+    """Tasks sent while the I/O worker is still starting wait for it. Cancelled or
+    lost there (the worker replaced before it was ready), they are handed back as
+    never started — requeued, no attempt or recovery spent — not as lost work."""
+    from fm_local.executors.iolane import IOLane
+
+    dying: list[Any] = []
+    lane = IOLane(10, None, None, time.monotonic, dying)
+    lane.start()
+    assert lane.slot is not None and not lane.slot.ready  # nothing read from it yet
+    tasks = [{"id": i, "type": "python", "spec": {}, "ctx": {"nodePath": f"n{i}"}} for i in (1, 2)]
+    lane.send(tasks)
+    assert lane.cancel({1}) == [(tasks[0], False)]
+    lane.replace(lane.slot, "the worker died while starting", kill=True)
+    assert lane.lost == [([(tasks[1], False)], "the worker died while starting")]
+    assert lane.slot is None and not lane.running and not lane.owner
+    for proc, _, _ in dying:
+        proc.kill()
+        proc.wait()

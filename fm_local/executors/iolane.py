@@ -73,8 +73,11 @@ class IOLane:
         self.owner: dict[int, Slot] = {}
         # Task id -> real monotonic time by which its cancellation must be confirmed.
         self.cancelling: dict[int, float] = {}
-        # Tasks of a replaced worker, reported lost at the next poll.
-        self.lost: list[tuple[list[Task], str]] = []
+        # Tasks of a replaced worker, reported lost at the next poll: (task, whether
+        # it had reached the worker).
+        self.lost: list[tuple[list[tuple[Task, bool]], str]] = []
+        # Tasks sent to a worker not ready yet (in ``waiting``): not started.
+        self.undelivered: set[int] = set()
         self.dying = dying  # the executor's: stopped processes it reaps and kills
         self._index = 0
         self.waiting: list[bytes] = []  # messages for a worker not ready yet
@@ -109,6 +112,7 @@ class IOLane:
             self.owner[t["id"]] = slot
         if not self.slot.ready:
             self.waiting.append(data)
+            self.undelivered.update(t["id"] for t in tasks)
             return bad
         try:
             self.slot.inbox.send_bytes(data)
@@ -123,7 +127,7 @@ class IOLane:
         for tid in ids:
             item = self.running.pop(tid, None)
             if item is not None:
-                out.append((item[0], True))
+                out.append((item[0], tid not in self.undelivered))
                 self.cancelling[tid] = time.monotonic() + CANCEL_GRACE
                 slot = self.owner[tid]
                 by_slot.setdefault(id(slot), (slot, []))[1].append(tid)
@@ -178,6 +182,7 @@ class IOLane:
             elif kind == "ready":
                 slot.ready = True
                 waiting, self.waiting = self.waiting, []
+                self.undelivered.clear()
                 for queued in waiting:
                     try:
                         slot.inbox.send_bytes(queued)
@@ -203,8 +208,13 @@ class IOLane:
         """Replace ``slot``'s worker (the current one, or a draining one); the tasks
         it ran are reported lost at the next poll. A drained worker that exited
         with nothing left is let go."""
-        held = [task for tid, (task, _) in self.running.items() if self.owner[tid] is slot]
+        held = [
+            (task, tid not in self.undelivered)
+            for tid, (task, _) in self.running.items()
+            if self.owner[tid] is slot
+        ]
         for tid in [tid for tid, s in self.owner.items() if s is slot]:
+            self.undelivered.discard(tid)
             del self.owner[tid]
             self.running.pop(tid, None)
             self.cancelling.pop(tid, None)

@@ -289,7 +289,7 @@ class ProcessExecutor:
         io = self.io
         if io is not None and io.lost:
             for tasks, why in io.lost:
-                events.append(Lost([(t, True) for t in tasks], why))
+                events.append(Lost(tasks, why))
             io.lost = []
         for kind, slot, payload in self._poll(timeout, extra):
             if kind == "io" or kind == "io-gone":
@@ -299,7 +299,7 @@ class ProcessExecutor:
                 else:
                     io.replace(slot, f"worker process {slot.pid} died", kill=False)
                     for tasks, why in io.lost:
-                        events.append(Lost([(t, True) for t in tasks], why))
+                        events.append(Lost(tasks, why))
                     io.lost = []
                 continue
             if kind == "results":
