@@ -263,9 +263,10 @@ def test_connection_refused_is_network(wf, db, server):
 
 
 def test_a_url_that_is_not_http_fails_at_once_without_a_traceback(wf, db, server):
-    """ftp://… or no url at all: VALIDATION_ERROR, not retried (a network error would
-    be), and no traceback of the http client's internals."""
-    for url in ("ftp://127.0.0.1/x", "not a url"):
+    """ftp://… or no url at all, known only at run time (fm validate refuses a
+    literal one): VALIDATION_ERROR, not retried (a network error would be), and no
+    traceback of the http client's internals."""
+    for url in ("{{ 'ftp' }}://127.0.0.1/x", "{{ 'not a url' }}"):
         node = http("bad", url, retry={"maxAttempts": 3, "initialDelay": 10})
         res = run_wf(wf(one_node(node)), db)
         assert res["status"] == "failed"

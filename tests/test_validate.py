@@ -375,6 +375,19 @@ def test_template_that_does_not_parse_in_nested_args() -> None:
     assert "template" in p.message and "does not parse" in p.message
 
 
+def test_an_http_url_that_is_not_http_is_an_error() -> None:
+    nodes = [
+        {"id": "f", "type": "http", "url": "ftp://example.com/x"},
+        {"id": "n", "type": "http", "url": "not a url"},
+        {"id": "ok", "type": "http", "url": "HTTPS://example.com/x?q=1"},
+        {"id": "t", "type": "http", "url": "{{ 'ftp' }}://example.com"},  # known at run time
+    ]
+    errs = errors(doc(nodes))
+    assert {p.path for p in errs} == {"nodes[0].url", "nodes[1].url"}
+    assert "its scheme is 'ftp'" in at(errs, "nodes[0].url").message
+    assert "no http:// or https://" in at(errs, "nodes[1].url").message
+
+
 def test_templates_in_http_shell_output_loop_delay() -> None:
     bad = "{{ 1 + }}"
     nodes = [

@@ -9,6 +9,7 @@ from typing import Any
 from fm_local import expr
 from fm_local.graph import LOOP_SCOPE_NAMES, Dep, compile_graph, find_cycle, topo_order
 from fm_local.model import Edge, NodeBase, Workflow
+from fm_local.nodes.http import HttpNode
 from fm_local.nodes.kinds import DEFAULT_HANDLE, ERROR_HANDLE, body_nodes, kind_of
 from fm_local.nodes.loop import LoopNode
 from fm_local.nodes.output import OutputNode
@@ -361,6 +362,15 @@ class _Checker:
         total = set(direct)
         self._targets(node, raw, at, targets)
         self._limits(node, raw, at)
+        if isinstance(node, HttpNode) and "{{" not in node.url:
+            scheme = node.url.partition("://")[0].lower() if "://" in node.url else ""
+            if scheme not in ("http", "https"):
+                what = f"its scheme is '{scheme}'" if scheme else "it has no http:// or https://"
+                self.error(
+                    at + [_raw_key(raw, "url")],
+                    f"'{node.url[:200]}' is not an http(s) url ({what})",
+                    nid,
+                )
         if isinstance(node, SwitchNode):
             seen: dict[str, int] = {}
             rk = _raw_key(raw, "cases")
