@@ -155,22 +155,29 @@ def most_in_window(times: list[float], window: float) -> int:
     return max(len([x for x in times[i:] if x < t + window]) for i, t in enumerate(times))
 
 
+def limited_calls(
+    iwf: Any, db: Path, server: IOServer, tag: str, n: int, **loop: Any
+) -> tuple[float, list[float]]:
+    """A loop of ``n`` 10 ms calls under ``loop``'s limits, run to success: when it
+    began, and the recorded start of each call."""
+    doc = loop_doc(
+        [{"id": "call", "type": "http", "url": server.url(f"/sleep?ms=10&i={tag}{{{{item}}}}")}],
+        list(range(n)),
+        **loop,
+    )
+    start = time.time()
+    res = run_wf(iwf(doc), db)
+    assert res["status"] == "succeeded", res
+    return start, [r["started_at"] for r in runs(db, res["id"], "each[%].call")]
+
+
 def test_rate_limit_counts_requests_as_they_leave_and_arrive(iwf, db, server):
     """rateLimit 8/s over 20 calls. The engine counts a call's start when its request
     left the worker (headers sent): no 1-second window of those holds more than 8.
     At the server, where this loaded test machine adds its own scheduling delays, no
     window of 1 s less 50 ms holds more than 8 arrivals either (make bench measures
     the strict 1-second windows of arrivals, on an idle machine)."""
-    doc = loop_doc(
-        [{"id": "call", "type": "http", "url": server.url("/sleep?ms=10&i=r{{item}}")}],
-        list(range(20)),
-        maxConcurrency=20,
-        rateLimit=8,
-    )
-    start = time.time()
-    res = run_wf(iwf(doc), db)
-    assert res["status"] == "succeeded", res
-    sent = [r["started_at"] for r in runs(db, res["id"], "each[%].call")]
+    start, sent = limited_calls(iwf, db, server, "r", 20, maxConcurrency=20, rateLimit=8)
     assert len(sent) == 20
     assert most_in_window(sent, 1.0) <= 8
     arrived = [x for x in server.arrivals("/sleep") if x >= start]
@@ -202,16 +209,9 @@ def test_a_fast_rate_limit_holds_when_tasks_go_out_ahead_of_their_turn(iwf, db, 
     calls: the supervisor hands I/O tasks over up to 20 ms ahead of their turn and the
     worker holds each until then; still no 100 ms window of starts (requests sent)
     holds more than 100, and the server saw all 300."""
-    doc = loop_doc(
-        [{"id": "call", "type": "http", "url": server.url("/sleep?ms=10&i=f{{item}}")}],
-        list(range(300)),
-        maxConcurrency=300,
-        rateLimit={"rate": 100, "per": 100},
+    start, sent = limited_calls(
+        iwf, db, server, "f", 300, maxConcurrency=300, rateLimit={"rate": 100, "per": 100}
     )
-    start = time.time()
-    res = run_wf(iwf(doc), db)
-    assert res["status"] == "succeeded", res
-    sent = [r["started_at"] for r in runs(db, res["id"], "each[%].call")]
     assert len(sent) == 300
     assert most_in_window(sent, 0.1) <= 100
     assert len([x for x in server.arrivals("/sleep") if x >= start]) == 300
