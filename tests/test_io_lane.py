@@ -665,6 +665,7 @@ def test_a_task_cancelled_before_it_took_a_step_is_answered_at_once() -> None:
     from multiprocessing.connection import Connection
 
     from fm_local.executors.ioworker import IOWorker, Outbox
+    from fm_local.executors.procs import Frames
 
     r_in, w_in = os.pipe()
     r_out, w_out = os.pipe()
@@ -672,7 +673,7 @@ def test_a_task_cancelled_before_it_took_a_step_is_answered_at_once() -> None:
     task = {"id": 7, "type": "python", "spec": {}, "ctx": {"nodePath": "x"}}
 
     async def main() -> IOWorker:
-        box = IOWorker(Connection(r_in, writable=False), Outbox(w_out))
+        box = IOWorker(Frames(r_in), Outbox(w_out))
         box.handle(("tasks", [task]))
         box.handle(("cancel", [7]))
         for _ in range(5):
@@ -724,6 +725,110 @@ def test_tasks_that_never_reached_the_io_worker_go_back_as_not_started() -> None
     lane.replace(lane.slot, "the worker died while starting", kill=True)
     assert lane.lost == [([(tasks[1], False)], "the worker died while starting")]
     assert lane.slot is None and not lane.running and not lane.owner
+    for proc, _, _ in dying:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_message_that_reaches_the_io_worker_in_pieces_never_blocks_its_loop() -> None:
+    """The supervisor's message to the I/O worker arrives in pieces (a large batch of
+    tasks is written as the pipe takes it): the worker's loop goes on between the
+    pieces — with an event loop that makes the pipe non-blocking (uvloop does), a
+    blocking read of a half-written message once raised and stopped the worker — and
+    the message is handled once it is whole."""
+    import asyncio
+    import pickle
+    import struct
+    from multiprocessing.connection import Connection
+
+    from fm_local.executors.ioworker import IOWorker, Outbox
+    from fm_local.executors.procs import Frames
+
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    reader = Connection(r_out, writable=False)
+    tasks = [
+        {"id": i, "type": "nosuchtype", "spec": {}, "ctx": {"nodePath": f"n{i}"}} for i in (1, 2)
+    ]
+    data = pickle.dumps(("tasks", tasks))
+    frame = struct.pack("!i", len(data)) + data
+
+    async def main() -> IOWorker:
+        box = IOWorker(Frames(r_in), Outbox(w_out))
+        loop = asyncio.get_running_loop()
+        loop.add_reader(r_in, box.on_readable)
+        os.write(w_in, frame[:7])  # the length and a little of the message
+        for _ in range(20):
+            await asyncio.sleep(0.001)
+        assert not box.done.is_set(), "half a message is no reason to stop"
+        assert not box.tasks and not reader.poll(0), "nor to start anything"
+        os.write(w_in, frame[7:])
+        for _ in range(2000):
+            await asyncio.sleep(0.001)
+            if reader.poll(0):
+                break
+        loop.remove_reader(r_in)
+        return box
+
+    box = asyncio.run(main())
+    assert not box.done.is_set()
+    kind, results = pickle.loads(reader.recv_bytes())
+    assert kind == "results"
+    assert sorted(r[0] for r in results) == [1, 2]  # each ran (and failed: no such type)
+    for fd in (w_in, w_out, r_in):
+        os.close(fd)
+    reader.close()
+
+
+def test_a_task_the_io_worker_stopped_unasked_runs_again_as_a_recovery() -> None:
+    """The I/O worker stops with tasks in flight that nobody cancelled (here: garbage
+    on its pipe, as from a broken supervisor write). It answers them as cancelled;
+    the lane hands them back as lost work — re-run as recoveries — instead of keeping
+    them as running for good (that once left the supervisor failing on every turn of
+    its loop, the execution hung)."""
+    from fm_local.executors.iolane import IOLane
+
+    dying: list[Any] = []
+    lane = IOLane(10, None, None, time.monotonic, dying)
+    lane.start()
+    slot = lane.slot
+    assert slot is not None
+
+    def ready() -> bool:
+        lane.read(slot)
+        return slot.ready
+
+    wait_until(ready, 30, "the I/O worker ready")
+    spec = {"command": "sleep 30", "env": None, "cwd": None, "allowFailure": False}
+    tasks = [
+        {
+            "id": i,
+            "type": "shell",
+            "spec": spec,
+            "folder": "/tmp",
+            "ctx": {"nodePath": f"n{i}", "executionId": "e"},
+        }
+        for i in (1, 2)
+    ]
+    lane.send(tasks)
+    assert len(lane.running) == 2
+    time.sleep(0.5)  # both started
+    slot.inbox.send_bytes(b"not a pickle")
+    lost: list[Any] = []
+
+    def gone() -> bool:
+        done, eof = lane.read(slot)
+        assert not done
+        lost.extend(lane.lost)
+        lane.lost = []
+        return eof and bool(lost)
+
+    wait_until(gone, 30, "the worker stopped and said so")
+    assert sorted(t["id"] for batch, _ in lost for t, started in batch) == [1, 2]
+    assert all(started for batch, _ in lost for _, started in batch)
+    assert not lane.running and not lane.owner
+    lane.replace(slot, "it exited", kill=False)  # as poll() does: nothing more is lost
+    assert not lane.lost
     for proc, _, _ in dying:
         proc.kill()
         proc.wait()

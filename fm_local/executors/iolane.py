@@ -167,9 +167,18 @@ class IOLane:
                     else:
                         self.cancelling.pop(result[0], None)
             elif kind == "cancelled":
+                unasked = []
                 for tid in msg[1]:
                     self.owner.pop(tid, None)
                     self.cancelling.pop(tid, None)
+                    item = self.running.pop(tid, None)
+                    if item is not None:
+                        # Stopped without being asked (the worker is shutting down):
+                        # it did not run to its end, so it runs again, as a recovery.
+                        unasked.append((item[0], tid not in self.undelivered))
+                        self.undelivered.discard(tid)
+                if unasked:
+                    self.lost.append((unasked, f"worker process {slot.pid} stopped it"))
             elif kind == "retiring" and slot is self.slot:
                 # Over its memory limit: new tasks go to a new worker (started with
                 # the next of them); this one finishes what it has, then exits.
@@ -211,7 +220,7 @@ class IOLane:
         held = [
             (task, tid not in self.undelivered)
             for tid, (task, _) in self.running.items()
-            if self.owner[tid] is slot
+            if self.owner.get(tid) is slot
         ]
         for tid in [tid for tid, s in self.owner.items() if s is slot]:
             self.undelivered.discard(tid)

@@ -27,11 +27,11 @@ import signal
 import struct
 import sys
 import time
-from multiprocessing.connection import Connection
 from typing import Any
 
 from fm_local import runners
 from fm_local.executors import worker as base
+from fm_local.executors.procs import Frames
 from fm_local.limits import MARGIN
 
 
@@ -74,7 +74,7 @@ class Outbox:
 
 
 class IOWorker:
-    def __init__(self, inbox: Connection, outbox: Outbox) -> None:
+    def __init__(self, inbox: Frames, outbox: Outbox) -> None:
         self.inbox = inbox
         self.outbox = outbox
         self.tasks: dict[int, asyncio.Task[Any]] = {}
@@ -101,11 +101,13 @@ class IOWorker:
 
     def on_readable(self) -> None:
         try:
-            while self.inbox.poll(0):
-                msg = pickle.loads(self.inbox.recv_bytes())
-                self.handle(msg)
-        except Exception:  # noqa: BLE001 - EOF (the supervisor is gone) or garbage
+            for data in self.inbox.read():
+                self.handle(pickle.loads(data))
+        except Exception:  # noqa: BLE001 - garbage on the pipe
             self.stop()
+            return
+        if self.inbox.eof:
+            self.stop()  # the supervisor is gone
 
     def handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -228,14 +230,14 @@ class IOWorker:
 
 async def serve(box: IOWorker) -> None:
     loop = asyncio.get_running_loop()
-    loop.add_reader(box.inbox.fileno(), box.on_readable)
+    loop.add_reader(box.inbox.fd, box.on_readable)
     box.send(("ready", os.getpid()))
     while not box.done.is_set():
         try:
             await asyncio.wait_for(box.done.wait(), base.MEMORY_CHECK_INTERVAL)
         except TimeoutError:
             box.check_memory()
-    loop.remove_reader(box.inbox.fileno())
+    loop.remove_reader(box.inbox.fd)
     if box.tasks:
         await asyncio.wait(list(box.tasks.values()), timeout=1.0)
     deadline = loop.time() + 1.0
@@ -259,7 +261,7 @@ def main(argv: list[str]) -> int:
     import aiohttp  # noqa: F401
 
     runners.capture_by_task()
-    box = IOWorker(Connection(rfd, writable=False), Outbox(wfd))
+    box = IOWorker(Frames(rfd), Outbox(wfd))
     # Not asyncio.run: its shutdown waits, with no time limit, for every thread of
     # the loop's default executor, and a node's hung asyncio.to_thread call would
     # keep this worker (a draining one too) alive for good.

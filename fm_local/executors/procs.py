@@ -43,10 +43,11 @@ class Slot:
 
 
 class Frames:
-    """The messages of a worker's pipe, read without ever blocking: a message that
-    is only partly written waits in a buffer for the rest, so the supervisor never
-    waits on a worker that is busy writing (the I/O worker writes its results as its
-    event loop finds the pipe writable). Frames are those of
+    """The messages of a pipe, read without ever blocking: a message that is only
+    partly written waits in a buffer for the rest, so the supervisor never waits on
+    a worker that is busy writing (the I/O worker writes its results as its event
+    loop finds the pipe writable), and the I/O worker's event loop never waits on a
+    supervisor that is busy writing it a large batch of tasks. Frames are those of
     ``Connection.send_bytes`` (a 4-byte big-endian length, then the bytes)."""
 
     def __init__(self, fd: int) -> None:
