@@ -62,7 +62,9 @@ NOOP = {"id": "noop", "type": "python", "call": "noop_tasks:noop", "args": {"i":
 
 
 class Daemon:
-    def __init__(self, db: Path, workers: int, durability: str = "full") -> None:
+    def __init__(
+        self, db: Path, workers: int, durability: str = "full", extra: tuple[str, ...] = ()
+    ) -> None:
         self.db = db
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
@@ -77,6 +79,7 @@ class Daemon:
                 str(workers),
                 "--durability",
                 durability,
+                *extra,
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -484,6 +487,12 @@ def main() -> None:
         from io_bench import scenarios as io_scenarios
 
         io_scenarios(tmp, runs, add, big=not args.quick)
+
+        # The Dask executor: fm on a LocalCluster beside fm's local executor and the
+        # same calls through client.map (benchmarks/dask_bench.py runs them alone too).
+        from dask_bench import scenarios as dask_scenarios
+
+        dask_scenarios(tmp, runs, 1000 if args.quick else 10_000, add)
 
     print_table(rows, w, runs)
 

@@ -250,6 +250,7 @@ class Reader:
             input=_json(r[14], bool(r[15])) if r[14] is not None else None,
             code=r[16],
             items=r[17],
+            lane=r[18],
         )
 
     # --- queue -----------------------------------------------------------------------

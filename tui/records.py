@@ -158,6 +158,7 @@ class NodeDetail:
     trace_id: str | None = None
     input: Any = None  # the resolved task input of a worker node, when recorded
     code: str | None = None  # python nodes: "tasks.py@<sha256 prefix>" of the code that ran
+    lane: str | None = None  # where its task ran: process, io, dask@HOST:PORT (docs/lanes.md)
     items: int | None = None  # loops: the item count
 
 

@@ -544,6 +544,8 @@ def workers(ctx: Ctx) -> None:
         node = f"{r['execution_id']} {r['node_path']}" if r["node_path"] else "-"
         if r["role"] == "io-worker":
             node = f"I/O lane: {r['node_path'] or '0 tasks'}"
+        elif r["role"] == "dask":
+            node = f"cluster {r['node_path']}"
         pid = r["pid"] if r["pid"] is not None else "-"
         click.echo(
             f"{r['role']:<11} {pid:>7} {r['cpu_percent']:>6.1f} {r['rss_bytes'] / 2**20:>8.1f}  {node}"

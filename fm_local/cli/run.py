@@ -362,6 +362,22 @@ def submit(
 )
 @max_worker_memory_option
 @io_concurrency_option
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    envvar="FM_EXECUTOR",
+    help="Where node work runs: local worker processes (and the I/O lane), or a Dask "
+    "distributed cluster (with --scheduler; docs/scale-out.md). Env FM_EXECUTOR.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    envvar="FM_DASK_SCHEDULER",
+    help="The Dask scheduler for --executor dask, e.g. tcp://10.0.0.5:8786 "
+    "(env FM_DASK_SCHEDULER).",
+)
 @pass_ctx
 def daemon(
     ctx: Ctx,
@@ -370,6 +386,8 @@ def daemon(
     http_bind: str | None,
     max_worker_memory: int | None,
     io_concurrency: int,
+    executor: str,
+    scheduler: str | None,
 ) -> None:
     """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
     import logging
@@ -385,6 +403,21 @@ def daemon(
         raise UsageError(
             f"--http {http_bind!r}: expected HOST:PORT with a port 0-65535, e.g. 127.0.0.1:8765"
         )
+    make_executor = None
+    if executor == "dask":
+        if not scheduler:
+            raise UsageError(
+                "--executor dask needs --scheduler ADDRESS (the Dask scheduler, "
+                "e.g. tcp://127.0.0.1:8786), or FM_DASK_SCHEDULER"
+            )
+        import functools
+
+        from fm_local.executors.daskexec import DaskExecutor
+
+        owner = os.path.abspath(ctx.db)
+        make_executor = functools.partial(DaskExecutor, scheduler=scheduler, owner=owner)
+    elif scheduler:
+        raise UsageError("--scheduler is for --executor dask")
     _log_to(logging.StreamHandler(), "%(asctime)s fm daemon: %(levelname)s %(message)s")
     sup = Supervisor(
         ctx.db,
@@ -393,6 +426,7 @@ def daemon(
         max_worker_memory_mb=max_worker_memory,
         subreaper=True,
         io_concurrency=io_concurrency,
+        executor=make_executor,
     )
     sup.open()
     server = None
@@ -416,7 +450,8 @@ def daemon(
                 err=True,
             )
         sup.install_signal_handlers()
-        click.echo(f"fm daemon: serving {ctx.db} with {n} workers (pid {os.getpid()})", err=True)
+        where = f"{n} workers" if executor == "local" else f"the Dask cluster at {scheduler}"
+        click.echo(f"fm daemon: serving {ctx.db} with {where} (pid {os.getpid()})", err=True)
         sup.serve()
     finally:
         if server is not None:

@@ -120,13 +120,13 @@ def node_row(
 ) -> tuple[Any, ...] | None:
     """(node_id, node_type, status, attempts, recoveries, worker_pid, queued_at,
     started_at, finished_at, output, output cut?, error, error cut?, trace_id,
-    input, input cut?, code, items) of one node instance, each JSON text cut at
-    ``json_limit`` characters."""
+    input, input cut?, code, items, lane) of one node instance, each JSON text cut
+    at ``json_limit`` characters."""
     return c.execute(
         "SELECT node_id, node_type, status, attempts, recoveries, worker_pid, queued_at, "
         "started_at, finished_at, substr(output, 1, ?), length(output) > ?, "
         "substr(error, 1, ?), length(error) > ?, trace_id, substr(input, 1, ?), "
-        "length(input) > ?, code, items FROM node_runs "
+        "length(input) > ?, code, items, lane FROM node_runs "
         "WHERE execution_id=? AND path=?",
         (json_limit,) * 6 + (execution_id, path),
     ).fetchone()

@@ -85,6 +85,7 @@ class Supervisor(
                 io_concurrency=self.io_concurrency,
             )
             self.io_lane = "io" in getattr(self.executor, "lanes", ())
+            self.executor_lane = getattr(self.executor, "lane_name", None)
             self.executor.start()
             self.executor.wait_ready(WORKER_START_TIMEOUT)
             self.sampler = Sampler()
@@ -318,7 +319,12 @@ class Supervisor(
             workers.append((pid, run.ex.id if run else None, run.path if run else None))
         io = [(pid, f"{n} tasks") for pid, n in self.executor.io_workers()]
         try:
-            self.batch.samples.extend(self.sampler.sample(workers, io))
+            samples = self.sampler.sample(workers, io)
+            cluster = getattr(self.executor, "status", None)
+            if cluster is not None and samples:
+                # A remote executor's state (the Dask scheduler: connected or not).
+                samples.append((samples[-1][0], None, "dask", 0.0, 0, None, cluster()))
+            self.batch.samples.extend(samples)
         except Exception:  # noqa: BLE001 - sampling must never stop the engine
             log.exception("resource sampling failed")
         # Housekeeping in the world's time, as the sampler's own schedule.

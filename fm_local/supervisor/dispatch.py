@@ -168,6 +168,10 @@ class Dispatch(Part):
                 "branch": b.scope() if b is not None else None,
             },
         }
+        if run.node.timeout:
+            # An executor that batches tasks (Dask) sends this one alone, so that its
+            # time counts from when it was handed over.
+            task["timeout"] = run.node.timeout
         if run.not_before is not None:
             # The worker holds it until then (and keeps the spacing if it runs late).
             task["notBefore"], task["holdWindow"] = run.not_before
@@ -205,6 +209,8 @@ class Dispatch(Part):
     def _lane_of(self, run: Run) -> str:
         """Where the run's task goes: the I/O lane for a type whose kind says so (an
         http or shell node, an ``async def`` python function), else a process."""
+        if self.executor_lane is not None:
+            return self.executor_lane  # an executor of one kind (Dask)
         if not self.io_lane:
             return "process"
         lane = kind_of(run.node).lane

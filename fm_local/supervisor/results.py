@@ -42,6 +42,10 @@ class Results(Part):
         ok, out, err, logs, started, finished = result[1:7]
         if len(result) > 7 and result[7] is not None:
             run.code = result[7]
+        if len(result) > 9:
+            # Where a remote executor ran it: "dask@HOST:PORT", and its process there.
+            run.lane = result[8] or run.lane
+            run.worker_pid = result[9]
         ex = run.ex
         ex.running -= 1
         self._release(run)

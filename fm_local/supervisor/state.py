@@ -529,6 +529,7 @@ class Part:
         # takes a worker process).
         self.io_concurrency = max(0, io_concurrency)
         self.io_lane = False  # the executor has one (set at open)
+        self.executor_lane: str | None = None  # every task's lane, if the executor says
         self.durability = durability
         self.only_execution = only_execution
         self.drain_timeout = drain_timeout

@@ -97,6 +97,8 @@ def node_view(node: NodeDetail, now: float) -> Group:
         head.append(f" (+{node.recoveries} recoveries)")
     if node.worker_pid:
         head.append(f"  worker {node.worker_pid}")
+    if node.lane and node.lane != "process":
+        head.append(f"  lane {node.lane}")  # the I/O lane, or the Dask worker that ran it
     if node.trace_id:
         head.append(f"  {node.trace_id}", style="dim")
     if node.items is not None:

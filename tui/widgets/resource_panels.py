@@ -78,12 +78,14 @@ class ProcessTable(DataTable[Any]):
                         f"{s.role}:{s.pid}",
                         (
                             s.role,
-                            str(s.pid),
+                            str(s.pid) if s.pid is not None else "-",
                             f"{s.cpu_percent:.1f}",
                             fmt.size(s.rss_bytes),
                             s.execution_id or "-",
                             f"I/O lane: {s.node_path or '0 tasks'}"
                             if s.role == "io-worker"
+                            else f"cluster {s.node_path}"  # the Dask executor's scheduler
+                            if s.role == "dask"
                             else s.node_path or ("idle" if s.role == "worker" else "-"),
                         ),
                     )

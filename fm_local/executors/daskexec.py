@@ -1,0 +1,365 @@
+"""The Dask executor (``fm daemon --executor dask --scheduler ADDRESS``, SPEC §11):
+node work runs on a Dask ``distributed`` cluster; the supervisor and the SQLite
+file stay where they are, and the supervisor still gates every start (limits,
+pools, rate limits are its own, as on the local executor).
+
+- Tasks go to Dask in batches (one Dask task runs several fm tasks one after
+  another, :func:`fm_local.executors.daskwork.run_batch`), so that Dask's per-task
+  cost does not dominate small nodes; a node with a ``timeout`` goes alone, so its
+  time counts from when it was handed over.
+- On the Dask worker each fm task runs in a child process that can be killed:
+  stopping a node (timeout, cancel, fail-fast, first-success) runs
+  :func:`fm_local.executors.daskwork.stop` on every Dask worker.
+- A Dask worker that dies under a task: Dask is told not to run it again itself
+  (``allowed_failures = 0`` on the scheduler); its tasks come back as lost and the
+  supervisor re-runs them as recoveries (``WORKER_CRASH``, bounded by
+  ``recoveryAttempts``), exactly as for a local worker process.
+- Which Dask worker ran a node is recorded as its lane, ``dask@HOST:PORT``, and the
+  child's pid as its worker pid.
+
+Results come back on Dask's client thread; a pipe wakes :meth:`DaskExecutor.poll`.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
+
+from fm_local import errors
+from fm_local.executors import Event, Finished, Lost, Offer, StartingOffer, Task, daskwork
+
+# fm tasks in one Dask task, at most; and how many batches may be in flight per
+# Dask worker thread (it runs one at a time: the next waits on the worker, so the
+# thread never idles for a round trip to the supervisor).
+MAX_BATCH = 32
+BATCHES_PER_THREAD = 2
+CAPACITY_REFRESH = 1.0  # seconds between looks at the cluster's workers
+
+
+class DaskOffer(StartingOffer):
+    worker: int | None = None  # the pid is known once a Dask worker runs it
+
+
+class DaskExecutor:
+    lanes: tuple[str, ...] = ()  # no I/O lane here: every task runs in a child process
+    lane_name = "dask"
+
+    def __init__(
+        self,
+        size: int = 1,
+        *,
+        scheduler: str,
+        owner: str = "",
+        monotonic: Callable[[], float] = time.monotonic,
+        connect_timeout: float = 10.0,
+        **_: Any,
+    ) -> None:
+        self.address = scheduler
+        # Which supervisor this is (its database), and its generation: on connecting,
+        # what an earlier supervisor of the same database left on the cluster stops.
+        self.owner = owner
+        self.generation = time.time_ns()
+        self._clock = monotonic
+        self.connect_timeout = connect_timeout
+        self.client: Any = None
+        self.threads = 0  # worker threads in the cluster (refreshed)
+        self.checked = 0.0
+        # fm task id -> (task, when handed to Dask (scheduler's clock), its batch key)
+        self.inflight: dict[int, tuple[Task, float, str]] = {}
+        self.futures: dict[str, Any] = {}
+        self.done: deque[tuple[str, Any, BaseException | None]] = deque()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._seq = 0
+        self._token = os.urandom(4).hex()
+        # The scheduler's connection: "connected", or why not (fm workers shows it).
+        self.state = "connecting"
+        self.lost_at: float | None = None  # when the connection was lost (monotonic)
+        self._reconnecting: threading.Thread | None = None
+        self._new_client: Any = None  # made by the reconnecting thread
+        self.watched = 0.0
+
+    # --- life ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise errors.FmError(
+                "--executor dask needs Dask's distributed package: pip install 'fm-local[dask]'"
+            ) from exc
+        try:
+            self.client = Client(self.address, set_as_default=False, timeout=self.connect_timeout)
+        except OSError as exc:
+            raise errors.FmError(
+                f"--executor dask: cannot reach the Dask scheduler at {self.address}: {exc}"
+            ) from exc
+        self._connected()
+
+    def _connected(self) -> None:
+        """A (new) connection to the scheduler: Dask must not re-run our tasks itself,
+        and what an earlier supervisor of this database (or this one, before the
+        connection was lost) left running on the workers stops."""
+        self.client.run_on_scheduler(daskwork.no_dask_retries)
+        self.generation = max(self.generation + 1, time.time_ns())
+        self.client.run(daskwork.new_generation, self.owner, self.generation, on_error="ignore")
+        self.state = "connected"
+        self.lost_at = None
+        self._refresh(force=True)
+
+    def _watch(self) -> list[Event]:
+        """About twice a second: is the scheduler still there? When it is not, every
+        task in flight is reported lost at once (the supervisor re-runs each as a
+        recovery once there is room again), no room is offered, and a new connection
+        is tried in the background until one is made."""
+        now = time.monotonic()
+        if now - self.watched < 0.5:
+            return []
+        self.watched = now
+        events: list[Event] = []
+        if self._new_client is not None:
+            old, self.client, self._new_client = self.client, self._new_client, None
+            self._reconnecting = None
+            try:
+                old.close(timeout=1)
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                self._connected()
+            except Exception as exc:  # noqa: BLE001 - lost again at once
+                self.state = f"scheduler unreachable: {type(exc).__name__}"
+            return events
+        status = getattr(self.client, "status", "closed")
+        if status == "running" and self.state == "connected":
+            return events
+        if status == "running":
+            # Dask's own reconnection: the scheduler's state is new.
+            try:
+                self._connected()
+            except Exception:  # noqa: BLE001
+                pass
+            return events
+        if self.state == "connected":
+            self.state = f"scheduler unreachable since {time.strftime('%H:%M:%S')}"
+            self.lost_at = now
+            self.threads = 0
+            lost = [(task, True) for task, _, _ in self.inflight.values()]
+            self.inflight.clear()
+            self.futures.clear()
+            if lost:
+                events.append(Lost(lost, f"dask scheduler {self.address} unreachable"))
+        if status in ("closed", "closing", "failed") and self._reconnecting is None:
+            self._reconnecting = threading.Thread(target=self._reconnect, daemon=True)
+            self._reconnecting.start()
+        return events
+
+    def _reconnect(self) -> None:
+        from distributed import Client
+
+        while self.client is not None:
+            try:
+                self._new_client = Client(
+                    self.address, set_as_default=False, timeout=self.connect_timeout
+                )
+                return
+            except Exception:  # noqa: BLE001 - not back yet
+                time.sleep(1.0)
+
+    def status(self) -> str:
+        """The cluster as ``fm workers`` shows it."""
+        if self.state != "connected":
+            return f"{self.address}: {self.state}"
+        return f"{self.address}: connected, {self.threads} worker threads"
+
+    def wait_ready(self, timeout: float) -> None:
+        """At least one Dask worker (or ``timeout`` passed: tasks wait for one)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._refresh(force=True):
+                return
+            time.sleep(0.1)
+
+    def shutdown(self) -> None:
+        if self.client is None:
+            return
+        if self._new_client is not None:
+            self.client, self._new_client = self._new_client, None
+        ids = list(self.inflight)
+        self.inflight.clear()
+        try:
+            for f in self.futures.values():
+                f.cancel()
+            if ids:
+                self.client.run(daskwork.stop, ids, on_error="ignore")
+            self.client.run(daskwork.shutdown, on_error="ignore")
+        except Exception:  # noqa: BLE001 - the cluster may be gone
+            pass
+        client, self.client = self.client, None  # ends a reconnecting thread too
+        try:
+            client.close(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _refresh(self, force: bool = False) -> int:
+        if self.state != "connected":
+            return 0
+        now = time.monotonic()
+        if force or now - self.checked > CAPACITY_REFRESH:
+            self.checked = now
+            try:
+                workers = self.client.scheduler_info()["workers"]
+                self.threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+            except Exception:  # noqa: BLE001 - not connected now: no room until it is
+                self.threads = 0
+        return self.threads
+
+    # --- tasks --------------------------------------------------------------------
+
+    def offers(self, backlog: Callable[[], int]) -> Iterator[Offer]:
+        room = self._refresh() * MAX_BATCH * BATCHES_PER_THREAD - len(self.inflight)
+        if room > 0:
+            yield DaskOffer(room)
+
+    def submit(self, offer: Offer) -> list[tuple[Task, BaseException]]:
+        assert isinstance(offer, DaskOffer)
+        tasks = offer.tasks
+        if not tasks:
+            return []
+        alone = [t for t in tasks if t.get("timeout")]
+        rest = [t for t in tasks if not t.get("timeout")]
+        threads = max(1, self.threads)
+        size = max(1, min(MAX_BATCH, -(-len(rest) // threads)))
+        batches = [[t] for t in alone] + [rest[i : i + size] for i in range(0, len(rest), size)]
+        now_m = self._clock()
+        bad: list[tuple[Task, BaseException]] = []
+        for batch in batches:
+            self._seq += 1
+            key = f"fm-{self._token}-{self._seq}"
+            try:
+                future = self.client.submit(
+                    daskwork.run_batch,
+                    batch,
+                    self.owner,
+                    self.generation,
+                    key=key,
+                    pure=False,
+                    retries=0,
+                )
+            except Exception as exc:  # noqa: BLE001 - not picklable, or no client
+                bad.extend((t, exc) for t in batch)
+                continue
+            for t in batch:
+                self.inflight[t["id"]] = (t, now_m, key)
+            self.futures[key] = future
+            future.add_done_callback(self._on_done)
+        return bad
+
+    def _on_done(self, future: Any) -> None:
+        """On Dask's client thread: note it, wake :meth:`poll`."""
+        try:
+            value, exc = future.result(), None
+        except BaseException as e:  # noqa: BLE001 - KilledWorker, cancelled, the node's
+            value, exc = None, e
+        self.done.append((future.key, value, exc))
+        try:
+            os.write(self._w, b"x")
+        except OSError:
+            pass
+
+    def poll(self, timeout: float, extra: Any = None) -> list[Event]:
+        events = self._watch()
+        if events:
+            return events
+        if not self.done:
+            waiting = [self._r]
+            if extra is not None and extra.fileno() >= 0:
+                waiting.append(extra)
+            select.select(waiting, [], [], min(timeout, 0.5))
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except OSError:
+            pass
+        if any(exc is not None for _, _, exc in self.done):
+            # A batch that failed: if the scheduler is gone, that is why, and every
+            # task in flight is lost once — not this batch now and the rest later.
+            self.watched = 0.0
+            events = self._watch()
+        while self.done:
+            key, value, exc = self.done.popleft()
+            self.futures.pop(key, None)
+            mine = [tid for tid, (_, _, k) in self.inflight.items() if k == key]
+            finished: list[tuple[Task, tuple[Any, ...]]] = []
+            lost: list[tuple[Task, bool]] = []
+            if exc is None:
+                for result in value:
+                    item = self.inflight.pop(result[0], None)
+                    if item is None:
+                        continue  # stopped since: its result is not wanted
+                    if result[1] == daskwork.LOST:
+                        lost.append((item[0], True))
+                    else:
+                        finished.append((item[0], result))
+            # What the batch did not answer for: its worker died, or it failed.
+            for tid in mine:
+                item = self.inflight.pop(tid, None)
+                if item is not None:
+                    lost.append((item[0], True))
+            if finished:
+                events.append(Finished(finished))
+            if lost:
+                why = (
+                    f"dask worker lost ({type(exc).__name__})"
+                    if exc is not None
+                    else "its process died on the dask worker"
+                )
+                events.append(Lost(lost, why))
+        return events
+
+    def running(self) -> list[tuple[int, float]]:
+        return [(tid, since) for tid, (_, since, _) in self.inflight.items()]
+
+    def stop(self, task_ids: Collection[int]) -> list[tuple[Task, bool]]:
+        out = []
+        ids = []
+        for tid in task_ids:
+            item = self.inflight.pop(tid, None)
+            if item is not None:
+                out.append((item[0], True))
+                ids.append(tid)
+        if ids:
+            # Client.run waits for every worker's answer: not on the scheduling thread.
+            threading.Thread(target=self._stop_remote, args=(ids,), daemon=True).start()
+        return out
+
+    def _stop_remote(self, ids: list[int]) -> None:
+        try:
+            self.client.run(daskwork.stop, ids, on_error="ignore")
+        except Exception:  # noqa: BLE001 - the cluster is gone: so is the work
+            pass
+
+    def hand_back(self, task_ids: Collection[int]) -> None:
+        pass  # nothing is prefetched here (offers start what they take)
+
+    def reclaim(self, now_m: float) -> None:
+        pass
+
+    def next_check(self, now_m: float) -> float | None:
+        return None
+
+    def workers(self) -> list[tuple[int, int | None]]:
+        return []  # no local worker processes to sample
+
+    def io_workers(self) -> list[tuple[int, int]]:
+        return []

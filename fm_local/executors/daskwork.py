@@ -1,0 +1,203 @@
+"""What runs on a Dask worker for the Dask executor (:mod:`fm_local.executors.dask`).
+
+A Dask task is a batch of fm node tasks (:func:`run_batch`). Dask cannot stop a
+task that runs (its threads cannot be killed), so each node task runs in a child
+process of the Dask worker — fm's own worker process,
+:mod:`fm_local.executors.worker`, one per Dask thread, kept between tasks — and
+stopping a node (:func:`stop`, which the supervisor runs on every Dask worker
+with ``Client.run``) kills that child with everything it started; the next task
+of the thread gets a new child. A child that dies on its own (the node crashed
+it) makes its task come back as lost: the supervisor re-runs it as a recovery.
+
+Module code is found by path: the task names its workflow's folder, and the child
+imports that folder's modules keyed by folder (two workflows' ``tasks.py`` never
+mix), so the folder must be at the same path on every Dask worker (docs/scale-out.md).
+fm_local itself must be installed on the scheduler and every worker.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import threading
+import time
+from typing import Any
+
+from fm_local.executors import procs
+
+LOST = "lost"  # in place of ``ok``: the child died under the task, unasked
+
+_lock = threading.Lock()
+_children: dict[int, procs.Slot] = {}  # Dask thread id -> its child process
+_running: dict[int, int] = {}  # fm task id -> pid of the child that runs it
+_owners: dict[int, str] = {}  # fm task id -> the database of the supervisor that sent it
+# The newest generation of each supervisor (its database) seen here: a batch from an
+# older one — sent by a supervisor that died since — is not run.
+_current: dict[str, int] = {}
+# Task ids stopped before they began here (a later task of a batch), with when:
+# skipped when their turn comes. Every worker hears every stop, so entries for
+# tasks that run elsewhere are forgotten after a while.
+_stopped: dict[int, float] = {}
+STOPPED_MEMORY = 3600.0
+
+
+def no_dask_retries(dask_scheduler: Any) -> int:
+    """Run on the scheduler when the executor connects: a task whose worker died is
+    reported (``KilledWorker``) instead of being run again by Dask on another worker —
+    fm re-runs it itself, as a recovery bounded by ``recoveryAttempts``. Returns the
+    value it had."""
+    before = int(dask_scheduler.allowed_failures)
+    dask_scheduler.allowed_failures = 0
+    return before
+
+
+def _where() -> str:
+    try:
+        from distributed import get_worker
+
+        return "dask@" + get_worker().address.removeprefix("tcp://")
+    except Exception:  # noqa: BLE001 - not on a Dask worker (tests call it directly)
+        return "dask"
+
+
+def _child() -> procs.Slot:
+    """This thread's child process, started (and waited for) if it has none."""
+    me = threading.get_ident()
+    slot = _children.get(me)
+    if slot is not None and slot.proc.poll() is None:
+        return slot
+    if slot is not None:
+        _forget(me)
+    slot = procs.spawn("fm_local.executors.worker", 0, None, None)
+    while not slot.ready:
+        try:
+            msg = pickle.loads(slot.outbox.recv_bytes())
+        except (EOFError, OSError) as exc:
+            raise RuntimeError("fm's worker process did not start on this Dask worker") from exc
+        if msg[0] == "ready":
+            slot.ready = True
+    _children[me] = slot
+    return slot
+
+
+def _forget(thread: int) -> None:
+    slot = _children.pop(thread, None)
+    if slot is None:
+        return
+    procs.killpg(slot.pid, signal.SIGKILL)
+    try:
+        slot.proc.wait(5)
+    except Exception:  # noqa: BLE001
+        pass
+    procs.close(slot)
+
+
+def _run_one(task: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Run ``task`` in this thread's child; its result, or None if the child died
+    under it (killed by :func:`stop`, or crashed)."""
+    tid = task["id"]
+    while True:
+        slot = _child()
+        with _lock:
+            _running[tid] = slot.pid
+        try:
+            slot.inbox.send_bytes(pickle.dumps(("tasks", [task]), protocol=5))
+            while True:
+                try:
+                    msg = pickle.loads(slot.outbox.recv_bytes())
+                except (EOFError, OSError):
+                    _forget(threading.get_ident())
+                    return None
+                if msg[0] in ("results", "retire"):
+                    mine = [r for r in msg[1] if r[0] == tid]
+                    if msg[0] == "retire":
+                        # Past its memory limit, between tasks: a new child next.
+                        _forget(threading.get_ident())
+                    if mine and mine[0][1] is not None:
+                        return tuple(mine[0])
+                    if mine or msg[0] == "retire":
+                        break  # handed back unstarted: run it on a new child
+        except OSError:
+            _forget(threading.get_ident())
+            return None
+        finally:
+            with _lock:
+                _running.pop(tid, None)
+                _owners.pop(tid, None)
+
+
+def run_batch(
+    tasks: list[dict[str, Any]], owner: str = "", generation: int = 0
+) -> list[tuple[Any, ...]]:
+    """Run fm node tasks one after another; each result is the worker's result
+    tuple plus (where it ran, the pid of the child that ran it). A task stopped
+    before its turn is left out; so is the whole batch if a newer generation of its
+    supervisor (``owner``, its database) has started since it was sent."""
+    where = _where()
+    out: list[tuple[Any, ...]] = []
+    with _lock:
+        if generation < _current.get(owner, generation):
+            return out
+        _current[owner] = generation
+    for task in tasks:
+        with _lock:
+            if _stopped.pop(task["id"], None) is not None:
+                continue
+            if generation < _current.get(owner, generation):
+                break  # its supervisor was replaced while this batch ran
+            _owners[task["id"]] = owner
+        result = _run_one(task)
+        pid = _children.get(threading.get_ident())
+        if result is None:
+            now = time.time()
+            out.append((task["id"], LOST, None, None, [], now, now, None, where, None))
+            continue
+        result = tuple(result) + (None,) * (8 - len(result))
+        out.append(result[:8] + (where, pid.pid if pid is not None else None))
+    return out
+
+
+def stop(task_ids: list[int]) -> int:
+    """Run on every Dask worker (``Client.run``): stop these tasks where they run —
+    the child process and all it started — and skip those not begun. Returns how
+    many ran here."""
+    now = time.time()
+    hit: list[tuple[int, list[Any]]] = []
+    with _lock:
+        for tid in task_ids:
+            pid = _running.get(tid)
+            if pid is None:
+                _stopped[tid] = now
+            else:
+                hit.append((pid, procs.descendants(pid)))
+        for tid, since in list(_stopped.items()):
+            if now - since > STOPPED_MEMORY:
+                del _stopped[tid]
+    for pid, below in hit:
+        procs.killpg(pid, signal.SIGKILL)
+        procs.kill_all(below)  # what the node started in other process groups
+    return len(hit)
+
+
+def new_generation(owner: str, generation: int) -> int:
+    """Run on every Dask worker when a supervisor (``owner``, its database) connects:
+    what an earlier one of the same database left running here is stopped (it died,
+    or was killed, with tasks on the cluster: the new one re-runs what has no
+    recorded result), and its batches still waiting are skipped. Returns how many
+    were stopped."""
+    with _lock:
+        if generation > _current.get(owner, 0):
+            _current[owner] = generation
+        old = [tid for tid, o in _owners.items() if o == owner]
+    return stop(old) if old else 0
+
+
+def shutdown() -> None:
+    """Run on every Dask worker when the executor stops: no child is left behind."""
+    for thread in list(_children):
+        _forget(thread)
+
+
+def pids() -> list[int]:
+    """The pids of fm's child processes on this Dask worker (tests look)."""
+    return [s.pid for s in _children.values() if s.proc.poll() is None]

@@ -1,0 +1,380 @@
+"""The Dask executor (SPEC §11, docs/scale-out.md) against a real ``LocalCluster``
+of worker processes on loopback, started here: the same workflow gives the same
+output as on the local executor; each node runs in a child process of a Dask
+worker, recorded as ``dask@HOST:PORT``; stopping a node (cancel, timeout) kills
+that process; a Dask worker killed under a node makes it a recovery, not an attempt
+and not a silent re-run by Dask."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import HERE, Daemon, fm_cli, python_node, query, run_wf, wait_until
+
+from fm_local import api
+
+distributed = pytest.importorskip("distributed")
+
+py = partial(python_node, "dasktasks")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Any]:
+    """Two Dask worker processes (each with two threads, under a nanny that restarts
+    a killed one), scheduler on loopback."""
+    from distributed import LocalCluster
+
+    c = LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def dwf(wf: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
+    (tmp_path / "dasktasks.py").write_text((HERE / "dasktasks.py").read_text())
+    return wf
+
+
+@pytest.fixture
+def dask_daemon(daemon: Callable[..., Daemon]) -> Callable[[Any], Daemon]:
+    """``fm daemon --executor dask`` against ``cluster`` (killed at teardown)."""
+
+    def start(cluster: Any) -> Daemon:
+        return daemon(2, ("--executor", "dask", "--scheduler", cluster.scheduler_address))
+
+    return start
+
+
+def worker_pids(cluster: Any) -> set[int]:
+    from distributed import Client
+
+    with Client(cluster.scheduler_address, set_as_default=False) as c:
+        return set(c.run(os.getpid).values())
+
+
+def loop_doc(n: int) -> dict[str, Any]:
+    return {
+        "name": "squares",
+        "nodes": [
+            {"id": "items", "type": "transform", "expression": f"range({n})"},
+            {
+                "id": "each",
+                "type": "loop",
+                "arrayPath": "{{items}}",
+                "parallel": True,
+                "maxConcurrency": 8,
+                "body": {"nodes": [py("sq", "square", {"i": "{{item}}"})]},
+            },
+            {"id": "total", "type": "transform", "expression": "sum(x.sq for x in each)"},
+        ],
+        "edges": [
+            {"source": "items", "target": "each"},
+            {"source": "each", "target": "total"},
+        ],
+    }
+
+
+def test_a_loop_on_dask_gives_the_output_of_the_local_executor(
+    dwf, db, tmp_path, cluster, dask_daemon
+):
+    """The same workflow on both executors: the same output; on Dask every node ran
+    in a child process of a Dask worker (not of the daemon), recorded with the Dask
+    worker's address as its lane, and at most maxConcurrency at once."""
+    path = dwf(loop_doc(60))
+    local = run_wf(path, tmp_path / "local.db")
+    assert local["status"] == "succeeded"
+    d = dask_daemon(cluster)
+    eid = api.submit(path, db=db)
+    res = api.wait(eid, db=db, timeout=120)
+    assert res["status"] == "succeeded", res
+    assert res["output"] == local["output"]
+    assert res["output"]["total"] == sum(i * i for i in range(60))
+    rows = query(
+        db,
+        "SELECT path, lane, worker_pid, started_at, finished_at FROM node_runs "
+        "WHERE execution_id=? AND path LIKE 'each[%].sq'",
+        (eid,),
+    )
+    assert len(rows) == 60
+    addresses = {w.removeprefix("tcp://") for w in cluster.scheduler_info["workers"]}
+    assert {r["lane"] for r in rows} <= {f"dask@{a}" for a in addresses}, rows[:3]
+    dask_pids = worker_pids(cluster)
+    daemon_tree = {d.proc.pid, *(p.pid for p in psutil.Process(d.proc.pid).children(True))}
+    for r in rows:
+        assert r["worker_pid"] not in daemon_tree
+    # maxConcurrency from the records: never more than 8 at once.
+    marks = sorted([(r["started_at"], 1) for r in rows] + [(r["finished_at"], -1) for r in rows])
+    level = peak = 0
+    for _, step in marks:
+        level += step
+        peak = max(peak, level)
+    assert peak <= 8
+    show = fm_cli(db, "show", eid, "--all").stdout
+    assert "dask@" in show, show
+    # The TUI's node panel says where it ran.
+    from tui.data import Reader
+    from tui.widgets.node_panel import node_view
+
+    reader = Reader(db)
+    snap = reader.detail(
+        eid, expanded=frozenset({"each"}), selected="each[3].sq", width=120, now=0.0
+    )
+    reader.close()
+    assert snap.node is not None
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(node_view(snap.node, 0.0))
+    assert f"lane {snap.node.lane}" in console.export_text()
+    assert snap.node.lane.startswith("dask@")
+    # fm workers and the TUI's resources screen show the cluster.
+    assert "connected, 4 worker threads" in fm_cli(db, "workers").stdout
+
+    def cluster_sample() -> Any:
+        reader = Reader(db)
+        try:
+            latest = reader.resources(time.time()).latest
+        finally:
+            reader.close()
+        return [s for s in latest if s.role == "dask"]
+
+    (sample,) = wait_until(cluster_sample, 10, "a sample of the cluster's state")
+    assert sample.node_path.endswith("connected, 4 worker threads")
+    assert d.stop() == 0
+    # The children ran below the Dask workers, and are gone with the daemon's stop.
+    assert dask_pids
+
+
+def sleepers(tmp_path: Path) -> list[dict[str, Any]]:
+    p = tmp_path / "sleepers.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def test_cancel_kills_the_nodes_running_on_dask(dwf, db, tmp_path, cluster, dask_daemon):
+    """Dask cannot stop a running task; fm runs the node in a child process of the
+    Dask worker and kills it: after a cancel, the sleeping processes are gone (not
+    left to sleep their minute out) and the execution is cancelled."""
+    doc = {
+        "name": "sleepy",
+        "nodes": [
+            {"id": "items", "type": "transform", "expression": "range(3)"},
+            {
+                "id": "each",
+                "type": "loop",
+                "arrayPath": "{{items}}",
+                "parallel": True,
+                "body": {"nodes": [py("nap", "sleeper", {"folder": str(tmp_path), "seconds": 60})]},
+            },
+        ],
+        "edges": [{"source": "items", "target": "each"}],
+    }
+    d = dask_daemon(cluster)
+    eid = api.submit(dwf(doc), db=db)
+    wait_until(lambda: len(sleepers(tmp_path)) == 3, 60, "three nodes sleeping on Dask")
+    procs = [psutil.Process(s["pid"]) for s in sleepers(tmp_path)]
+    assert {s["parent"] for s in sleepers(tmp_path)} <= worker_pids(cluster)
+    assert fm_cli(db, "cancel", eid).exit_code == 0
+    res = api.wait(eid, db=db, timeout=60)
+    assert res["status"] == "cancelled"
+    wait_until(
+        lambda: not any(p.is_running() and p.status() != "zombie" for p in procs),
+        30,
+        "the sleeping processes killed",
+    )
+    d.stop()
+
+
+def test_a_timeout_kills_the_node_on_dask(dwf, db, tmp_path, cluster, dask_daemon):
+    doc = {
+        "name": "late",
+        "nodes": [
+            py("nap", "sleeper", {"folder": str(tmp_path), "seconds": 60}, timeout=1500),
+        ],
+    }
+    d = dask_daemon(cluster)
+    eid = api.submit(dwf(doc), db=db)
+    res = api.wait(eid, db=db, timeout=60)
+    assert res["status"] == "failed", res
+    assert (res["error"]["code"], res["error"]["nodePath"]) == ("TIMEOUT", "nap")
+    (s,) = sleepers(tmp_path)
+    p = psutil.Process(s["pid"]) if psutil.pid_exists(s["pid"]) else None
+    wait_until(
+        lambda: p is None or not p.is_running() or p.status() == "zombie",
+        30,
+        "the timed-out process killed",
+    )
+    d.stop()
+
+
+def test_a_dask_worker_killed_under_a_node_makes_it_a_recovery(
+    dwf, db, tmp_path, cluster, dask_daemon
+):
+    """SIGKILL of the Dask worker process that runs a node: the node runs again as a
+    recovery (WORKER_CRASH), not as an attempt, and not silently by Dask — one
+    recorded result, recoveries 1."""
+    doc = {
+        "name": "crashy",
+        "nodes": [py("once", "sleep_once", {"folder": str(tmp_path), "seconds": 60})],
+    }
+    d = dask_daemon(cluster)
+    eid = api.submit(dwf(doc), db=db)
+    mark = tmp_path / "slept"
+    wait_until(mark.exists, 60, "the node running on Dask")
+    info = json.loads(wait_until(lambda: mark.read_text(), 10, "the mark written"))
+    assert info["parent"] in worker_pids(cluster)
+    os.kill(info["parent"], signal.SIGKILL)
+    res = api.wait(eid, db=db, timeout=120)
+    assert res["status"] == "succeeded", res
+    (row,) = query(
+        db, "SELECT status, attempts, recoveries FROM node_runs WHERE execution_id=?", (eid,)
+    )
+    assert (row["status"], row["attempts"], row["recoveries"]) == ("succeeded", 1, 1)
+    d.stop()
+
+
+def test_dask_executor_usage_errors(db):
+    res = fm_cli(db, "daemon", "--executor", "dask")
+    assert res.exit_code == 2
+    assert "--scheduler" in res.stderr
+    res = fm_cli(db, "daemon", "--scheduler", "tcp://127.0.0.1:1")
+    assert res.exit_code == 2
+    assert "--executor dask" in res.stderr
+
+
+def test_kill9_of_the_daemon_with_a_node_on_dask_loses_nothing_and_leaves_nothing(
+    dwf, db, tmp_path, cluster, dask_daemon
+):
+    """The daemon is killed (-9) while its node sleeps on a Dask worker. The node's
+    process is not left to run: the next daemon of the same database stops it when it
+    connects, re-runs the node as a recovery, and the node has one recorded result."""
+    doc = {
+        "name": "orphan",
+        "nodes": [py("once", "sleep_once", {"folder": str(tmp_path), "seconds": 60})],
+    }
+    d = dask_daemon(cluster)
+    eid = api.submit(dwf(doc), db=db)
+    mark = tmp_path / "slept"
+    wait_until(mark.exists, 60, "the node running on Dask")
+    info = json.loads(wait_until(lambda: mark.read_text(), 10, "the mark written"))
+    orphan = psutil.Process(info["pid"])
+    d.kill9()
+    assert orphan.is_running()  # Dask does not stop a task when its client dies
+    dask_daemon(cluster)
+    res = api.wait(eid, db=db, timeout=120)
+    assert res["status"] == "succeeded", res
+    wait_until(
+        lambda: not orphan.is_running() or orphan.status() == "zombie",
+        30,
+        "the orphaned node's process stopped",
+    )
+    (row,) = query(
+        db, "SELECT status, attempts, recoveries FROM node_runs WHERE execution_id=?", (eid,)
+    )
+    assert (row["status"], row["attempts"], row["recoveries"]) == ("succeeded", 1, 1)
+
+
+class DaskCLI:
+    """A scheduler and a worker as ``dask scheduler`` / ``dask worker`` processes, so
+    the scheduler can be killed and started again on the same port."""
+
+    def __init__(self, tmp: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.log = open(tmp / "dask.log", "a")
+        self.dask = str(Path(sys.executable).parent / "dask")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, *args: str) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen([self.dask, *args], stdout=self.log, stderr=self.log)
+        self.procs.append(p)
+        return p
+
+    def scheduler(self) -> subprocess.Popen[bytes]:
+        p = self._start(
+            "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"
+        )
+        wait_until(lambda: self._reachable(), 60, "the dask scheduler listening")
+        return p
+
+    def _reachable(self) -> bool:
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def worker(self) -> subprocess.Popen[bytes]:
+        return self._start("worker", self.address, "--nthreads", "2", "--no-dashboard")
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.log.close()
+
+
+@pytest.mark.crash
+def test_a_scheduler_restart_recovers_the_nodes_in_flight(dwf, db, tmp_path, daemon):
+    """The Dask scheduler is killed (-9) while a node runs, then started again with a
+    worker: the daemon keeps serving, says the scheduler is unreachable in ``fm
+    workers``, and once it is back re-runs the node as a recovery; one recorded
+    result."""
+    cli = DaskCLI(tmp_path)
+    try:
+        sched = cli.scheduler()
+        cli.worker()
+        d = daemon(2, ("--executor", "dask", "--scheduler", cli.address))
+        doc = {
+            "name": "restart",
+            "nodes": [py("once", "sleep_once", {"folder": str(tmp_path), "seconds": 60})],
+        }
+        eid = api.submit(dwf(doc), db=db)
+        wait_until((tmp_path / "slept").exists, 90, "the node running on Dask")
+        sched.kill()
+        sched.wait()
+        wait_until(lambda: "unreachable" in fm_cli(db, "workers").stdout, 30, "fm workers says so")
+        assert d.proc is not None and d.proc.poll() is None
+        cli.scheduler()
+        cli.worker()
+        res = api.wait(eid, db=db, timeout=120)
+        assert res["status"] == "succeeded", res
+        (row,) = query(
+            db, "SELECT status, attempts, recoveries FROM node_runs WHERE execution_id=?", (eid,)
+        )
+        assert (row["status"], row["attempts"], row["recoveries"]) == ("succeeded", 1, 1)
+        wait_until(
+            lambda: "connected" in fm_cli(db, "workers").stdout.split("cluster", 1)[-1],
+            30,
+            "fm workers says the cluster is back",
+        )
+        d.stop()
+    finally:
+        cli.close()
