@@ -378,3 +378,63 @@ def test_a_scheduler_restart_recovers_the_nodes_in_flight(dwf, db, tmp_path, dae
         d.stop()
     finally:
         cli.close()
+
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+DECLINED = {
+    "order": {
+        "id": "A-1002",
+        "items": [{"sku": "book", "qty": 2}],
+        "payment": {"amount": 42.5, "declined": True},
+        "address": {"country": "FR"},
+    }
+}
+
+
+@pytest.mark.slow
+def test_the_examples_give_the_same_results_on_both_executors(db, tmp_path, cluster, daemon):
+    """The examples of the parallel-execution page, on a local daemon and on a Dask
+    daemon: the same status, the same output (fail-fast stops the slow checks on
+    both; the first success wins on both; collect keeps every item; the batch gate
+    and maxConcurrency hold — checked by the examples' own outputs)."""
+    order = json.loads((EXAMPLES / "order.json").read_text())
+    cases = [
+        ("fan_out_fan_in.json", {"count": 8}),
+        ("parallel_validation.json", order),
+        ("fail_fast_validation.json", order),
+        ("fail_fast_validation.json", DECLINED),
+        ("parallel_with_fallback.json", {}),
+        ("parallel_with_fallback.json", {"primaryFails": True}),
+        ("loop_collect.json", {"failEvery": 3}),
+        ("batch_processing.json", None),
+        ("parallel_api_calls.json", {}),
+    ]
+    results: dict[str, list[Any]] = {"local": [], "dask": []}
+    for name, extra in (
+        ("local", ()),
+        ("dask", ("--executor", "dask", "--scheduler", cluster.scheduler_address)),
+    ):
+        where = tmp_path / f"{name}.db"
+        d = Daemon(where, 4, extra).start()
+        try:
+            for wf, inp in cases:
+                eid = api.submit(EXAMPLES / wf, inp, db=where)
+                res = api.wait(eid, db=where, timeout=180)
+                out = res["output"]
+                if wf == "parallel_api_calls.json":
+                    # The local API server's own pid; and how many calls it saw at
+                    # once: up to maxConcurrency (10) on both, but on Dask a node
+                    # takes a worker thread (4 here), where the I/O lane runs all 10.
+                    server = out["enriched"]["server"]
+                    del server["pid"]
+                    assert 1 <= server.pop("maxConcurrency") <= 10
+                results[name].append((wf, res["status"], out))
+        finally:
+            d.stop()
+    for local, dask in zip(results["local"], results["dask"], strict=True):
+        assert local == dask
+    # Every worker node ran on Dask: where it ended, its Dask worker; a node stopped
+    # there (fail-fast, a first success's loser) is "dask" (it did not say where).
+    lanes = {r["lane"] for r in query(tmp_path / "dask.db", "SELECT lane FROM node_runs")}
+    assert any(lane and lane.startswith("dask@") for lane in lanes), lanes
+    assert all(lane is None or lane.startswith("dask") for lane in lanes), lanes
