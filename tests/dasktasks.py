@@ -31,3 +31,13 @@ def sleep_once(folder, seconds):
             f.write(json.dumps({"pid": os.getpid(), "parent": os.getppid()}))
         time.sleep(seconds)
     return "done"
+
+
+def counted_nap(folder, seconds):
+    """Notes each call (one line), sleeps, then notes that it ended."""
+    with open(os.path.join(folder, "calls.jsonl"), "a") as f:
+        f.write(json.dumps({"pid": os.getpid()}) + "\n")
+    time.sleep(seconds)
+    with open(os.path.join(folder, "ended"), "a") as f:
+        f.write("x")
+    return {"slept": seconds}

@@ -294,6 +294,54 @@ def test_kill9_of_the_daemon_with_a_node_on_dask_loses_nothing_and_leaves_nothin
     assert (row["status"], row["attempts"], row["recoveries"]) == ("succeeded", 1, 1)
 
 
+def test_a_result_computed_while_the_daemon_was_down_is_adopted(
+    dwf, db, tmp_path, cluster, dask_daemon
+):
+    """The daemon is killed (-9) while its node runs on Dask; the node finishes while
+    no daemon runs. The next daemon of the same database adopts that result — it is
+    this very attempt's (execution, path, seq) — instead of running the node again:
+    one call, one recorded result, no recovery."""
+    doc = {
+        "name": "adopt",
+        "nodes": [
+            py("nap", "counted_nap", {"folder": str(tmp_path), "seconds": 2}),
+            {"id": "after", "type": "transform", "expression": "nap.slept * 10"},
+        ],
+        "edges": [{"source": "nap", "target": "after"}],
+    }
+    d = dask_daemon(cluster)
+    eid = api.submit(dwf(doc), db=db)
+    calls = tmp_path / "calls.jsonl"
+    wait_until(calls.exists, 60, "the node running on Dask")
+    # Its attempt is committed as running before the daemon dies.
+    wait_until(
+        lambda: (
+            query(db, "SELECT status FROM node_runs WHERE path='nap'")[0]["status"] == "running"
+        ),
+        30,
+        "the attempt recorded as running",
+    )
+    d.kill9()
+    wait_until((tmp_path / "ended").exists, 60, "the node ended with no daemon")
+    dask_daemon(cluster)
+    res = api.wait(eid, db=db, timeout=120)
+    assert res["status"] == "succeeded", res
+    assert res["output"] == {"after": 20}
+    assert len(calls.read_text().splitlines()) == 1  # not run again
+    (row,) = query(
+        db,
+        "SELECT status, attempts, recoveries, lane FROM node_runs WHERE execution_id=? "
+        "AND path='nap'",
+        (eid,),
+    )
+    assert (row["status"], row["attempts"], row["recoveries"]) == ("succeeded", 1, 0)
+    assert row["lane"].startswith("dask@")
+    tries = query(
+        db, "SELECT kind, status FROM attempts WHERE execution_id=? AND path='nap'", (eid,)
+    )
+    assert [(t["kind"], t["status"]) for t in tries] == [("attempt", "succeeded")]
+
+
 class DaskCLI:
     """A scheduler and a worker as ``dask scheduler`` / ``dask worker`` processes, so
     the scheduler can be killed and started again on the same port."""

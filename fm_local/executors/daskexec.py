@@ -84,6 +84,10 @@ class DaskExecutor:
         self._reconnecting: threading.Thread | None = None
         self._new_client: Any = None  # made by the reconnecting thread
         self.watched = 0.0
+        # Results its predecessor (of this database) left on the cluster, by attempt
+        # key (execution, path, seq): the supervisor adopts those of the attempts it
+        # finds still running when it starts, and re-runs the rest.
+        self.adoptable: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 
     # --- life ---------------------------------------------------------------------
 
@@ -101,6 +105,13 @@ class DaskExecutor:
                 f"--executor dask: cannot reach the Dask scheduler at {self.address}: {exc}"
             ) from exc
         self._connected()
+        try:
+            found = self.client.run(daskwork.collect, self.owner, self.generation)
+        except Exception:  # noqa: BLE001 - nothing to adopt: those nodes re-run
+            found = {}
+        for results in found.values():
+            for key, result in results:
+                self.adoptable[tuple(key)] = tuple(result)  # type: ignore[index]
 
     def _connected(self) -> None:
         """A (new) connection to the scheduler: Dask must not re-run our tasks itself,

@@ -21,6 +21,7 @@ import pickle
 import signal
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from fm_local.executors import procs
@@ -39,6 +40,11 @@ _current: dict[str, int] = {}
 # tasks that run elsewhere are forgotten after a while.
 _stopped: dict[int, float] = {}
 STOPPED_MEMORY = 3600.0
+# The newest results of each supervisor, kept for its successor: if it dies with
+# tasks on the cluster, the next one of the same database adopts the results of
+# the attempts it finds still running (:func:`collect`). Bounded per supervisor.
+KEEP = 2000
+_kept: dict[str, deque[tuple[tuple[str, str, int], int, tuple[Any, ...]]]] = {}
 
 
 def no_dask_retries(dask_scheduler: Any) -> int:
@@ -153,7 +159,28 @@ def run_batch(
             out.append((task["id"], LOST, None, None, [], now, now, None, where, None))
             continue
         result = tuple(result) + (None,) * (8 - len(result))
-        out.append(result[:8] + (where, pid.pid if pid is not None else None))
+        result = result[:8] + (where, pid.pid if pid is not None else None)
+        out.append(result)
+        ctx = task["ctx"]
+        key = (str(ctx.get("executionId")), str(ctx.get("nodePath")), int(task.get("seq") or 0))
+        with _lock:
+            kept = _kept.get(owner)
+            if kept is None:
+                kept = _kept[owner] = deque(maxlen=KEEP)
+            kept.append((key, generation, result))
+    return out
+
+
+def collect(owner: str, generation: int) -> list[tuple[tuple[str, str, int], tuple[Any, ...]]]:
+    """Run on every Dask worker by a supervisor that just connected: the results
+    its predecessors (of the same database) left here, ``((execution, path, seq),
+    result)``; given once."""
+    with _lock:
+        kept = _kept.get(owner)
+        if not kept:
+            return []
+        out = [(key, result) for key, gen, result in kept if gen < generation]
+        _kept[owner] = deque((e for e in kept if e[1] >= generation), maxlen=KEEP)
     return out
 
 

@@ -155,6 +155,7 @@ class Dispatch(Part):
         b = run.branch
         task: dict[str, Any] = {
             "id": tid,
+            "seq": run.seq,  # with ctx's execution and path: this attempt's key
             "type": run.ntype,
             "spec": spec,
             "folder": ex.folder,

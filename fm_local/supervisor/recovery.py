@@ -94,6 +94,8 @@ class Recovery(Part):
         last = self._last_attempts(ex.id, frame.prefix)
         loops: list[Run] = []
         exhausted: list[tuple[Run, dict[str, Any]]] = []
+        adopted: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
+        adoptable = getattr(self.executor, "adoptable", None) or {}
         for r in self.store.frame_rows(ex.id, frame.prefix):
             node = frame.graph.nodes.get(r["node_id"])
             if node is None or r["path"] != frame.path_of(node.id):
@@ -132,6 +134,16 @@ class Recovery(Part):
                 self._timer(run.next_attempt_at or now, "delay", run)
             elif runs is Runs.WAIT and run.status == "running":
                 self._start_wait(run, restoring=True)
+            elif run.status == "running" and (ex.id, run.path, run.seq) in adoptable:
+                # The supervisor died while this node ran on a remote executor, which
+                # kept the result of this very attempt (its key: execution, path, seq,
+                # committed before the task was sent): record it as the attempt's.
+                tid = next(self.task_ids)
+                run.task_id = tid
+                run.attempt_kind = kind
+                ex.running += 1
+                self.tasks[tid] = run
+                adopted.append(({"id": tid}, adoptable.pop((ex.id, run.path, run.seq))))
             elif run.status == "running":
                 # The supervisor died while this node ran: an infrastructure
                 # interruption, re-run without spending an attempt.
@@ -171,6 +183,8 @@ class Recovery(Part):
         for run, err in exhausted:
             frame.active -= 1
             self._final_failure(run, err)
+        if adopted:
+            self._on_results(adopted)
         self._advance_frame(frame)
         self.frames_to_check.append(frame)
 
