@@ -29,7 +29,7 @@ def scenarios(tmp: Path, runs: int, n: int, add: Callable[[str, str, float, str]
 
     path = write_workflow(tmp, "loop", loop_doc(n, NOOP))
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     )
     try:
         local, dask, direct = [], [], []

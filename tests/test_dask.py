@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, Daemon, fm_cli, python_node, query, run_wf, wait_until
+from conftest import HERE, Daemon, fm_cli, holds, python_node, query, run_wf, wait_until
 
 from fm_local import api
 
@@ -40,7 +40,7 @@ def cluster() -> Iterator[Any]:
         threads_per_worker=2,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address=":0",
     )
     try:
         yield c
@@ -227,6 +227,24 @@ def test_a_timeout_kills_the_node_on_dask(dwf, db, tmp_path, cluster, dask_daemo
     d.stop()
 
 
+def test_a_node_stopped_while_its_process_starts_never_runs(
+    dwf, db, tmp_path, cluster, dask_daemon
+):
+    """A fresh cluster: the Dask worker starts fm's process for the first task, which
+    takes a while. The node's timeout (100 ms) passes in that window: it is recorded
+    TIMEOUT and must not run afterwards (the stop once only noted the id, and the
+    node then ran to its end)."""
+    doc = {
+        "name": "early",
+        "nodes": [py("nap", "counted_nap", {"folder": str(tmp_path), "seconds": 2}, timeout=100)],
+    }
+    dask_daemon(cluster)
+    eid = api.submit(dwf(doc), db=db)
+    res = api.wait(eid, db=db, timeout=60)
+    assert (res["status"], res["error"]["code"]) == ("failed", "TIMEOUT"), res
+    holds(lambda: not (tmp_path / "ended").exists(), 4.0, "the stopped node never ran")
+
+
 def test_a_dask_worker_killed_under_a_node_makes_it_a_recovery(
     dwf, db, tmp_path, cluster, dask_daemon
 ):
@@ -253,13 +271,69 @@ def test_a_dask_worker_killed_under_a_node_makes_it_a_recovery(
     d.stop()
 
 
-def test_dask_executor_usage_errors(db):
+def test_dask_executor_usage_errors(db, monkeypatch):
     res = fm_cli(db, "daemon", "--executor", "dask")
     assert res.exit_code == 2
     assert "--scheduler" in res.stderr
     res = fm_cli(db, "daemon", "--scheduler", "tcp://127.0.0.1:1")
     assert res.exit_code == 2
     assert "--executor dask" in res.stderr
+    # Not a scheduler's address (the dashboard's url, a bare name): one line, at once.
+    for bad in ("http://127.0.0.1:8787/status", "foo"):
+        res = fm_cli(db, "daemon", "--executor", "dask", "--scheduler", bad)
+        assert res.exit_code != 0
+        (line,) = res.stderr.strip().splitlines()
+        assert "not a Dask scheduler address" in line and "tcp://HOST:PORT" in line, line
+        assert "Traceback" not in res.stderr
+    # Nothing listens there: one line after the connect timeout.
+    res = fm_cli(db, "daemon", "--executor", "dask", "--scheduler", "tcp://127.0.0.1:1")
+    assert res.exit_code != 0
+    (line,) = res.stderr.strip().splitlines()
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in line, line
+
+
+def test_fm_run_says_fm_executor_dask_is_for_the_daemon(dwf, db, monkeypatch):
+    """FM_EXECUTOR=dask with no daemon: fm run runs locally, and says so."""
+    monkeypatch.setenv("FM_EXECUTOR", "dask")
+    res = fm_cli(db, "run", str(dwf({"name": "one", "nodes": [py("sq", "square", {"i": 3})]})))
+    assert res.exit_code == 0, res.stderr
+    assert "FM_EXECUTOR=dask is for fm daemon" in res.stderr
+
+
+def test_two_daemons_share_a_cluster_without_touching_each_others_nodes(
+    dwf, tmp_path, cluster, daemon
+):
+    """Two daemons (two databases) on one cluster: their task ids are their own (both
+    start at 1), so B stopping its node (a timeout) and then stopping altogether
+    leaves A's node running to its end — no recovery."""
+    a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
+    args = ("--executor", "dask", "--scheduler", cluster.scheduler_address)
+    a = Daemon(a_db, 2, args).start()
+    b = Daemon(b_db, 2, args).start()
+    try:
+        long_a = {
+            "name": "a",
+            "nodes": [py("nap", "counted_nap", {"folder": str(tmp_path), "seconds": 6})],
+        }
+        eid_a = api.submit(dwf(long_a), db=a_db)
+        wait_until((tmp_path / "calls.jsonl").exists, 60, "A's node running on Dask")
+        late_b = {
+            "name": "b",
+            "nodes": [py("nap", "sleeper", {"folder": str(tmp_path), "seconds": 60}, timeout=500)],
+        }
+        eid_b = api.submit(dwf(late_b), db=b_db)
+        assert api.wait(eid_b, db=b_db, timeout=60)["status"] == "failed"
+        assert b.stop() == 0
+        res = api.wait(eid_a, db=a_db, timeout=60)
+        assert res["status"] == "succeeded", res
+        (row,) = query(a_db, "SELECT attempts, recoveries FROM node_runs WHERE path='nap'")
+        assert (row["attempts"], row["recoveries"]) == (1, 0)
+        assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 1
+    finally:
+        for d in (a, b):
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait()
 
 
 def test_kill9_of_the_daemon_with_a_node_on_dask_loses_nothing_and_leaves_nothing(
@@ -486,3 +560,30 @@ def test_the_examples_give_the_same_results_on_both_executors(db, tmp_path, clus
     lanes = {r["lane"] for r in query(tmp_path / "dask.db", "SELECT lane FROM node_runs")}
     assert any(lane and lane.startswith("dask@") for lane in lanes), lanes
     assert all(lane is None or lane.startswith("dask") for lane in lanes), lanes
+
+
+@pytest.mark.crash
+def test_a_hung_scheduler_does_not_hold_the_daemon(wf, db, tmp_path, daemon):
+    """The scheduler is frozen (SIGSTOP): the daemon still runs what needs no Dask
+    worker (a transform-only execution) and stops on SIGTERM — nothing the executor
+    asks the scheduler blocks the supervisor's loop or its exit."""
+    cli = DaskCLI(tmp_path)
+    sched = None
+    try:
+        sched = cli.scheduler()
+        cli.worker()
+        d = daemon(2, ("--executor", "dask", "--scheduler", cli.address))
+        wait_until(lambda: "connected" in fm_cli(db, "workers").stdout, 30, "the daemon connected")
+        sched.send_signal(signal.SIGSTOP)
+        doc = {
+            "name": "local-only",
+            "nodes": [{"id": "t", "type": "transform", "expression": "6 * 7"}],
+        }
+        eid = api.submit(wf(doc), db=db)
+        res = api.wait(eid, db=db, timeout=60)
+        assert (res["status"], res["output"]) == ("succeeded", {"t": 42})
+        assert d.stop() == 0
+    finally:
+        if sched is not None and sched.poll() is None:
+            sched.send_signal(signal.SIGCONT)
+        cli.close()

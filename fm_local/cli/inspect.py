@@ -267,8 +267,10 @@ def _node_table(row: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
     codes = [n["code"] for n in nodes if n.get("code")]
     cw = min(max(map(len, codes)), 40) if codes else 0
     code_head = f"{'CODE':<{cw}} " if cw else ""
+    # A Dask worker's lane (dask@HOST:PORT) is longer than process/io.
+    lw = max([7, *(len(n["lane"]) for n in nodes if n.get("lane"))])
     click.echo(
-        f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8} {'TRACE':<9} {'LANE':<7} "
+        f"{'PATH':<32} {'STATUS':<10} {'ATT':>3} {'MS':>8} {'TRACE':<9} {'LANE':<{lw}} "
         f"{code_head}ERROR"
     )
     root = row["trace_id"]
@@ -288,7 +290,7 @@ def _node_table(row: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
         code = f"{(n.get('code') or '-')[:cw]:<{cw}} " if cw else ""
         click.echo(
             f"{n['path'][:32]:<32} {n['status']:<10} {n['attempts']:>3} {ms:>8} "
-            f"{trace or '-':<9} {n.get('lane') or '-':<7} {code}{etext}".rstrip()
+            f"{trace or '-':<9} {n.get('lane') or '-':<{lw}} {code}{etext}".rstrip()
         )
 
 
@@ -546,6 +548,8 @@ def workers(ctx: Ctx) -> None:
             node = f"I/O lane: {r['node_path'] or '0 tasks'}"
         elif r["role"] == "dask":
             node = f"cluster {r['node_path']}"
+            click.echo(f"{'dask':<11} {'-':>7} {'-':>6} {'-':>8}  {node}")
+            continue
         pid = r["pid"] if r["pid"] is not None else "-"
         click.echo(
             f"{r['role']:<11} {pid:>7} {r['cpu_percent']:>6.1f} {r['rss_bytes'] / 2**20:>8.1f}  {node}"

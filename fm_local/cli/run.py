@@ -235,6 +235,12 @@ def run(
         )
     except OSError:
         pass
+    if os.environ.get("FM_EXECUTOR") == "dask":
+        click.echo(
+            "note: FM_EXECUTOR=dask is for fm daemon; with no daemon serving "
+            f"{ctx.db}, fm run runs this execution on local worker processes",
+            err=True,
+        )
     sup = Supervisor(
         ctx.db,
         workers=workers or os.cpu_count() or 2,
@@ -403,8 +409,23 @@ def daemon(
         raise UsageError(
             f"--http {http_bind!r}: expected HOST:PORT with a port 0-65535, e.g. 127.0.0.1:8765"
         )
+    from click.core import ParameterSource
+
+    cctx = click.get_current_context()
     make_executor = None
     if executor == "dask":
+        local_only = [
+            "--" + name.replace("_", "-")
+            for name in ("workers", "max_worker_memory", "io_concurrency")
+            if cctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        ]
+        if local_only:
+            click.echo(
+                f"warning: {' and '.join(local_only)} ignored: they size the local "
+                "executor, and node work runs on the Dask cluster (size it with "
+                "dask worker --nthreads)",
+                err=True,
+            )
         if not scheduler:
             raise UsageError(
                 "--executor dask needs --scheduler ADDRESS (the Dask scheduler, "
@@ -416,8 +437,9 @@ def daemon(
 
         owner = os.path.abspath(ctx.db)
         make_executor = functools.partial(DaskExecutor, scheduler=scheduler, owner=owner)
-    elif scheduler:
+    elif scheduler and cctx.get_parameter_source("scheduler") == ParameterSource.COMMANDLINE:
         raise UsageError("--scheduler is for --executor dask")
+    # (FM_DASK_SCHEDULER alone, without FM_EXECUTOR=dask, is not an error: it is ignored.)
     _log_to(logging.StreamHandler(), "%(asctime)s fm daemon: %(levelname)s %(message)s")
     sup = Supervisor(
         ctx.db,

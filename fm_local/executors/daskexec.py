@@ -22,6 +22,7 @@ Results come back on Dask's client thread; a pipe wakes :meth:`DaskExecutor.poll
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import threading
@@ -39,6 +40,8 @@ from fm_local.executors import Event, Finished, Lost, Offer, StartingOffer, Task
 MAX_BATCH = 32
 BATCHES_PER_THREAD = 2
 CAPACITY_REFRESH = 1.0  # seconds between looks at the cluster's workers
+
+log = logging.getLogger("fm_local.executors.dask")
 
 
 class DaskOffer(StartingOffer):
@@ -67,8 +70,7 @@ class DaskExecutor:
         self._clock = monotonic
         self.connect_timeout = connect_timeout
         self.client: Any = None
-        self.threads = 0  # worker threads in the cluster (refreshed)
-        self.checked = 0.0
+        self.threads = 0  # worker threads in the cluster (counted in the background)
         # fm task id -> (task, when handed to Dask (scheduler's clock), its batch key)
         self.inflight: dict[int, tuple[Task, float, str]] = {}
         self.futures: dict[str, Any] = {}
@@ -81,9 +83,8 @@ class DaskExecutor:
         # The scheduler's connection: "connected", or why not (fm workers shows it).
         self.state = "connecting"
         self.lost_at: float | None = None  # when the connection was lost (monotonic)
-        self._reconnecting: threading.Thread | None = None
-        self._new_client: Any = None  # made by the reconnecting thread
         self.watched = 0.0
+        self.closing = False  # shutdown began: the background threads end
         # Results its predecessor (of this database) left on the cluster, by attempt
         # key (execution, path, seq): the supervisor adopts those of the attempts it
         # finds still running when it starts, and re-runs the rest.
@@ -94,16 +95,43 @@ class DaskExecutor:
     def start(self) -> None:
         try:
             from distributed import Client
+            from distributed.comm import parse_address
         except ImportError as exc:
             raise errors.FmError(
-                "--executor dask needs Dask's distributed package: pip install 'fm-local[dask]'"
+                "--executor dask needs Dask's distributed package: pip install "
+                "'fm_local[dask]' (from a checkout: make install)"
             ) from exc
         try:
-            self.client = Client(self.address, set_as_default=False, timeout=self.connect_timeout)
-        except OSError as exc:
+            scheme, rest = parse_address(self.address)
+            if scheme not in ("tcp", "tls", "inproc", "ucx") or ":" not in rest:
+                raise ValueError(f"a {scheme}:// address without a port")
+        except ValueError as exc:
             raise errors.FmError(
-                f"--executor dask: cannot reach the Dask scheduler at {self.address}: {exc}"
-            ) from exc
+                f"--scheduler {self.address}: not a Dask scheduler address ({exc}); "
+                "expected tcp://HOST:PORT, as `dask scheduler` prints it"
+            ) from None
+        # In a thread, bounded: Dask's connect timeout does not cover the handshake,
+        # and a port where something else listens would hold us for good.
+        made: list[Any] = []
+        failed: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                made.append(
+                    Client(self.address, set_as_default=False, timeout=self.connect_timeout)
+                )
+            except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, Dask's own
+                failed.append(exc)
+
+        t = threading.Thread(target=connect, daemon=True, name="fm-dask-connect")
+        t.start()
+        t.join(self.connect_timeout + 5)
+        if not made:
+            why = failed[0] if failed else "no Dask scheduler answered there"
+            raise errors.FmError(
+                f"--executor dask: cannot reach the Dask scheduler at {self.address}: {why}"
+            )
+        self.client = made[0]
         self._connected()
         try:
             found = self.client.run(daskwork.collect, self.owner, self.generation)
@@ -112,72 +140,87 @@ class DaskExecutor:
         for results in found.values():
             for key, result in results:
                 self.adoptable[tuple(key)] = tuple(result)  # type: ignore[index]
+        threading.Thread(target=self._count_threads, daemon=True, name="fm-dask-count").start()
 
     def _connected(self) -> None:
         """A (new) connection to the scheduler: Dask must not re-run our tasks itself,
         and what an earlier supervisor of this database (or this one, before the
-        connection was lost) left running on the workers stops."""
+        connection was lost) left running on the workers stops. Blocking: at start,
+        or on the reconnecting thread."""
         self.client.run_on_scheduler(daskwork.no_dask_retries)
         self.generation = max(self.generation + 1, time.time_ns())
         self.client.run(daskwork.new_generation, self.owner, self.generation, on_error="ignore")
+        self.threads = self._threads_now()
+        if self.state != "connecting":
+            log.warning("connected to the Dask scheduler at %s again", self.address)
         self.state = "connected"
         self.lost_at = None
-        self._refresh(force=True)
+
+    def _threads_now(self) -> int:
+        workers = self.client.scheduler_info()["workers"]
+        return sum(int(w.get("nthreads", 1)) for w in workers.values())
+
+    def _count_threads(self) -> None:
+        """The cluster's worker threads, looked at about once a second on a thread of
+        its own (asking the scheduler blocks, and a hung scheduler must not hold the
+        supervisor)."""
+        while not self.closing:
+            time.sleep(CAPACITY_REFRESH)
+            if self.state == "connected" and not self.closing:
+                try:
+                    self.threads = self._threads_now()
+                except Exception:  # noqa: BLE001 - the watch sees a lost connection
+                    pass
 
     def _watch(self) -> list[Event]:
         """About twice a second: is the scheduler still there? When it is not, every
         task in flight is reported lost at once (the supervisor re-runs each as a
-        recovery once there is room again), no room is offered, and a new connection
-        is tried in the background until one is made."""
+        recovery once there is room again), no room is offered, and the connection
+        is made again in the background."""
         now = time.monotonic()
         if now - self.watched < 0.5:
             return []
         self.watched = now
         events: list[Event] = []
-        if self._new_client is not None:
-            old, self.client, self._new_client = self.client, self._new_client, None
-            self._reconnecting = None
-            try:
-                old.close(timeout=1)
-            except Exception:  # noqa: BLE001
-                pass
-            try:
-                self._connected()
-            except Exception as exc:  # noqa: BLE001 - lost again at once
-                self.state = f"scheduler unreachable: {type(exc).__name__}"
-            return events
         status = getattr(self.client, "status", "closed")
-        if status == "running" and self.state == "connected":
+        if self.state != "connected" or status == "running":
             return events
-        if status == "running":
-            # Dask's own reconnection: the scheduler's state is new.
-            try:
-                self._connected()
-            except Exception:  # noqa: BLE001
-                pass
-            return events
-        if self.state == "connected":
-            self.state = f"scheduler unreachable since {time.strftime('%H:%M:%S')}"
-            self.lost_at = now
-            self.threads = 0
-            lost = [(task, True) for task, _, _ in self.inflight.values()]
-            self.inflight.clear()
-            self.futures.clear()
-            if lost:
-                events.append(Lost(lost, f"dask scheduler {self.address} unreachable"))
-        if status in ("closed", "closing", "failed") and self._reconnecting is None:
-            self._reconnecting = threading.Thread(target=self._reconnect, daemon=True)
-            self._reconnecting.start()
+        self.state = f"scheduler unreachable since {time.strftime('%H:%M:%S')}"
+        self.lost_at = now
+        self.threads = 0
+        lost = [(task, True) for task, _, _ in self.inflight.values()]
+        self.inflight.clear()
+        self.futures.clear()
+        if lost:
+            events.append(Lost(lost, f"dask scheduler {self.address} unreachable"))
+        log.warning(
+            "the Dask scheduler at %s is unreachable: %d node(s) in flight will run "
+            "again as recoveries once it is back; reconnecting",
+            self.address,
+            len(lost),
+        )
+        threading.Thread(target=self._reconnect, daemon=True, name="fm-dask-reconnect").start()
         return events
 
     def _reconnect(self) -> None:
+        """On a thread of its own, until connected (or shut down): Dask's client
+        reconnects by itself for a while; once it has given up, a new one is made."""
         from distributed import Client
 
-        while self.client is not None:
+        while not self.closing:
             try:
-                self._new_client = Client(
-                    self.address, set_as_default=False, timeout=self.connect_timeout
-                )
+                status = self.client.status
+                if status in ("closed", "closing", "failed"):
+                    new = Client(self.address, set_as_default=False, timeout=self.connect_timeout)
+                    old, self.client = self.client, new
+                    try:
+                        old.close(timeout=1)
+                    except Exception:  # noqa: BLE001
+                        pass
+                elif status != "running":
+                    time.sleep(0.5)  # Dask's own reconnection, still trying
+                    continue
+                self._connected()
                 return
             except Exception:  # noqa: BLE001 - not back yet
                 time.sleep(1.0)
@@ -191,54 +234,49 @@ class DaskExecutor:
     def wait_ready(self, timeout: float) -> None:
         """At least one Dask worker (or ``timeout`` passed: tasks wait for one)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._refresh(force=True):
-                return
+        while time.monotonic() < deadline and not self.threads:
             time.sleep(0.1)
 
     def shutdown(self) -> None:
         if self.client is None:
             return
-        if self._new_client is not None:
-            self.client, self._new_client = self._new_client, None
+        self.closing = True
         ids = list(self.inflight)
         self.inflight.clear()
-        try:
-            for f in self.futures.values():
-                f.cancel()
-            if ids:
-                self.client.run(daskwork.stop, ids, on_error="ignore")
-            self.client.run(daskwork.shutdown, on_error="ignore")
-        except Exception:  # noqa: BLE001 - the cluster may be gone
-            pass
-        client, self.client = self.client, None  # ends a reconnecting thread too
-        try:
-            client.close(timeout=5)
-        except Exception:  # noqa: BLE001
-            pass
+        client, self.client = self.client, None
+
+        def close() -> None:
+            try:
+                for f in self.futures.values():
+                    f.cancel()
+                # Only this supervisor's tasks: other daemons may share the cluster.
+                # (The Dask workers' idle fm processes stay, for the next tasks; they
+                # end with their Dask worker.)
+                if ids:
+                    client.run(daskwork.stop, ids, self.owner, self.generation, on_error="ignore")
+            except Exception:  # noqa: BLE001 - the cluster may be gone
+                pass
+            try:
+                client.close(timeout=5)
+            except Exception:  # noqa: BLE001
+                pass
+
+        # Bounded: a hung scheduler must not hold the daemon's exit.
+        t = threading.Thread(target=close, daemon=True, name="fm-dask-close")
+        t.start()
+        t.join(10)
         for fd in (self._r, self._w):
             try:
                 os.close(fd)
             except OSError:
                 pass
 
-    def _refresh(self, force: bool = False) -> int:
-        if self.state != "connected":
-            return 0
-        now = time.monotonic()
-        if force or now - self.checked > CAPACITY_REFRESH:
-            self.checked = now
-            try:
-                workers = self.client.scheduler_info()["workers"]
-                self.threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
-            except Exception:  # noqa: BLE001 - not connected now: no room until it is
-                self.threads = 0
-        return self.threads
-
     # --- tasks --------------------------------------------------------------------
 
     def offers(self, backlog: Callable[[], int]) -> Iterator[Offer]:
-        room = self._refresh() * MAX_BATCH * BATCHES_PER_THREAD - len(self.inflight)
+        if self.state != "connected":
+            return
+        room = self.threads * MAX_BATCH * BATCHES_PER_THREAD - len(self.inflight)
         if room > 0:
             yield DaskOffer(room)
 
@@ -302,13 +340,15 @@ class DaskExecutor:
                 pass
         except OSError:
             pass
-        if any(exc is not None for _, _, exc in self.done):
+        done = []
+        while self.done:  # Dask's client thread appends: take what is there now
+            done.append(self.done.popleft())
+        if any(exc is not None for _, _, exc in done):
             # A batch that failed: if the scheduler is gone, that is why, and every
             # task in flight is lost once — not this batch now and the rest later.
             self.watched = 0.0
             events = self._watch()
-        while self.done:
-            key, value, exc = self.done.popleft()
+        for key, value, exc in done:
             self.futures.pop(key, None)
             mine = [tid for tid, (_, _, k) in self.inflight.items() if k == key]
             finished: list[tuple[Task, tuple[Any, ...]]] = []
@@ -336,6 +376,11 @@ class DaskExecutor:
                     else "its process died on the dask worker"
                 )
                 events.append(Lost(lost, why))
+                if exc is not None:
+                    # Dask gave the batch up (a dropped connection cancels it) but its
+                    # tasks may still run on a worker: they run again elsewhere, so
+                    # these are stopped.
+                    self._stop_async([task["id"] for task, _ in lost])
         return events
 
     def running(self) -> list[tuple[int, float]]:
@@ -350,13 +395,16 @@ class DaskExecutor:
                 out.append((item[0], True))
                 ids.append(tid)
         if ids:
-            # Client.run waits for every worker's answer: not on the scheduling thread.
-            threading.Thread(target=self._stop_remote, args=(ids,), daemon=True).start()
+            self._stop_async(ids)
         return out
+
+    def _stop_async(self, ids: list[int]) -> None:
+        # Client.run waits for every worker's answer: not on the scheduling thread.
+        threading.Thread(target=self._stop_remote, args=(ids,), daemon=True).start()
 
     def _stop_remote(self, ids: list[int]) -> None:
         try:
-            self.client.run(daskwork.stop, ids, on_error="ignore")
+            self.client.run(daskwork.stop, ids, self.owner, self.generation, on_error="ignore")
         except Exception:  # noqa: BLE001 - the cluster is gone: so is the work
             pass
 

@@ -30,15 +30,18 @@ LOST = "lost"  # in place of ``ok``: the child died under the task, unasked
 
 _lock = threading.Lock()
 _children: dict[int, procs.Slot] = {}  # Dask thread id -> its child process
-_running: dict[int, int] = {}  # fm task id -> pid of the child that runs it
-_owners: dict[int, str] = {}  # fm task id -> the database of the supervisor that sent it
+# Task ids are a supervisor's own (several may share a cluster, and a restarted one
+# counts from 1 again): every table here is keyed by (owner, generation, task id),
+# the owner being the supervisor's database and the generation its connection's.
+Key = tuple[str, int, int]
+_running: dict[Key, int] = {}  # -> pid of the child that runs it
 # The newest generation of each supervisor (its database) seen here: a batch from an
 # older one — sent by a supervisor that died since — is not run.
 _current: dict[str, int] = {}
 # Task ids stopped before they began here (a later task of a batch), with when:
 # skipped when their turn comes. Every worker hears every stop, so entries for
 # tasks that run elsewhere are forgotten after a while.
-_stopped: dict[int, float] = {}
+_stopped: dict[Key, float] = {}
 STOPPED_MEMORY = 3600.0
 # The newest results of each supervisor, kept for its successor: if it dies with
 # tasks on the cluster, the next one of the same database adopts the results of
@@ -98,14 +101,20 @@ def _forget(thread: int) -> None:
     procs.close(slot)
 
 
-def _run_one(task: dict[str, Any]) -> tuple[Any, ...] | None:
-    """Run ``task`` in this thread's child; its result, or None if the child died
-    under it (killed by :func:`stop`, or crashed)."""
+STOPPED = "stopped"  # _run_one: stopped before it began (no result is wanted)
+
+
+def _run_one(task: dict[str, Any], key: Key) -> tuple[Any, ...] | str | None:
+    """Run ``task`` in this thread's child; its result, None if the child died
+    under it (killed by :func:`stop`, or crashed), or STOPPED if it was stopped
+    before it began (while its child process started, say)."""
     tid = task["id"]
     while True:
         slot = _child()
         with _lock:
-            _running[tid] = slot.pid
+            if _stopped.pop(key, None) is not None:
+                return STOPPED
+            _running[key] = slot.pid
         try:
             slot.inbox.send_bytes(pickle.dumps(("tasks", [task]), protocol=5))
             while True:
@@ -128,8 +137,7 @@ def _run_one(task: dict[str, Any]) -> tuple[Any, ...] | None:
             return None
         finally:
             with _lock:
-                _running.pop(tid, None)
-                _owners.pop(tid, None)
+                _running.pop(key, None)
 
 
 def run_batch(
@@ -147,12 +155,13 @@ def run_batch(
         _current[owner] = generation
     for task in tasks:
         with _lock:
-            if _stopped.pop(task["id"], None) is not None:
+            if _stopped.pop((owner, generation, task["id"]), None) is not None:
                 continue
             if generation < _current.get(owner, generation):
                 break  # its supervisor was replaced while this batch ran
-            _owners[task["id"]] = owner
-        result = _run_one(task)
+        result = _run_one(task, (owner, generation, task["id"]))
+        if result == STOPPED:
+            continue
         pid = _children.get(threading.get_ident())
         if result is None:
             now = time.time()
@@ -184,22 +193,22 @@ def collect(owner: str, generation: int) -> list[tuple[tuple[str, str, int], tup
     return out
 
 
-def stop(task_ids: list[int]) -> int:
-    """Run on every Dask worker (``Client.run``): stop these tasks where they run —
-    the child process and all it started — and skip those not begun. Returns how
-    many ran here."""
+def stop(task_ids: list[int], owner: str = "", generation: int = 0) -> int:
+    """Run on every Dask worker (``Client.run``): stop these tasks of the supervisor
+    ``owner`` where they run — the child process and all it started — and skip those
+    not begun. Returns how many ran here."""
     now = time.time()
     hit: list[tuple[int, list[Any]]] = []
     with _lock:
         for tid in task_ids:
-            pid = _running.get(tid)
+            pid = _running.get((owner, generation, tid))
             if pid is None:
-                _stopped[tid] = now
+                _stopped[owner, generation, tid] = now
             else:
                 hit.append((pid, procs.descendants(pid)))
-        for tid, since in list(_stopped.items()):
+        for key, since in list(_stopped.items()):
             if now - since > STOPPED_MEMORY:
-                del _stopped[tid]
+                del _stopped[key]
     for pid, below in hit:
         procs.killpg(pid, signal.SIGKILL)
         procs.kill_all(below)  # what the node started in other process groups
@@ -215,16 +224,12 @@ def new_generation(owner: str, generation: int) -> int:
     with _lock:
         if generation > _current.get(owner, 0):
             _current[owner] = generation
-        old = [tid for tid, o in _owners.items() if o == owner]
-    return stop(old) if old else 0
-
-
-def shutdown() -> None:
-    """Run on every Dask worker when the executor stops: no child is left behind."""
-    for thread in list(_children):
-        _forget(thread)
-
-
-def pids() -> list[int]:
-    """The pids of fm's child processes on this Dask worker (tests look)."""
-    return [s.pid for s in _children.values() if s.proc.poll() is None]
+        old = [
+            (pid, procs.descendants(pid))
+            for (o, g, _), pid in _running.items()
+            if o == owner and g < generation
+        ]
+    for pid, below in old:
+        procs.killpg(pid, signal.SIGKILL)
+        procs.kill_all(below)
+    return len(old)
