@@ -245,6 +245,35 @@ def test_a_node_stopped_while_its_process_starts_never_runs(
     holds(lambda: not (tmp_path / "ended").exists(), 4.0, "the stopped node never ran")
 
 
+def test_a_timeout_counts_from_the_start_on_the_dask_worker(dwf, db, tmp_path, daemon):
+    """One Dask thread, five 1 s nodes with a 2.5 s timeout, all ready at once: they
+    wait for the thread one after another, and each one's timeout counts from when it
+    started there (the worker says so), not from its hand-over — all succeed, as on
+    the local executor with one worker."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+    ) as one:
+        doc = {
+            "name": "queued-timeouts",
+            "nodes": [
+                py(f"n{i}", "counted_nap", {"folder": str(tmp_path), "seconds": 1}, timeout=2500)
+                for i in range(5)
+            ],
+        }
+        d = daemon(2, ("--executor", "dask", "--scheduler", one.scheduler_address))
+        eid = api.submit(dwf(doc), db=db)
+        res = api.wait(eid, db=db, timeout=120)
+        d.stop()
+    assert res["status"] == "succeeded", res
+    assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 5
+
+
 def test_a_dask_worker_killed_under_a_node_makes_it_a_recovery(
     dwf, db, tmp_path, cluster, dask_daemon
 ):

@@ -71,8 +71,11 @@ class DaskExecutor:
         self.connect_timeout = connect_timeout
         self.client: Any = None
         self.threads = 0  # worker threads in the cluster (counted in the background)
-        # fm task id -> (task, when handed to Dask (scheduler's clock), its batch key)
-        self.inflight: dict[int, tuple[Task, float, str]] = {}
+        # fm task id -> (task, when it started (scheduler's clock): its hand-over to
+        # Dask, or for a node with a timeout when the worker said so (None before),
+        # its batch key)
+        self.inflight: dict[int, tuple[Task, float | None, str]] = {}
+        self.started: deque[tuple[int, int, float]] = deque()  # (generation, id, epoch)
         self.futures: dict[str, Any] = {}
         self.done: deque[tuple[str, Any, BaseException | None]] = deque()
         self._r, self._w = os.pipe()
@@ -148,6 +151,7 @@ class DaskExecutor:
         connection was lost) left running on the workers stops. Blocking: at start,
         or on the reconnecting thread."""
         self.client.run_on_scheduler(daskwork.no_dask_retries)
+        self.client.subscribe_topic(daskwork.STARTED_TOPIC, self._on_started)
         self.generation = max(self.generation + 1, time.time_ns())
         self.client.run(daskwork.new_generation, self.owner, self.generation, on_error="ignore")
         self.threads = self._threads_now()
@@ -309,10 +313,19 @@ class DaskExecutor:
                 bad.extend((t, exc) for t in batch)
                 continue
             for t in batch:
-                self.inflight[t["id"]] = (t, now_m, key)
+                self.inflight[t["id"]] = (t, None if t.get("timeout") else now_m, key)
             self.futures[key] = future
             future.add_done_callback(self._on_done)
         return bad
+
+    def _on_started(self, event: Any) -> None:
+        """On Dask's client thread: a node with a timeout started on a worker."""
+        try:
+            owner, generation, tid, at = event[1]
+        except (TypeError, ValueError, IndexError):
+            return
+        if owner == self.owner:
+            self.started.append((generation, tid, at))
 
     def _on_done(self, future: Any) -> None:
         """On Dask's client thread: note it, wake :meth:`poll`."""
@@ -384,7 +397,13 @@ class DaskExecutor:
         return events
 
     def running(self) -> list[tuple[int, float]]:
-        return [(tid, since) for tid, (_, since, _) in self.inflight.items()]
+        while self.started:
+            generation, tid, at = self.started.popleft()
+            item = self.inflight.get(tid)
+            if generation == self.generation and item is not None and item[1] is None:
+                since = self._clock() - max(0.0, time.time() - at)
+                self.inflight[tid] = (item[0], since, item[2])
+        return [(tid, since) for tid, (_, since, _) in self.inflight.items() if since is not None]
 
     def stop(self, task_ids: Collection[int]) -> list[tuple[Task, bool]]:
         out = []
@@ -392,7 +411,8 @@ class DaskExecutor:
         for tid in task_ids:
             item = self.inflight.pop(tid, None)
             if item is not None:
-                out.append((item[0], True))
+                # A node with a timeout that did not say it started has not.
+                out.append((item[0], item[1] is not None))
                 ids.append(tid)
         if ids:
             self._stop_async(ids)

@@ -27,6 +27,9 @@ from typing import Any
 from fm_local.executors import procs
 
 LOST = "lost"  # in place of ``ok``: the child died under the task, unasked
+# The Dask event topic on which a node with a timeout says that it starts (its time
+# counts from there, not from its hand-over: it may wait behind a batch).
+STARTED_TOPIC = "fm-started"
 
 _lock = threading.Lock()
 _children: dict[int, procs.Slot] = {}  # Dask thread id -> its child process
@@ -159,6 +162,8 @@ def run_batch(
                 continue
             if generation < _current.get(owner, generation):
                 break  # its supervisor was replaced while this batch ran
+        if task.get("timeout"):
+            _say_started(owner, generation, task["id"])
         result = _run_one(task, (owner, generation, task["id"]))
         if result == STOPPED:
             continue
@@ -178,6 +183,15 @@ def run_batch(
                 kept = _kept[owner] = deque(maxlen=KEEP)
             kept.append((key, generation, result))
     return out
+
+
+def _say_started(owner: str, generation: int, tid: int) -> None:
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(STARTED_TOPIC, (owner, generation, tid, time.time()))
+    except Exception:  # noqa: BLE001 - not on a Dask worker: its time counts from hand-over
+        pass
 
 
 def collect(owner: str, generation: int) -> list[tuple[tuple[str, str, int], tuple[Any, ...]]]:
