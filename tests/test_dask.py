@@ -365,6 +365,39 @@ def test_two_daemons_share_a_cluster_without_touching_each_others_nodes(
                 d.proc.wait()
 
 
+@pytest.mark.crash
+def test_a_node_that_forks_and_dies_on_dask_is_a_worker_crash(
+    hwf, db, tmp_path, cluster, dask_daemon
+):
+    """The node's process forks a child that keeps its pipe open, then dies: the death
+    is seen all the same (no EOF comes on the pipe), the node is a WORKER_CRASH
+    recovery, and the forked children are killed with their process group."""
+    from test_isolation import all_dead, pids_in
+
+    (tmp_path / "dasktasks.py").write_text((HERE / "dasktasks.py").read_text())
+    pidfile = tmp_path / "forked.txt"
+    doc = {
+        "name": "fork",
+        "settings": {"recoveryAttempts": 1},
+        "nodes": [
+            {
+                "id": "a",
+                "type": "python",
+                "call": "hostiletasks:fork_and_die",
+                "args": {"pidfile": str(pidfile)},
+            }
+        ],
+    }
+    dask_daemon(cluster)
+    eid = api.submit(hwf(doc), db=db)
+    res = api.wait(eid, db=db, timeout=120)
+    assert res["status"] == "failed", res
+    assert res["error"]["details"]["code"] == "WORKER_CRASH"
+    pids = pids_in(pidfile)
+    assert len(pids) == 2  # a first run and one recovery
+    wait_until(lambda: all_dead(pids), 30, "the forked children killed")
+
+
 def test_kill9_of_the_daemon_with_a_node_on_dask_loses_nothing_and_leaves_nothing(
     dwf, db, tmp_path, cluster, dask_daemon
 ):

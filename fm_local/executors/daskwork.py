@@ -122,6 +122,11 @@ def _run_one(task: dict[str, Any], key: Key) -> tuple[Any, ...] | str | None:
             slot.inbox.send_bytes(pickle.dumps(("tasks", [task]), protocol=5))
             while True:
                 try:
+                    # Not a blocking read: a process the node forked may hold the
+                    # pipe open after the child died, and no EOF would come.
+                    while not slot.outbox.poll(0.2):
+                        if slot.proc.poll() is not None:
+                            raise EOFError
                     msg = pickle.loads(slot.outbox.recv_bytes())
                 except (EOFError, OSError):
                     _forget(threading.get_ident())
