@@ -41,3 +41,11 @@ def counted_nap(folder, seconds):
     with open(os.path.join(folder, "ended"), "a") as f:
         f.write("x")
     return {"slept": seconds}
+
+
+def slow_square(i, folder):
+    """Notes the call, naps 50 ms, returns i*i."""
+    with open(os.path.join(folder, "calls.jsonl"), "a") as f:
+        f.write(json.dumps({"i": i, "pid": os.getpid(), "parent": os.getppid()}) + "\n")
+    time.sleep(0.05)
+    return i * i

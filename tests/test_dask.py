@@ -649,3 +649,90 @@ def test_a_hung_scheduler_does_not_hold_the_daemon(wf, db, tmp_path, daemon):
         if sched is not None and sched.poll() is None:
             sched.send_signal(signal.SIGCONT)
         cli.close()
+
+
+def square_loop(n: int, folder: Path) -> dict[str, Any]:
+    return {
+        "name": "squares-slow",
+        "nodes": [
+            {"id": "items", "type": "transform", "expression": f"range({n})"},
+            {
+                "id": "each",
+                "type": "loop",
+                "arrayPath": "{{items}}",
+                "parallel": True,
+                "body": {
+                    "nodes": [py("sq", "slow_square", {"i": "{{item}}", "folder": str(folder)})]
+                },
+            },
+        ],
+        "edges": [{"source": "items", "target": "each"}],
+    }
+
+
+def calls(folder: Path) -> list[dict[str, Any]]:
+    p = folder / "calls.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+
+
+def once_each(db: Path, eid: str, n: int) -> None:
+    """Every item recorded once, succeeded, with one succeeded attempt."""
+    rows = query(
+        db,
+        "SELECT path, status FROM node_runs WHERE execution_id=? AND path LIKE 'each[%].sq'",
+        (eid,),
+    )
+    assert len(rows) == n and {r["status"] for r in rows} == {"succeeded"}
+    won = query(
+        db,
+        "SELECT path, count(*) AS n FROM attempts WHERE execution_id=? AND status='succeeded' "
+        "AND path LIKE 'each[%].sq' GROUP BY path",
+        (eid,),
+    )
+    assert len(won) == n and {r["n"] for r in won} == {1}
+
+
+@pytest.mark.crash
+def test_kill9_of_the_daemon_mid_loop_on_dask(dwf, db, tmp_path, cluster, dask_daemon):
+    """kill -9 of the daemon with a loop's batches on the cluster, then a new daemon:
+    every item recorded once, the output whole and in order, nothing left running."""
+    n = 200
+    d = dask_daemon(cluster)
+    eid = api.submit(dwf(square_loop(n, tmp_path)), db=db)
+    wait_until(lambda: len(calls(tmp_path)) >= 40, 60, "the loop under way")
+    d.kill9()
+    dask_daemon(cluster)
+    res = api.wait(eid, db=db, timeout=180)
+    assert res["status"] == "succeeded", res
+    assert res["output"]["each"] == [i * i for i in range(n)]
+    once_each(db, eid, n)
+    assert {c["i"] for c in calls(tmp_path)} == set(range(n))
+    # Nothing left running: the calls stop growing.
+    seen = len(calls(tmp_path))
+    holds(lambda: len(calls(tmp_path)) == seen, 1.0, "no call after the end")
+
+
+@pytest.mark.crash
+def test_a_dask_worker_killed_mid_loop_loses_nothing(dwf, db, tmp_path, cluster, dask_daemon):
+    """SIGKILL of one Dask worker process while a loop's batches run on it: its
+    items run again as recoveries (on the other worker, or on the one its nanny
+    starts), every item is recorded once, the output is whole and in order."""
+    n = 200
+    dask_daemon(cluster)
+    eid = api.submit(dwf(square_loop(n, tmp_path)), db=db)
+    wait_until(lambda: len(calls(tmp_path)) >= 40, 60, "the loop under way")
+    victim = calls(tmp_path)[-1]["parent"]
+    assert victim in worker_pids(cluster)
+    os.kill(victim, signal.SIGKILL)
+    res = api.wait(eid, db=db, timeout=180)
+    assert res["status"] == "succeeded", res
+    assert res["output"]["each"] == [i * i for i in range(n)]
+    once_each(db, eid, n)
+    recovered = query(
+        db,
+        "SELECT count(*) AS n FROM node_runs WHERE execution_id=? AND recoveries > 0",
+        (eid,),
+    )[0]["n"]
+    assert recovered >= 1
