@@ -106,8 +106,10 @@ class DaskExecutor:
             ) from exc
         try:
             scheme, rest = parse_address(self.address)
-            if scheme not in ("tcp", "tls", "inproc", "ucx") or ":" not in rest:
-                raise ValueError(f"a {scheme}:// address without a port")
+            if scheme not in ("tcp", "tls", "inproc", "ucx"):
+                raise ValueError(f"{scheme}:// is not a scheduler's scheme")
+            if ":" not in rest:
+                raise ValueError("no port")
         except ValueError as exc:
             raise errors.FmError(
                 f"--scheduler {self.address}: not a Dask scheduler address ({exc}); "
