@@ -71,7 +71,16 @@ def worker_pids(cluster: Any) -> set[int]:
         return set(c.run(os.getpid).values())
 
 
-def loop_doc(n: int) -> dict[str, Any]:
+def loop_doc(n: int, body: dict[str, Any] | None = None, **loop: Any) -> dict[str, Any]:
+    """A parallel loop over range(n): by default of ``square``, at most 8 at once,
+    then the sum of its squares; with another ``body``, the loop alone."""
+    if body is not None:
+        doc = loop_doc(n, **loop)
+        doc["nodes"] = doc["nodes"][:2]
+        doc["nodes"][1]["body"] = {"nodes": [body]}
+        doc["nodes"][1].pop("maxConcurrency", None)
+        doc["edges"] = doc["edges"][:1]
+        return doc
     return {
         "name": "squares",
         "nodes": [
@@ -82,6 +91,7 @@ def loop_doc(n: int) -> dict[str, Any]:
                 "arrayPath": "{{items}}",
                 "parallel": True,
                 "maxConcurrency": 8,
+                **loop,
                 "body": {"nodes": [py("sq", "square", {"i": "{{item}}"})]},
             },
             {"id": "total", "type": "transform", "expression": "sum(x.sq for x in each)"},
@@ -274,14 +284,14 @@ def test_a_timeout_counts_from_the_start_on_the_dask_worker(dwf, db, tmp_path, d
     assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 5
 
 
-def test_a_dask_worker_killed_under_a_node_makes_it_a_recovery(
-    dwf, db, tmp_path, cluster, dask_daemon
-):
-    """SIGKILL of the Dask worker process that runs a node: the node runs again as a
-    recovery (WORKER_CRASH), not as an attempt, and not silently by Dask — one
-    recorded result, recoveries 1."""
+def sleeping_once(
+    name: str, dwf: Any, db: Path, tmp_path: Path, cluster: Any, dask_daemon: Any
+) -> tuple[Daemon, str, dict[str, Any]]:
+    """A daemon on ``cluster`` and an execution of one ``sleep_once`` node (60 s the
+    first time), once the node sleeps on a Dask worker: (the daemon, the execution
+    id, the node's {"pid", "parent"})."""
     doc = {
-        "name": "crashy",
+        "name": name,
         "nodes": [py("once", "sleep_once", {"folder": str(tmp_path), "seconds": 60})],
     }
     d = dask_daemon(cluster)
@@ -289,6 +299,16 @@ def test_a_dask_worker_killed_under_a_node_makes_it_a_recovery(
     mark = tmp_path / "slept"
     wait_until(mark.exists, 60, "the node running on Dask")
     info = json.loads(wait_until(lambda: mark.read_text(), 10, "the mark written"))
+    return d, eid, info
+
+
+def test_a_dask_worker_killed_under_a_node_makes_it_a_recovery(
+    dwf, db, tmp_path, cluster, dask_daemon
+):
+    """SIGKILL of the Dask worker process that runs a node: the node runs again as a
+    recovery (WORKER_CRASH), not as an attempt, and not silently by Dask — one
+    recorded result, recoveries 1."""
+    d, eid, info = sleeping_once("crashy", dwf, db, tmp_path, cluster, dask_daemon)
     assert info["parent"] in worker_pids(cluster)
     os.kill(info["parent"], signal.SIGKILL)
     res = api.wait(eid, db=db, timeout=120)
@@ -404,15 +424,7 @@ def test_kill9_of_the_daemon_with_a_node_on_dask_loses_nothing_and_leaves_nothin
     """The daemon is killed (-9) while its node sleeps on a Dask worker. The node's
     process is not left to run: the next daemon of the same database stops it when it
     connects, re-runs the node as a recovery, and the node has one recorded result."""
-    doc = {
-        "name": "orphan",
-        "nodes": [py("once", "sleep_once", {"folder": str(tmp_path), "seconds": 60})],
-    }
-    d = dask_daemon(cluster)
-    eid = api.submit(dwf(doc), db=db)
-    mark = tmp_path / "slept"
-    wait_until(mark.exists, 60, "the node running on Dask")
-    info = json.loads(wait_until(lambda: mark.read_text(), 10, "the mark written"))
+    d, eid, info = sleeping_once("orphan", dwf, db, tmp_path, cluster, dask_daemon)
     orphan = psutil.Process(info["pid"])
     d.kill9()
     assert orphan.is_running()  # Dask does not stop a task when its client dies
@@ -652,22 +664,8 @@ def test_a_hung_scheduler_does_not_hold_the_daemon(wf, db, tmp_path, daemon):
 
 
 def square_loop(n: int, folder: Path) -> dict[str, Any]:
-    return {
-        "name": "squares-slow",
-        "nodes": [
-            {"id": "items", "type": "transform", "expression": f"range({n})"},
-            {
-                "id": "each",
-                "type": "loop",
-                "arrayPath": "{{items}}",
-                "parallel": True,
-                "body": {
-                    "nodes": [py("sq", "slow_square", {"i": "{{item}}", "folder": str(folder)})]
-                },
-            },
-        ],
-        "edges": [{"source": "items", "target": "each"}],
-    }
+    """A loop of ``slow_square`` (50 ms, each call noted in ``folder``), no limit."""
+    return loop_doc(n, py("sq", "slow_square", {"i": "{{item}}", "folder": str(folder)}))
 
 
 def calls(folder: Path) -> list[dict[str, Any]]:
