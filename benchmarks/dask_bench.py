@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,22 +86,13 @@ def scenarios(tmp: Path, runs: int, n: int, add: Callable[[str, str, float, str]
 
 
 def main() -> None:
+    from io_bench import report
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--items", type=int, default=10_000)
     args = ap.parse_args()
-    rows: list[tuple[str, str, float, str]] = []
-
-    def add(name: str, unit: str, value: float, target: str = "") -> None:
-        rows.append((name, unit, value, target))
-        print(f"  {name}: {value:.2f} {unit}", flush=True)
-
-    with tempfile.TemporaryDirectory() as tmpd:
-        scenarios(Path(tmpd), args.runs, args.items, add)
-    print()
-    print(f"Dask benchmarks, {time.strftime('%Y-%m-%d %H:%M')}")
-    for name, unit, value, target in rows:
-        print(f"{name:<66} {value:>10.2f} {unit:<9} {target}")
+    report("Dask benchmarks", lambda tmp, add: scenarios(tmp, args.runs, args.items, add))
 
 
 if __name__ == "__main__":

@@ -299,6 +299,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one run each, no 10,000-call run")
     args = ap.parse_args()
+    runs = 1 if args.quick else args.runs
+    report("I/O benchmarks", lambda tmp, add: scenarios(tmp, runs, add, big=not args.quick))
+
+
+def report(title: str, body: Callable[[Path, Callable[..., None]], None]) -> None:
+    """Run ``body(tmp, add)`` in a temporary folder, printing each row as ``add``
+    gets it, then the table (a benchmark script run on its own)."""
     rows: list[tuple[str, str, float, str]] = []
 
     def add(name: str, unit: str, value: float, target: str = "") -> None:
@@ -306,11 +313,11 @@ def main() -> None:
         print(f"  {name}: {value:.2f} {unit}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmpd:
-        scenarios(Path(tmpd), 1 if args.quick else args.runs, add, big=not args.quick)
+        body(Path(tmpd), add)
     print()
-    print(f"I/O benchmarks, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"{title}, {time.strftime('%Y-%m-%d %H:%M')}")
     for name, unit, value, target in rows:
-        print(f"{name:<60} {value:>10.2f} {unit:<9} {target}")
+        print(f"{name:<66} {value:>10.2f} {unit:<9} {target}")
 
 
 if __name__ == "__main__":
