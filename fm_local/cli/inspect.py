@@ -48,19 +48,51 @@ TIMELINE_LIMIT = 200  # bars fm timeline draws before it summarizes
 
 
 @cli.command(name="ls")
-@click.option("--status", type=click.Choice([*ACTIVE, *TERMINAL]))
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS[,STATUS]",
+    help=f"Only executions with this status (repeatable, or a comma list): {', '.join([*ACTIVE, *TERMINAL])}.",
+)
+@click.option(
+    "--workflow",
+    metavar="NAME",
+    help="Only executions of this workflow: its name, or a glob pattern (etl-*).",
+)
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only executions submitted since then: a duration back from now (30m, 2h, 7d) "
+    "or an ISO date/time (2026-12-03, 2026-12-03T14:00; local time unless it says).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(0, None),
+    default=20,
+    show_default=True,
+    help="At most this many, newest first (0: all).",
+)
 @json_option
 @pass_ctx
 @read_only
-def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
+def ls_cmd(
+    ctx: Ctx,
+    statuses: tuple[str, ...],
+    workflow: str | None,
+    since: str | None,
+    limit: int,
+) -> None:
     """List executions, newest first. Running ones show their loop progress."""
+    from fm_local.cli.filters import parse_since, parse_statuses
     from fm_local.lock import is_served
     from fm_local.progress import headline
     from fm_local.store import loads
 
+    wanted = parse_statuses(statuses, (*ACTIVE, *TERMINAL), "--status")
+    after = None if since is None else parse_since(since, time.time())
     store = ctx.store()
-    rows = store.list_executions(status=status, limit=limit)
+    rows = store.list_executions(status=wanted, limit=limit or None, workflow=workflow, since=after)
     now = time.time()
     # Nothing progresses without a supervisor: no ETA then, as while paused.
     served = not any(r["status"] in ACTIVE for r in rows) or bool(is_served(ctx.db))
@@ -90,7 +122,8 @@ def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
         )
         return
     if not rows:
-        click.echo("no executions")
+        filtered = wanted or workflow or since is not None
+        click.echo("no executions" + (" match these filters" if filtered else ""))
         return
     waiting = not served
     head = f"{'ID':<13} {'WORKFLOW':<24} {'STATUS':<10} {'STARTED':<19} {'SECONDS':>8}"
@@ -106,6 +139,8 @@ def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
         )
     if waiting:
         click.echo(f"* waiting {NO_SUPERVISOR}")
+    if limit and len(rows) == limit:
+        click.echo(f"(the newest {limit}; --limit N shows more, --limit 0 all)")
 
 
 def _node_json(n: dict[str, Any]) -> dict[str, Any]:

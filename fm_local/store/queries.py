@@ -77,21 +77,33 @@ class Queries:
         return self._one("SELECT * FROM workflows WHERE id=?", (workflow_id,))
 
     def list_executions(
-        self, status: str | None = None, limit: int = 50, workflow: str | None = None
+        self,
+        status: str | tuple[str, ...] | None = None,
+        limit: int | None = 50,
+        workflow: str | None = None,
+        since: float | None = None,
     ) -> list[dict[str, Any]]:
+        """Executions, newest first (``fm ls``): with one of ``status`` (a status or
+        several), of ``workflow`` (a name, or a GLOB pattern when it holds ``*?[``),
+        created at ``since`` (epoch seconds) or later; at most ``limit`` (None: all).
+        Each filter is a WHERE clause an index serves (schema version 5)."""
         where: list[str] = []
         args: list[Any] = []
-        if status:
-            where.append("status=?")
-            args.append(status)
+        statuses = (status,) if isinstance(status, str) else tuple(status or ())
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
         if workflow:
-            where.append("workflow=?")
+            where.append("workflow GLOB ?" if any(c in workflow for c in "*?[") else "workflow=?")
             args.append(workflow)
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
         sql = "SELECT * FROM executions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC LIMIT ?"
-        args.append(limit)
+        args.append(-1 if limit is None else limit)
         return self._all(sql, tuple(args))
 
     def node_runs(self, execution_id: str, path: str | None = None) -> list[dict[str, Any]]:
