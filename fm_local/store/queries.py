@@ -251,6 +251,44 @@ class Queries:
             )
         return self._all("SELECT * FROM logs WHERE execution_id=? ORDER BY id", (execution_id,))
 
+    def logs_after(
+        self, execution_id: str, after_id: int, path: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """The log lines of an execution written after line ``after_id`` (at or under
+        ``path``), in order, at most ``limit``: the keyset ``fm logs -f`` polls with.
+        ``+execution_id`` keeps SQLite on the rowid range (the lines written since the
+        last look, whichever execution wrote them), not on the execution's index,
+        which would read every line the execution ever wrote at each look."""
+        where, args = "id > ? AND +execution_id = ?", (after_id, execution_id)
+        if path:
+            under, more = _at_or_under(path)
+            where, args = f"{where} AND {under}", args + more
+        return self._all(f"SELECT * FROM logs WHERE {where} ORDER BY id LIMIT ?", (*args, limit))
+
+    def attempts_from(
+        self, execution_id: str, from_id: int, path: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The tries of an execution whose row id is ``from_id`` or more (at or under
+        ``path``), in id order; a rowid range, as :meth:`logs_after` (``fm logs -f``:
+        from the oldest try it saw running)."""
+        where, args = "id >= ? AND +execution_id = ?", (from_id, execution_id)
+        if path:
+            under, more = _at_or_under(path)
+            where, args = f"{where} AND {under}", args + more
+        return self._all(f"SELECT * FROM attempts WHERE {where} ORDER BY id", args)
+
+    def follow_marks(self, execution_id: str) -> tuple[int, int]:
+        """Where ``fm logs -f`` starts its keysets: the last log line id of the
+        file, and the first try id that may still change for this execution (its
+        oldest try still running, else the one after the file's last)."""
+        last_log = self.conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
+        last_try = self.conn.execute("SELECT coalesce(max(id), 0) FROM attempts").fetchone()[0]
+        running = self.conn.execute(
+            "SELECT min(id) FROM attempts WHERE execution_id=? AND finished_at IS NULL",
+            (execution_id,),
+        ).fetchone()[0]
+        return int(last_log), int(running if running is not None else last_try + 1)
+
     def frame_rows(self, execution_id: str, prefix: str) -> list[dict[str, Any]]:
         """node_runs rows of the direct children of a frame (``""`` = top level,
         ``"loop[3]."`` = the body of item 3), items excluded."""
