@@ -218,8 +218,8 @@ MIGRATIONS: list[str] = [
     # 5: fm ls newest first, and its --workflow and --since filters, read an index
     # instead of sorting the whole table. Indexes only (MIN_READ_VERSION).
     """
-    CREATE INDEX executions_created ON executions(created_at);
-    CREATE INDEX executions_workflow ON executions(workflow, created_at);
+    CREATE INDEX IF NOT EXISTS executions_created ON executions(created_at);
+    CREATE INDEX IF NOT EXISTS executions_workflow ON executions(workflow, created_at);
     """,
 ]
 
