@@ -159,6 +159,14 @@ def test_logs_follow_of_a_failing_execution_prints_the_error_and_exits_1(
     assert not any("hello from first" in s for s in f.seen), "--node second only"
 
 
+def submitted(db: Path) -> list[dict[str, Any]]:
+    """The executions in ``db``; none while it is still being created."""
+    try:
+        return query(db, "SELECT id FROM executions") if db.exists() else []
+    except sqlite3.OperationalError:  # no such table yet: fm run is creating the file
+        return []
+
+
 def test_logs_follow_json_lines_of_an_embedded_fm_run_in_another_process(
     owf, db, tmp_path, followers
 ):
@@ -172,9 +180,7 @@ def test_logs_follow_json_lines_of_an_embedded_fm_run_in_another_process(
         env=env,
     )
     try:
-        eid = wait_until(
-            lambda: db.exists() and query(db, "SELECT id FROM executions"), 60, "fm run submits"
-        )[0]["id"]
+        eid = wait_until(lambda: submitted(db), 60, "fm run submits")[0]["id"]
         f = followers(db, eid, "-f", "--json")
         first = json.loads(f.wait_for("hello from first"))
         assert first["path"] == "first" and first["attempt"] == 1
@@ -608,11 +614,9 @@ def test_daemon_exports_each_ended_execution_once(owf, db, tmp_path, daemon, col
         assert sorted(s["spanId"] for s in traces[eid]) == expected, "the same spans, once each"
         root = next(s for s in traces[eid] if "parentSpanId" not in s)
         assert attrs(root)["fm.status"] == ("failed" if eid == bad else "succeeded")
-    # Nothing more arrives later: one export per execution.
-    holds_posts = len(c.posts)
-    fm(db, "wait", ok[0])
+    # Nothing more arrives, up to the daemon's stop: one export per execution.
     assert d.stop() == 0
-    assert len(c.posts) == holds_posts == 3
+    assert len(c.posts) == 3
 
 
 def test_a_collector_that_fails_at_first_gets_the_execution_on_a_retry(
@@ -709,3 +713,31 @@ def test_daemon_refuses_a_bad_endpoint_in_one_line(db):
         "error: --otlp-endpoint 'localhost:4318': expected an http(s) URL of an OTLP/HTTP "
         "collector, e.g. http://127.0.0.1:4318/v1/traces"
     ]
+
+
+def test_logs_follow_into_a_reader_that_stops_early_ends_quietly(owf, db, tmp_path, daemon):
+    daemon()
+    eid = fm(db, "submit", str(owf(two_steps(tmp_path)))).stdout.strip()
+    env = dict(os.environ, FM_DB=str(db), PYTHONPATH=str(ROOT))
+    status = tmp_path / "status"
+    # grep -m1 exits at its first match, as a person waiting for one line would;
+    # the follower meets the closed pipe at its next line.
+    pipeline = subprocess.Popen(
+        f"{sys.executable} -m fm_local logs -f {eid} 2>{tmp_path / 'err'} "
+        f"| grep -m1 'hello from first'; echo ${{PIPESTATUS[0]}} > {status}",
+        shell=True,
+        executable="/bin/bash",
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert pipeline.stdout is not None
+        assert "hello from first" in pipeline.stdout.readline()
+        (tmp_path / "go").write_text("")
+        pipeline.wait(60)
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+    assert status.read_text().strip() == "141"
+    assert (tmp_path / "err").read_text() == "", "no traceback, no error line"

@@ -70,11 +70,21 @@ def line_json(r: dict[str, Any]) -> dict[str, Any]:
 
 def follow(ctx: Ctx, row: dict[str, Any], node_path: str | None) -> int:
     """Print the lines there are, then new ones as they are committed, until the
-    execution ends; return its exit code (0 succeeded, 1 otherwise). Ctrl-C: 130."""
+    execution ends; return its exit code (0 succeeded, 1 otherwise). Ctrl-C: 130;
+    a closed pipe: 141, as SIGPIPE."""
     try:
         return _follow(ctx, row, node_path)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (fm logs -f ID | grep -m1 ready): stop as quietly as a
+        # process SIGPIPE ends; stdout goes to /dev/null so its last flush is silent.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
 
 
 def _follow(ctx: Ctx, row: dict[str, Any], node_path: str | None) -> int:
