@@ -48,19 +48,51 @@ TIMELINE_LIMIT = 200  # bars fm timeline draws before it summarizes
 
 
 @cli.command(name="ls")
-@click.option("--status", type=click.Choice([*ACTIVE, *TERMINAL]))
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS[,STATUS]",
+    help=f"Only executions with this status (repeatable, or a comma list): {', '.join([*ACTIVE, *TERMINAL])}.",
+)
+@click.option(
+    "--workflow",
+    metavar="NAME",
+    help="Only executions of this workflow: its name, or a glob pattern (etl-*).",
+)
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only executions submitted since then: a duration back from now (30m, 2h, 7d) "
+    "or an ISO date/time (2026-12-03, 2026-12-03T14:00; local time unless it says).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(0, None),
+    default=20,
+    show_default=True,
+    help="At most this many, newest first (0: all).",
+)
 @json_option
 @pass_ctx
 @read_only
-def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
+def ls_cmd(
+    ctx: Ctx,
+    statuses: tuple[str, ...],
+    workflow: str | None,
+    since: str | None,
+    limit: int,
+) -> None:
     """List executions, newest first. Running ones show their loop progress."""
+    from fm_local.cli.filters import parse_since, parse_statuses
     from fm_local.lock import is_served
     from fm_local.progress import headline
     from fm_local.store import loads
 
+    wanted = parse_statuses(statuses, (*ACTIVE, *TERMINAL), "--status")
+    after = None if since is None else parse_since(since, time.time())
     store = ctx.store()
-    rows = store.list_executions(status=status, limit=limit)
+    rows = store.list_executions(status=wanted, limit=limit or None, workflow=workflow, since=after)
     now = time.time()
     # Nothing progresses without a supervisor: no ETA then, as while paused.
     served = not any(r["status"] in ACTIVE for r in rows) or bool(is_served(ctx.db))
@@ -90,7 +122,8 @@ def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
         )
         return
     if not rows:
-        click.echo("no executions")
+        filtered = wanted or workflow or since is not None
+        click.echo("no executions" + (" match these filters" if filtered else ""))
         return
     waiting = not served
     head = f"{'ID':<13} {'WORKFLOW':<24} {'STATUS':<10} {'STARTED':<19} {'SECONDS':>8}"
@@ -106,6 +139,8 @@ def ls_cmd(ctx: Ctx, status: str | None, limit: int) -> None:
         )
     if waiting:
         click.echo(f"* waiting {NO_SUPERVISOR}")
+    if limit and len(rows) == limit:
+        click.echo(f"(the newest {limit}; --limit N shows more, --limit 0 all)")
 
 
 def _node_json(n: dict[str, Any]) -> dict[str, Any]:
@@ -372,49 +407,36 @@ def wait_cmd(ctx: Ctx, execution: str, timeout: float | None) -> None:
 @cli.command()
 @click.argument("execution")
 @click.option("--node", "node_path", help="Only this node path (and what is under it).")
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Then print new lines as they are committed, until the execution ends; exit "
+    "like fm wait (0 succeeded, 1 failed, cancelled or timed out; Ctrl-C: 130). With "
+    "--json: one JSON object per line (JSON Lines).",
+)
 @json_option
 @pass_ctx
 @read_only
-def logs(ctx: Ctx, execution: str, node_path: str | None) -> None:
+def logs(ctx: Ctx, execution: str, node_path: str | None, follow: bool) -> None:
     """Captured log lines of an execution's node attempts. A failed try's error
-    follows its lines, with its traceback."""
-    from fm_local.store import loads
+    follows its lines, with its traceback.
+
+    A try's lines are written when the try ends (the worker sends them with its
+    result), so a node still running shows none yet, also with --follow; a try
+    stopped by a timeout or a cancel leaves none."""
+    from fm_local.cli.follow import echo_entries, line_json
 
     row = find_execution(ctx, execution)
+    if follow:
+        from fm_local.cli.follow import follow as follow_logs
+
+        sys.exit(follow_logs(ctx, row, node_path))
     lines = ctx.store().logs(row["id"], node_path)
     if ctx.json:
-        emit_json(
-            [
-                {
-                    "path": r["path"],
-                    "attempt": r["attempt"],
-                    "ts": r["ts"],
-                    "stream": r["stream"],
-                    "line": r["line"],
-                }
-                for r in lines
-            ]
-        )
+        emit_json([line_json(r) for r in lines])
         return
-    # A failed try's error (and traceback) goes after its last line, in time order.
-    entries: list[tuple[float, int, dict[str, Any]]] = [(r["ts"], 0, r) for r in lines]
-    for a in ctx.store().failed_attempts(row["id"], node_path):
-        ts = a["finished_at"] or a["started_at"] or 0.0
-        entries.append((ts, 1, a))
-    entries.sort(key=lambda e: (e[0], e[1]))
-    for ts_, kind, r in entries:
-        ts = time.strftime("%H:%M:%S", time.localtime(ts_)) + f".{int(ts_ % 1 * 1000):03d}"
-        if kind == 0:
-            click.echo(f"{ts} {r['path']}#{r['attempt']} {r['stream']}: {r['line']}")
-            continue
-        e = loads(r["error"]) or {}
-        first, *rest = str(e.get("message") or "").splitlines() or [""]
-        click.echo(f"{ts} {r['path']}#{r['seq']} {r['status']}: {e.get('code')}: {first}")
-        for line in rest:
-            click.echo(f"    {line}")
-        tb = traceback_of(e)
-        if tb is not None:
-            echo_traceback(tb)
+    echo_entries(lines, ctx.store().failed_attempts(row["id"], node_path), False)
 
 
 @cli.command()
@@ -463,7 +485,16 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: st
 
 @cli.command()
 @click.argument("execution")
-@click.option("--format", "fmt", type=click.Choice(["chrome"]), default="chrome", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["chrome", "otlp-json"]),
+    default="chrome",
+    show_default=True,
+    help="chrome: Chrome/Perfetto trace-event JSON. otlp-json: an OpenTelemetry OTLP/JSON "
+    "ExportTraceServiceRequest, for Jaeger, Tempo or an OpenTelemetry collector "
+    "(docs/observability.md).",
+)
 @click.option(
     "-o",
     "--output",
@@ -474,15 +505,33 @@ def timeline(ctx: Ctx, execution: str, width: int, show_all: bool, node_path: st
 @pass_ctx
 @read_only
 def trace(ctx: Ctx, execution: str, fmt: str, out: str | None) -> None:
-    """Chrome/Perfetto trace-event JSON of an execution."""
-    from fm_local.timeline import chrome_trace
-
+    """An execution's trace: Chrome/Perfetto trace-event JSON, or OpenTelemetry
+    spans (OTLP/JSON: one span for the execution, one per node instance that
+    started, one per try of a node that had several)."""
     row = find_execution(ctx, execution)
-    data = chrome_trace(row, ctx.store().node_runs(row["id"]))
+    store = ctx.store()
+    if fmt == "otlp-json":
+        import socket
+
+        from fm_local.otlp import otlp_trace
+
+        data = otlp_trace(
+            row,
+            store.node_runs(row["id"]),
+            store.attempts(row["id"]),
+            time.time(),
+            host=socket.gethostname(),
+        )
+        count = f"{len(data['resourceSpans'][0]['scopeSpans'][0]['spans'])} spans"
+    else:
+        from fm_local.timeline import chrome_trace
+
+        data = chrome_trace(row, store.node_runs(row["id"]))
+        count = f"{len(data['traceEvents'])} events"
     text = json.dumps(data)
     if out:
         Path(out).write_text(text)
-        click.echo(f"wrote {out} ({len(data['traceEvents'])} events)", err=True)
+        click.echo(f"wrote {out} ({count})", err=True)
     else:
         click.echo(text)
 

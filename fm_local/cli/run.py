@@ -384,6 +384,15 @@ def submit(
     help="The Dask scheduler for --executor dask, e.g. tcp://10.0.0.5:8786 "
     "(env FM_DASK_SCHEDULER).",
 )
+@click.option(
+    "--otlp-endpoint",
+    metavar="URL",
+    envvar="FM_OTLP_ENDPOINT",
+    help="Post each ended execution's OpenTelemetry spans to this OTLP/HTTP collector as "
+    "JSON, e.g. http://127.0.0.1:4318/v1/traces (a URL without a path gets /v1/traces), "
+    "from a thread of its own; a collector that fails is retried a few times, then "
+    "skipped (docs/observability.md). Env FM_OTLP_ENDPOINT.",
+)
 @pass_ctx
 def daemon(
     ctx: Ctx,
@@ -394,6 +403,7 @@ def daemon(
     io_concurrency: int,
     executor: str,
     scheduler: str | None,
+    otlp_endpoint: str | None,
 ) -> None:
     """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
     import logging
@@ -440,6 +450,16 @@ def daemon(
     elif scheduler and cctx.get_parameter_source("scheduler") == ParameterSource.COMMANDLINE:
         raise UsageError("--scheduler is for --executor dask")
     # (FM_DASK_SCHEDULER alone, without FM_EXECUTOR=dask, is not an error: it is ignored.)
+    otlp_url = None
+    if otlp_endpoint:
+        from fm_local.otlp_export import endpoint_url
+
+        otlp_url = endpoint_url(otlp_endpoint)
+        if otlp_url is None:
+            raise UsageError(
+                f"--otlp-endpoint {otlp_endpoint!r}: expected an http(s) URL of an OTLP/HTTP "
+                "collector, e.g. http://127.0.0.1:4318/v1/traces"
+            )
     _log_to(logging.StreamHandler(), "%(asctime)s fm daemon: %(levelname)s %(message)s")
     sup = Supervisor(
         ctx.db,
@@ -452,7 +472,15 @@ def daemon(
     )
     sup.open()
     server = None
+    exporter = None
     try:
+        if otlp_url is not None:
+            from fm_local.otlp_export import OtlpExporter
+
+            exporter = OtlpExporter(ctx.db, otlp_url)
+            exporter.start()
+            sup.on_finished = exporter.finished
+            click.echo(f"fm daemon: traces to {otlp_url} (OTLP/HTTP JSON)", err=True)
         if http_bind is not None:
             from fm_local import httpapi
 
@@ -479,6 +507,8 @@ def daemon(
         if server is not None:
             server.shutdown()
         sup.close()
+        if exporter is not None:
+            exporter.close()
     click.echo(f"fm daemon: stopped ({sup.stop_reason})", err=True)
 
 

@@ -45,7 +45,7 @@ from fm_local.store.rows import (
     new_execution_id,
     new_trace_id,
 )
-from fm_local.store.schema import MIGRATIONS, SCHEMA_VERSION, _split_sql
+from fm_local.store.schema import MIGRATIONS, MIN_READ_VERSION, SCHEMA_VERSION, _split_sql
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -174,7 +174,7 @@ class Store(Queries):
                 "schema",
                 self.path,
             )
-        if version < SCHEMA_VERSION:
+        if version < MIN_READ_VERSION:
             raise StorageProblem(
                 f"{self.path} has schema version {version}, older than this fm_local "
                 f"({SCHEMA_VERSION}), and read commands do not upgrade it — run fm daemon "

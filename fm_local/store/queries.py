@@ -77,21 +77,33 @@ class Queries:
         return self._one("SELECT * FROM workflows WHERE id=?", (workflow_id,))
 
     def list_executions(
-        self, status: str | None = None, limit: int = 50, workflow: str | None = None
+        self,
+        status: str | tuple[str, ...] | None = None,
+        limit: int | None = 50,
+        workflow: str | None = None,
+        since: float | None = None,
     ) -> list[dict[str, Any]]:
+        """Executions, newest first (``fm ls``): with one of ``status`` (a status or
+        several), of ``workflow`` (a name, or a GLOB pattern when it holds ``*?[``),
+        created at ``since`` (epoch seconds) or later; at most ``limit`` (None: all).
+        Each filter is a WHERE clause an index serves (schema version 5)."""
         where: list[str] = []
         args: list[Any] = []
-        if status:
-            where.append("status=?")
-            args.append(status)
+        statuses = (status,) if isinstance(status, str) else tuple(status or ())
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
         if workflow:
-            where.append("workflow=?")
+            where.append("workflow GLOB ?" if any(c in workflow for c in "*?[") else "workflow=?")
             args.append(workflow)
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
         sql = "SELECT * FROM executions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC LIMIT ?"
-        args.append(limit)
+        args.append(-1 if limit is None else limit)
         return self._all(sql, tuple(args))
 
     def node_runs(self, execution_id: str, path: str | None = None) -> list[dict[str, Any]]:
@@ -238,6 +250,44 @@ class Queries:
                 (execution_id, *args),
             )
         return self._all("SELECT * FROM logs WHERE execution_id=? ORDER BY id", (execution_id,))
+
+    def logs_after(
+        self, execution_id: str, after_id: int, path: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """The log lines of an execution written after line ``after_id`` (at or under
+        ``path``), in order, at most ``limit``: the keyset ``fm logs -f`` polls with.
+        ``+execution_id`` keeps SQLite on the rowid range (the lines written since the
+        last look, whichever execution wrote them), not on the execution's index,
+        which would read every line the execution ever wrote at each look."""
+        where, args = "id > ? AND +execution_id = ?", (after_id, execution_id)
+        if path:
+            under, more = _at_or_under(path)
+            where, args = f"{where} AND {under}", args + more
+        return self._all(f"SELECT * FROM logs WHERE {where} ORDER BY id LIMIT ?", (*args, limit))
+
+    def attempts_from(
+        self, execution_id: str, from_id: int, path: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The tries of an execution whose row id is ``from_id`` or more (at or under
+        ``path``), in id order; a rowid range, as :meth:`logs_after` (``fm logs -f``:
+        from the oldest try it saw running)."""
+        where, args = "id >= ? AND +execution_id = ?", (from_id, execution_id)
+        if path:
+            under, more = _at_or_under(path)
+            where, args = f"{where} AND {under}", args + more
+        return self._all(f"SELECT * FROM attempts WHERE {where} ORDER BY id", args)
+
+    def follow_marks(self, execution_id: str) -> tuple[int, int]:
+        """Where ``fm logs -f`` starts its keysets: the last log line id of the
+        file, and the first try id that may still change for this execution (its
+        oldest try still running, else the one after the file's last)."""
+        last_log = self.conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
+        last_try = self.conn.execute("SELECT coalesce(max(id), 0) FROM attempts").fetchone()[0]
+        running = self.conn.execute(
+            "SELECT min(id) FROM attempts WHERE execution_id=? AND finished_at IS NULL",
+            (execution_id,),
+        ).fetchone()[0]
+        return int(last_log), int(running if running is not None else last_try + 1)
 
     def frame_rows(self, execution_id: str, prefix: str) -> list[dict[str, Any]]:
         """node_runs rows of the direct children of a frame (``""`` = top level,

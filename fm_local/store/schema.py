@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+# The oldest version the read commands read as it is (they never migrate): the
+# migrations after it only add indexes, so its queries give the same rows there.
+MIN_READ_VERSION = 4
 
 
 MIGRATIONS: list[str] = [
@@ -211,6 +214,12 @@ MIGRATIONS: list[str] = [
     # own) or 'io' (the I/O lane's event loop); NULL for nodes no worker runs.
     """
     ALTER TABLE node_runs ADD COLUMN lane TEXT;
+    """,
+    # 5: fm ls newest first, and its --workflow and --since filters, read an index
+    # instead of sorting the whole table. Indexes only (MIN_READ_VERSION).
+    """
+    CREATE INDEX IF NOT EXISTS executions_created ON executions(created_at);
+    CREATE INDEX IF NOT EXISTS executions_workflow ON executions(workflow, created_at);
     """,
 ]
 

@@ -337,6 +337,8 @@ class Advance(Part):
         self.finished.add(ex.id)
         if self.wake is not None:
             self.wake.ended(ex.id)
+        if self.on_finished is not None:
+            self.on_finished(ex.id)
         self.execs.pop(ex.id, None)
         self._unlist_ready(ex)
         self.ready_count -= len(ex.ready) + len(ex.ready_io)

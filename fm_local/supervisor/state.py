@@ -571,6 +571,8 @@ class Part:
         self.sampler: Sampler | None = None
         self.wake_pending: set[int] = set()
         self.on_tick: Callable[[], None] | None = None
+        # Told the id of each execution whose end is committed (fm daemon --otlp-endpoint).
+        self.on_finished: Callable[[str], None] | None = None
         self.rejected: list[Rejected] = []  # rows the last group commit refused
         self.wake: Listener | None = None  # nudged by clients after they commit
         self.checks: CheckService | None = None  # validates documents for clients
