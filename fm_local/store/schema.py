@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 MIGRATIONS: list[str] = [
@@ -211,6 +211,16 @@ MIGRATIONS: list[str] = [
     # own) or 'io' (the I/O lane's event loop); NULL for nodes no worker runs.
     """
     ALTER TABLE node_runs ADD COLUMN lane TEXT;
+    """,
+    # 5: fm retry (docs/retry.md): an execution that retries another names it
+    # (retry_of) and keeps how it was asked (retry: JSON); a node instance whose
+    # result was copied from an earlier execution instead of run names where it
+    # was computed (reused_from).
+    """
+    ALTER TABLE executions ADD COLUMN retry_of TEXT;
+    ALTER TABLE executions ADD COLUMN retry TEXT;
+    ALTER TABLE node_runs ADD COLUMN reused_from TEXT;
+    CREATE INDEX executions_retry_of ON executions(retry_of);
     """,
 ]
 
