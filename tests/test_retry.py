@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HERE, exec_status, fm_cli, query, wait_until
+from conftest import HERE, exec_status, fm_cli, query, undo_version_5, wait_until
 
 from fm_local import api
 
@@ -461,3 +461,27 @@ def test_kill9_of_the_daemon_mid_retry(rwf, db, calls, daemon):
     assert {f"each[{i}].prep" for i in range(n)} <= reused
     assert not any(f"each[{i}]" in reused or f"each[{i}].work" in reused for i in bad)
     assert len(rows) == 2 + 3 * n  # each, total; n item rows and 2n body rows
+
+
+def test_a_version_4_file_gets_the_retry_columns_and_can_be_retried(rwf, db, calls):
+    """Old databases keep working: an execution recorded before schema version 5 is
+    retried once a writer has migrated the file."""
+    import sqlite3
+
+    from fm_local import store
+
+    path = rwf(chain_doc())
+    calls.bad("c")
+    code, first = run_json(db, "run", str(path))
+    assert code == 1
+    with sqlite3.connect(db) as con:
+        undo_version_5(con)
+        con.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+    store.Store(db).close()  # a writer migrates
+    assert query(db, "SELECT value FROM meta WHERE key='schema_version'") == [
+        {"value": str(store.SCHEMA_VERSION)}
+    ]
+    calls.bad()
+    calls.reset()
+    code, again = run_json(db, "retry", first["id"])
+    assert code == 0 and calls.lines() == ["c"]

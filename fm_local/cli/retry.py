@@ -127,12 +127,13 @@ def retry(
     )
     if plan.changed_used and not reuse_changed:
         what = "; ".join(
-            f"{changed[code]}, and {path} reuses what it computed"
+            f"{changed[code]} since execution {oid} ran, and the retry would reuse what "
+            f"it computed ({path})"
             for code, path in sorted(plan.changed_used.items())
         )
         raise UsageError(
-            f"task module {what} (execution {oid}): fm retry --force runs again every node "
-            "instance that ran a changed module; --reuse-changed keeps their results"
+            f"task module {what}: fm retry --force runs again every node instance that "
+            "ran a changed module; --reuse-changed keeps their results"
         )
     for code in sorted(changed):
         if force:
