@@ -194,6 +194,11 @@ def test_retry_node_reruns_that_node_and_downstream(rwf, db, calls):
     code, again = run_json(db, "retry", first["id"], "--node", "each[2].prep")
     assert code == 0 and again["output"] == first["output"]
     assert calls.lines() == ["each[2].prep", "each[2].work"]
+    # One item, whole.
+    calls.reset()
+    code, again = run_json(db, "retry", first["id"], "--node", "each[4]")
+    assert code == 0 and again["output"] == first["output"]
+    assert calls.lines() == ["each[4].prep", "each[4].work"]
     res = fm_cli(db, "retry", first["id"], "--node", "each.nope")
     assert res.exit_code == 2 and "no node 'nope' in each" in res.stderr
 
@@ -397,7 +402,8 @@ def test_unended_execution_is_refused_and_a_received_signal_is_reused(rwf, db, c
         "name": "signalled",
         "nodes": [
             {"id": "approval", "type": "wait", "signal": "approve"},
-            step("after", "{{ approval.level }}"),
+            # The wait node's output, and the signal as the scope keeps it.
+            step("after", "{{ approval.level + signals.approve.data.level }}"),
         ],
         "edges": [{"source": "approval", "target": "after"}],
     }
@@ -424,8 +430,9 @@ def test_unended_execution_is_refused_and_a_received_signal_is_reused(rwf, db, c
     calls.bad()
     calls.reset()
     code, again = run_json(db, "retry", eid)
-    # Not waiting again: the signal the wait node received is its recorded output.
-    assert code == 0 and again["output"] == {"after": {"name": "after", "value": 5}}
+    # Not waiting again: the signal the wait node received is its recorded output,
+    # and signals.approve is what the old execution received.
+    assert code == 0 and again["output"] == {"after": {"name": "after", "value": 9}}
     assert calls.lines() == ["after"]
 
 
