@@ -105,6 +105,7 @@ def execution_record(row: dict[str, Any]) -> dict[str, Any]:
         "createdAt": row["created_at"],
         "startedAt": row["started_at"],
         "finishedAt": row["finished_at"],
+        "retryOf": row.get("retry_of"),  # fm retry: the execution this one retries
     }
 
 

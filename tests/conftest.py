@@ -368,3 +368,12 @@ def read_marks(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return out
+
+
+def undo_version_5(con: Any) -> None:
+    """Take a database file back to before schema version 5 (fm retry's columns);
+    the caller sets ``meta.schema_version``."""
+    con.execute("DROP INDEX executions_retry_of")
+    con.execute("ALTER TABLE executions DROP COLUMN retry_of")
+    con.execute("ALTER TABLE executions DROP COLUMN retry")
+    con.execute("ALTER TABLE node_runs DROP COLUMN reused_from")

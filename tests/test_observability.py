@@ -356,19 +356,19 @@ def test_ls_newest_first_reads_an_index(db, listed_db):
         s.close()
 
 
-def test_a_version_4_file_is_read_as_it_is_and_upgraded_by_a_writer(db, listed_db):
+def test_a_version_5_file_is_read_as_it_is_and_upgraded_by_a_writer(db, listed_db):
     from fm_local import store
 
     with sqlite3.connect(db) as con:
         con.execute("DROP INDEX executions_created")
         con.execute("DROP INDEX executions_workflow")
-        con.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+        con.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
     assert set(ls(db, "--workflow", "etl-*")) == {
         listed_db["ok_new"],
         listed_db["ok_old"],
         listed_db["bad_new"],
-    }, "read commands read a version 4 file (only indexes are missing)"
-    assert query(db, "SELECT value FROM meta WHERE key='schema_version'") == [{"value": "4"}]
+    }, "read commands read a version 5 file (only indexes are missing)"
+    assert query(db, "SELECT value FROM meta WHERE key='schema_version'") == [{"value": "5"}]
     store.Store(db).close()  # a writer migrates
     names = {r["name"] for r in query(db, "SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"executions_created", "executions_workflow"} <= names

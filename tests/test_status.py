@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from conftest import query, run_wf, serve_until_done
+from conftest import query, run_wf, serve_until_done, undo_version_5
 
 from fm_local import api, errors, status, store
 from fm_local.status import (
@@ -142,6 +142,7 @@ def test_a_version_2_file_gets_the_triggers(wf, db):
         con.execute("DROP TRIGGER node_run_terminal_is_final")
         con.execute("DROP TRIGGER execution_terminal_is_final")
         con.execute("ALTER TABLE node_runs DROP COLUMN lane")  # version 4's
+        undo_version_5(con)
         con.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     store.Store(db).close()  # a writer migrates
     names = {r["name"] for r in query(db, "SELECT name FROM sqlite_master WHERE type='trigger'")}
@@ -155,6 +156,7 @@ def test_a_version_3_file_gets_the_lane_column(wf, db):
     eid = run_wf(wf(TRANSFORM), db)["id"]
     with sqlite3.connect(db) as con:
         con.execute("ALTER TABLE node_runs DROP COLUMN lane")
+        undo_version_5(con)
         con.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
     store.Store(db).close()  # a writer migrates
     rows = query(db, "SELECT path, lane FROM node_runs WHERE execution_id=?", (eid,))

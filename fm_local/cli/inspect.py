@@ -162,6 +162,8 @@ def _node_json(n: dict[str, Any]) -> dict[str, Any]:
         "port": n["port"],
         "code": n.get("code"),
         "items": n.get("items"),
+        # fm retry: the execution that computed this result, reused here (not run)
+        "reusedFrom": n.get("reused_from"),
         "input": loads(n["input"]),
         "output": loads(n["output"]),
         "error": loads(n["error"]),
@@ -191,6 +193,7 @@ def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) ->
     from fm_local.lock import is_served
     from fm_local.progress import ACTIVE_LOOP, headline, of_row
     from fm_local.store import loads
+    from fm_local.store.retry import retries_of
 
     row = find_execution(ctx, execution)
     store = ctx.store()
@@ -211,6 +214,8 @@ def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) ->
         emit_json(
             {
                 **execution_record(row),
+                "retry": loads(row.get("retry")),
+                "retriedBy": retries_of(store, row["id"]),
                 "progress": head.as_json() if head else None,
                 "loops": [
                     {
@@ -232,6 +237,15 @@ def show(ctx: Ctx, execution: str, show_all: bool, statuses: tuple[str, ...]) ->
     click.echo(f"trace      {row['trace_id']}")
     if row["priority"]:
         click.echo(f"priority   {row['priority']}")
+    if row.get("retry_of"):
+        how = loads(row.get("retry")) or {}
+        mode = f"from node {', '.join(how['nodes'])}" if how.get("nodes") else "from failure"
+        click.echo(
+            f"retry of   {row['retry_of']}  ({mode}; {how.get('reused', 0)} node results reused)"
+        )
+    retried = retries_of(store, row["id"])
+    if retried:
+        click.echo(f"retried by {', '.join(retried[-5:])}")
     click.echo(
         f"started    {fmt_time(row['started_at'])}   finished {fmt_time(row['finished_at'])}   ({duration(row)} s)"
     )
@@ -318,6 +332,8 @@ def _node_table(row: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
         e = loads(n["error"])
         etext = f"{e.get('code')}: {e.get('message')}" if e else ""
         etext = etext.splitlines()[0] if etext else ""
+        if n.get("reused_from"):
+            etext = f"reused from {n['reused_from']}" + (f"; {etext}" if etext else "")
         if len(etext) > 80:
             etext = etext[:79] + "…"
         # The node's trace id is the execution's plus its branch suffix (SPEC §9).

@@ -69,13 +69,16 @@ def wait_for_end(ctx: Ctx, eid: str, timeout: float | None = None) -> dict[str, 
     return wait_row(store, eid, timeout)
 
 
-def report_end(ctx: Ctx, row: dict[str, Any]) -> int:
+def report_end(ctx: Ctx, row: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
+    """Print how an execution ended (``extra``: more keys for ``--json``); its exit code."""
     from fm_local.store import loads
 
     out = loads(row["output"])
     err = loads(row["error"])
     if ctx.json:
-        emit_json({"id": row["id"], "status": row["status"], "output": out, "error": err})
+        emit_json(
+            {"id": row["id"], **(extra or {}), "status": row["status"], "output": out, "error": err}
+        )
     else:
         if row["status"] == "succeeded":
             click.echo(json.dumps(out, indent=2))
@@ -207,20 +210,47 @@ def run(
     io_concurrency: int,
 ) -> None:
     """Run a workflow to the end (on the daemon if one serves the DB, else embedded)."""
-    from fm_local.lock import is_served
-
     input_value = load_json_option(input_text, input_file, "input")
     if input_value is None:
         input_value = {}  # no input given: an empty object (docs/semantics.md)
     prepared = _prepare(ctx, file, input_value)
     store = ctx.store()
     eid = store.create_execution(prepared.workflow_id, prepared.name, input_value)
+    sys.exit(
+        run_to_end(
+            ctx,
+            eid,
+            workers=workers,
+            durability=durability,
+            max_worker_memory=max_worker_memory,
+            io_concurrency=io_concurrency,
+        )
+    )
+
+
+def run_to_end(
+    ctx: Ctx,
+    eid: str,
+    *,
+    workers: int | None,
+    durability: str,
+    max_worker_memory: int | None,
+    io_concurrency: int,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Run a queued execution to its end as ``fm run`` does — on the daemon serving
+    the database if there is one, else on a supervisor embedded here that serves it
+    alone — report the end (``extra``: more keys for ``--json``), and return the exit
+    code (``fm run``, ``fm retry``)."""
+    from fm_local.lock import is_served
+
+    store = ctx.store()
     holder = is_served(ctx.db)
     if holder:
         _warn_daemon_settings(ctx, holder)
         if not ctx.json:
             click.echo(f"execution {eid} submitted to the running daemon", err=True)
-        sys.exit(report_end(ctx, wait_for_end(ctx, eid)))
+        return report_end(ctx, wait_for_end(ctx, eid), extra)
     import logging
 
     from fm_local.supervisor import Supervisor
@@ -256,7 +286,7 @@ def run(
         # A daemon started between our look and now: it runs the execution.
         if not ctx.json:
             click.echo(f"execution {eid} submitted to the running daemon", err=True)
-        sys.exit(report_end(ctx, wait_for_end(ctx, eid)))
+        return report_end(ctx, wait_for_end(ctx, eid), extra)
     sup.install_signal_handlers()
     try:
         sup.run_execution(eid)
@@ -269,8 +299,8 @@ def run(
             f"supervisor serves {ctx.db} (fm daemon), or: fm cancel {eid}",
             err=True,
         )
-        sys.exit(130)
-    sys.exit(report_end(ctx, row))
+        return 130
+    return report_end(ctx, row, extra)
 
 
 def _warn_daemon_settings(ctx: Ctx, holder: dict[str, float]) -> None:

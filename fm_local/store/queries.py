@@ -86,7 +86,7 @@ class Queries:
         """Executions, newest first (``fm ls``): with one of ``status`` (a status or
         several), of ``workflow`` (a name, or a GLOB pattern when it holds ``*?[``),
         created at ``since`` (epoch seconds) or later; at most ``limit`` (None: all).
-        Each filter is a WHERE clause an index serves (schema version 5)."""
+        Each filter is a WHERE clause an index serves (schema version 6)."""
         where: list[str] = []
         args: list[Any] = []
         statuses = (status,) if isinstance(status, str) else tuple(status or ())
@@ -320,6 +320,44 @@ class Queries:
                 args,
             )
         )
+
+    def reused_items(
+        self, execution_id: str, loop_path: str
+    ) -> tuple[list[tuple[int, str]], set[int]]:
+        """A retry's reused rows under a loop (docs/retry.md): (item_index, status) of
+        the reused item rows, and the indexes of items that have reused rows inside
+        their body but no item row of their own (items that run again in part)."""
+        rows = self.conn.execute(
+            "SELECT path, status FROM node_runs WHERE execution_id=? AND path GLOB ? "
+            "AND reused_from IS NOT NULL",
+            (execution_id, glob_escape(loop_path) + "[[]*"),
+        ).fetchall()
+        start = len(loop_path) + 1
+        items: list[tuple[int, str]] = []
+        inside: set[int] = set()
+        for path, status in rows:
+            end = path.find("]", start)
+            if end < 0 or not path[start:end].isdigit():
+                continue
+            idx = int(path[start:end])
+            if end + 1 == len(path):
+                items.append((idx, status))
+            elif path[end + 1] == ".":
+                inside.add(idx)
+        return items, inside - {i for i, _ in items}
+
+    def retry_chain(self, execution_id: str) -> list[str]:
+        """The executions a retry retries, nearest first (a retry of a retry...)."""
+        chain: list[str] = []
+        eid: str | None = execution_id
+        while eid is not None and len(chain) < 1000:
+            row = self.conn.execute("SELECT retry_of FROM executions WHERE id=?", (eid,)).fetchone()
+            eid = row[0] if row is not None else None
+            if eid is not None:
+                if eid in chain:
+                    break
+                chain.append(eid)
+        return chain
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,))

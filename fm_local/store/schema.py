@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The oldest version the read commands read as it is (they never migrate): the
 # migrations after it only add indexes, so its queries give the same rows there.
-MIN_READ_VERSION = 4
+MIN_READ_VERSION = 5
 
 
 MIGRATIONS: list[str] = [
@@ -215,7 +215,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE node_runs ADD COLUMN lane TEXT;
     """,
-    # 5: fm ls newest first, and its --workflow and --since filters, read an index
+    # 5: fm retry (docs/retry.md): an execution that retries another names it
+    # (retry_of) and keeps how it was asked (retry: JSON); a node instance whose
+    # result was copied from an earlier execution instead of run names where it
+    # was computed (reused_from).
+    """
+    ALTER TABLE executions ADD COLUMN retry_of TEXT;
+    ALTER TABLE executions ADD COLUMN retry TEXT;
+    ALTER TABLE node_runs ADD COLUMN reused_from TEXT;
+    CREATE INDEX executions_retry_of ON executions(retry_of);
+    """,
+    # 6: fm ls newest first, and its --workflow and --since filters, read an index
     # instead of sorting the whole table. Indexes only (MIN_READ_VERSION).
     """
     CREATE INDEX IF NOT EXISTS executions_created ON executions(created_at);

@@ -100,8 +100,47 @@ class Loops(Part):
         ls = self._loop_state(run)
         if ls is None:
             return
+        if run.ex.retry_of is not None and not self._reuse_items(ls):
+            return
         self._schedule_loop_timers(ls)
         self.loops_to_open.append(ls)
+
+    def _reuse_items(self, ls: LoopState) -> bool:
+        """A retry's loop starting: the items whose results it reuses count as done,
+        and those reused in part open from their rows (docs/retry.md). The items
+        are matched by index, so the loop must count as many as it did then; if
+        not, it fails (False) rather than mix items."""
+        assert self.store is not None
+        run = ls.run
+        ex = run.ex
+        done, inside = self.store.reused_items(ex.id, run.path)
+        if not done and not inside:
+            return True
+        then = ex.retry_loops.get(run.path)
+        if then is not None and then != ls.n:
+            self._inline_failed(
+                run,
+                errors.NodeError(
+                    f"loop '{run.path}' has {ls.n} items, and {then} in execution "
+                    f"{ex.retry_of}, whose item results this retry reuses by index: "
+                    "they cannot be matched; run the workflow afresh (fm run)",
+                    errors.VALIDATION_ERROR,
+                ),
+                "items",
+            )
+            return False
+        for idx, status in done:
+            if idx >= ls.n:
+                continue
+            ls.started[idx] = 1
+            if status == "succeeded":
+                ls.succeeded += 1
+            elif status == "failed":
+                ls.failed += 1
+            else:
+                ls.cancelled += 1
+        ls.partial = inside or None
+        return True
 
     def _schedule_loop_timers(self, ls: LoopState) -> None:
         total = ls.policy.total_timeout
@@ -206,6 +245,9 @@ class Loops(Part):
                 ls.limiter.acquire(now)
             ls.next_index = i + 1
             f = self._new_item_frame(ls, i)
+            if ls.partial is not None and i in ls.partial:
+                self._restore_frame(f)  # a retry's item with results reused inside
+                continue
             self._advance_frame(f)
             self.frames_to_check.append(f)
         self._loop_check(ls)

@@ -213,6 +213,9 @@ class Recovery(Part):
         if ls is None:
             return
         rows = self.store.item_rows(run.ex.id, run.path)
+        if run.ex.retry_of is not None:
+            _, inside = self.store.reused_items(run.ex.id, run.path)
+            ls.partial = (inside - {r[0] for r in rows}) or None
         self._seed_limiter(ls.limiter, [r[2] for r in rows if r[2] is not None])
         lowest_open = ls.n
         last_end = 0.0
@@ -275,5 +278,11 @@ class Recovery(Part):
         ex.deadline_at = now + timeout / 1000.0 if timeout else None
         self._mark_exec(ex)
         self._event(ex, None, "started", None)
+        if ex.retry_of is not None:
+            # A retry starts from the results it reuses, committed with it: as a
+            # restart continues from what is committed (docs/retry.md).
+            self._rebuild_signal_scope(ex)
+            self._restore_frame(ex.top)
+            return
         self._advance_frame(ex.top)
         self.frames_to_check.append(ex.top)

@@ -169,9 +169,13 @@ class Signals(Part):
         )
 
     def _rebuild_signal_scope(self, ex: Exec) -> None:
-        """After a restart: ``signals.<type>`` from the signals already applied."""
+        """After a restart: ``signals.<type>`` from the signals already applied. A
+        retry starts with the scope of the execution it retries, as it ended
+        (docs/retry.md), then its own signals."""
         assert self.store is not None
-        for row in self.store.applied_signals(ex.id):
+        chain = self.store.retry_chain(ex.id) if ex.retry_of is not None else []
+        rows = [r for eid in reversed(chain) for r in self.store.applied_signals(eid)]
+        for row in [*rows, *self.store.applied_signals(ex.id)]:
             ex.signal_latest[row["type"]] = row["id"]
             ex.signal_scope[row["type"]] = {
                 "data": loads(row["data"]),

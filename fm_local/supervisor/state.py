@@ -311,6 +311,7 @@ class LoopState:
         "errors",
         "timed_out",
         "finished",
+        "partial",
     )
 
     def __init__(
@@ -339,6 +340,9 @@ class LoopState:
         self.errors: list[dict[str, Any]] = []
         self.timed_out = False
         self.finished = False
+        # A retry's items that run again with results reused inside their body:
+        # opened from their rows (docs/retry.md); None for every other loop.
+        self.partial: set[int] | None = None
 
 
 class SectionState:
@@ -479,6 +483,15 @@ class Exec:
         self.unconsumed: dict[str, Any] = {}  # signal data no wait node took yet
         self.signal_latest: dict[str, int] = {}  # type -> id of the newest signal
         self.compensations: deque[Run] = deque()
+        # fm retry (docs/retry.md): the execution this one retries, whose results
+        # it reuses (rows copied in when it was created); and, per loop that runs
+        # again with some items reused, its item count then.
+        self.retry_of: str | None = row.get("retry_of")
+        self.retry_loops: dict[str, int] = {}
+        if self.retry_of is not None:
+            how = loads(row.get("retry"))
+            if isinstance(how, dict) and isinstance(how.get("loops"), dict):
+                self.retry_loops = how["loops"]
 
     def has_ready(self) -> bool:
         return bool(self.ready or self.ready_io)
