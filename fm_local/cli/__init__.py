@@ -9,7 +9,8 @@ The package holds one concept per module; the file of any ``fm`` command:
 - ``run``: a workflow file in: ``fm validate``, ``schema``, ``run``, ``submit``,
   ``daemon`` (and preparing, waiting for and reporting an execution);
 - ``inspect``: reading executions: ``fm ls``, ``show``, ``output``, ``wait``,
-  ``logs``, ``timeline``, ``trace``, ``queue``, ``workers``;
+  ``logs``, ``queue``, ``workers``;
+- ``tracing``: an execution in time: ``fm timeline``, ``trace``;
 - ``dlq``: ``fm dlq`` and its commands;
 - ``retry``: ``fm retry``;
 - ``control``: ``fm signal``, ``pause``, ``resume``, ``cancel``, and ``fm token``;
@@ -24,7 +25,7 @@ Each imports heavy modules only inside the functions that use them (base.py).
 from __future__ import annotations
 
 # Importing a command module registers its commands on ``cli``.
-from fm_local.cli import control, dlq, inspect, retry, run  # noqa: F401
+from fm_local.cli import control, dlq, inspect, retry, run, tracing  # noqa: F401
 from fm_local.cli.base import (
     PLUGIN_GROUP,
     Ctx,
