@@ -1,6 +1,8 @@
 """Screen 2: one execution — header, branch timeline (live while it runs), and
 the selected node's input, output, error, attempts and log. Enter on a loop row
-expands its items (and on an item, its body)."""
+expands its items (and on an item, its body), one page of ITEMS_LIMIT items at a
+time: ``[`` / ``]`` turn the page, ``n`` / ``N`` jump to the next / previous
+failed item. It opens with the cursor on the first failed node, if any."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import DataTable
 
-from tui.data import Reader
-from tui.messages import DetailLoaded
-from tui.records import DetailSnapshot
+from tui import paths
+from tui.data import ITEMS_LIMIT, Reader
+from tui.messages import DetailLoaded, LogsRequested
+from tui.records import DetailSnapshot, Seek, TimelineRow
 from tui.screens.signalling import SignalScreen
 from tui.widgets.execution_header import ExecutionHeader
 from tui.widgets.node_panel import NodePanel
@@ -24,14 +27,22 @@ class DetailScreen(SignalScreen):
     MODE = "detail"
     AUTO_FOCUS = "TimelineTable"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "expand", "Expand/collapse"),
+        Binding("enter", "expand", "Expand"),
         Binding("escape", "back", "Back"),
+        Binding("left_square_bracket", "page(-1)", "Prev page", show=False),
+        Binding("right_square_bracket", "page(1)", "Next page", show=False),
+        Binding("n", "failed(1)", "Failed"),
+        Binding("N", "failed(-1)", "Prev failed", show=False),
+        Binding("l", "logs", "Logs"),
     ]
 
     # The view's parameters; the polling thread reads them (immutable values).
     execution_id: str | None = None
     expanded: frozenset[str] = frozenset()
+    pages: dict[str, int] = {}  # noqa: RUF012 - replaced, never changed in place
+    seek: Seek | None = None  # a cursor move the reader must work out (a failed node)
     selected: str | None = None
+    cursor_to: str | None = None  # the row the cursor goes to once it is shown
     generation = 0
     bar_width = 40  # the timeline's bar column, copied here for the thread
     snapshot: DetailSnapshot | None = None
@@ -52,9 +63,13 @@ class DetailScreen(SignalScreen):
     def _reset(self, execution_id: str | None) -> None:
         self.execution_id = execution_id
         self.expanded = frozenset()
+        self.pages = {}
         self.selected = None
+        self.cursor_to = None
         self.snapshot = None
         self.generation += 1
+        # Open on the first failed node, if there is one.
+        self.seek = Seek(self.generation) if execution_id is not None else None
         self.loaded = False
         self.query_one(TimelineTable).clear()
         self.query_one(NodePanel).show(None, 0.0)
@@ -71,6 +86,8 @@ class DetailScreen(SignalScreen):
             selected=self.selected,
             width=self.bar_width,
             now=now,
+            pages=self.pages,
+            seek=self.seek,
         )
         return DetailLoaded(snapshot, generation)
 
@@ -79,9 +96,20 @@ class DetailScreen(SignalScreen):
             return
         snap = self.snapshot = message.snapshot
         table = self.query_one(TimelineTable)
+        if snap.seek is not None and snap.seek == self.seek:
+            # The answer to a seek: take the loops and pages it opened.
+            self.seek = None
+            self.expanded, self.pages = snap.expanded, dict(snap.pages)
+            if snap.focus is not None:
+                self.cursor_to = self.selected = snap.focus
+            if snap.note and snap.seek.loop is not None:
+                self.notify(snap.note, severity="warning" if snap.focus is None else "information")
         self.query_one(ExecutionHeader).show(snap.execution, snap.now)
         self.query_one(TimelineAxis).show(snap, table.widths)
         table.show(snap)
+        if self.cursor_to is not None and self.cursor_to in table.rows_by_key:
+            table.move_cursor(row=table.get_row_index(self.cursor_to))
+            self.cursor_to = None
         self.query_one(NodePanel).show(snap.node or snap.execution, snap.now)
         if snap.rows_truncated:
             self.query_one(TimelineAxis).update(
@@ -115,6 +143,59 @@ class DetailScreen(SignalScreen):
         else:
             self.expanded = self.expanded | {row.key}
         self.request_refresh()
+
+    # --- pages of items and failed items ---------------------------------------------
+
+    def _loop_here(self) -> tuple[str, int] | None:
+        """The loop the cursor is in (or on) and the item index it stands at."""
+        row = self.query_one(TimelineTable).selected
+        if row is None:
+            return None
+        if row.page is not None:
+            return row.path, row.page.first - 1
+        return paths.enclosing_loop(row.path, row.kind)
+
+    def _loop_row(self, loop: str) -> TimelineRow | None:
+        return self.query_one(TimelineTable).rows_by_key.get(loop)
+
+    def action_page(self, step: int) -> None:
+        here = self._loop_here()
+        if here is None:
+            self.notify("put the cursor on a loop or one of its items", severity="warning")
+            return
+        loop = here[0]
+        row = self._loop_row(loop)
+        total = row.loop.total if row is not None and row.loop is not None else 0
+        last = paths.page_of(total - 1, ITEMS_LIMIT) if total else 0
+        first = self.pages.get(loop, 0)
+        new = min(last, max(0, first + step * ITEMS_LIMIT))
+        if new == first and loop in self.expanded:
+            self.notify(f"{'last' if step > 0 else 'first'} page of {loop}", timeout=2)
+            return
+        self.pages = {**self.pages, loop: new}
+        self.expanded = self.expanded | {loop}
+        self.cursor_to = f"page:{loop}"
+        self.request_refresh()
+
+    def action_failed(self, direction: int) -> None:
+        here = self._loop_here()
+        if here is None:
+            self.notify("put the cursor on a loop or one of its items", severity="warning")
+            return
+        loop, index = here
+        if direction < 0 and index < 0:
+            index = 1 << 62  # from a loop row, back to its last failed item
+        self.generation += 1
+        self.seek = Seek(self.generation, loop, index, direction)
+        self.request_refresh()
+
+    def action_logs(self) -> None:
+        if self.execution_id is None:
+            self.notify("no execution chosen", severity="warning")
+            return
+        row = self.query_one(TimelineTable).selected
+        path = None if row is None else row.path
+        self.app.post_message(LogsRequested(self.execution_id, path))
 
     def action_back(self) -> None:
         self.call_later(self.app.run_action, "show('executions')")

@@ -4,16 +4,17 @@ queued executions."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Label, Sparkline, Static
 
 from tui import format as fmt
 from tui.records import QUEUE_STATES, WAITING, LoopProgress, QueueSnapshot
-from tui.widgets.table_sync import sync_rows
+from tui.widgets.table_sync import VI_KEYS, sync_rows
 
 
 def depth_line(snapshot: QueueSnapshot) -> Text:
@@ -42,6 +43,7 @@ class DepthTable(DataTable[Any]):
     """One row per (state, priority) with its number of tasks."""
 
     DEFAULT_CSS = "DepthTable { width: 40; height: 1fr; }"
+    BINDINGS: ClassVar[list[BindingType]] = VI_KEYS
 
     def on_mount(self) -> None:
         self.cursor_type = "none"
@@ -96,6 +98,7 @@ class LoopsTable(DataTable[Any]):
     when the loop started), percent, rate, ETA, and items not started yet."""
 
     DEFAULT_CSS = "LoopsTable { height: 1fr; }"
+    BINDINGS: ClassVar[list[BindingType]] = VI_KEYS
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -130,6 +133,7 @@ class QueuedTable(DataTable[Any]):
     """Executions waiting for a supervisor to start them, first to start first."""
 
     DEFAULT_CSS = "QueuedTable { height: 1fr; }"
+    BINDINGS: ClassVar[list[BindingType]] = VI_KEYS
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
