@@ -20,7 +20,7 @@ from tui.records import DetailSnapshot, Seek, TimelineRow
 from tui.screens.signalling import SignalScreen
 from tui.widgets.execution_header import ExecutionHeader
 from tui.widgets.node_panel import NodePanel
-from tui.widgets.timeline import TimelineAxis, TimelineTable
+from tui.widgets.timeline import TimelineAxis, TimelineTable, where_text
 
 
 class DetailScreen(SignalScreen):
@@ -105,17 +105,31 @@ class DetailScreen(SignalScreen):
             if snap.note and snap.seek.loop is not None:
                 self.notify(snap.note, severity="warning" if snap.focus is None else "information")
         self.query_one(ExecutionHeader).show(snap.execution, snap.now)
-        self.query_one(TimelineAxis).show(snap, table.widths)
         table.show(snap)
         if self.cursor_to is not None and self.cursor_to in table.rows_by_key:
             table.move_cursor(row=table.get_row_index(self.cursor_to))
             self.cursor_to = None
+        self._axis()
         self.query_one(NodePanel).show(snap.node or snap.execution, snap.now)
-        if snap.rows_truncated:
+        self.loaded = True
+
+    def _axis(self) -> None:
+        """The axis line, and on its left the page of the loop the cursor is in."""
+        if self.snapshot is None:
+            return
+        if self.snapshot.rows_truncated:
             self.query_one(TimelineAxis).update(
                 "too many rows: collapse some loops (only the first rows are shown)"
             )
-        self.loaded = True
+            return
+        table = self.query_one(TimelineTable)
+        where = None
+        here = self._loop_here()
+        if here is not None:
+            row = table.rows_by_key.get(f"page:{here[0]}")
+            if row is not None and row.page is not None:
+                where = where_text(here[0], row.page)
+        self.query_one(TimelineAxis).show(self.snapshot, table.widths, where)
 
     def on_timeline_table_width_changed(self, _: TimelineTable.WidthChanged) -> None:
         self.bar_width = self.query_one(TimelineTable).widths.bar
@@ -123,6 +137,7 @@ class DetailScreen(SignalScreen):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         key = None if event.row_key is None else str(event.row_key.value)
+        self._axis()
         if key != self.selected:
             self.selected = key
             self.request_refresh()

@@ -33,7 +33,7 @@ def depth_line(snapshot: QueueSnapshot) -> Text:
 
 
 class DepthSummary(Static):
-    DEFAULT_CSS = "DepthSummary { height: 1; padding: 0 1; }"
+    DEFAULT_CSS = "DepthSummary { height: auto; padding: 0 1; }"  # wraps when narrow
 
     def show(self, snapshot: QueueSnapshot) -> None:
         self.update(depth_line(snapshot))
@@ -65,6 +65,7 @@ class Throughput(Vertical):
     DEFAULT_CSS = """
     Throughput { height: 1fr; padding: 0 1; }
     Throughput Sparkline { height: 1fr; }
+    Throughput Label { width: 100%; }
     """
 
     def compose(self) -> ComposeResult:

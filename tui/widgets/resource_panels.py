@@ -47,14 +47,14 @@ def machine_line(snapshot: ResourceSnapshot) -> Text:
 
 
 class StateLine(Static):
-    DEFAULT_CSS = "StateLine { height: 1; padding: 0 1; }"
+    DEFAULT_CSS = "StateLine { height: auto; padding: 0 1; }"  # wraps when narrow
 
     def show(self, snapshot: ResourceSnapshot) -> None:
         self.update(state_line(snapshot))
 
 
 class MachineLine(Static):
-    DEFAULT_CSS = "MachineLine { height: 1; padding: 0 1; }"
+    DEFAULT_CSS = "MachineLine { height: auto; padding: 0 1; }"
 
     def show(self, snapshot: ResourceSnapshot) -> None:
         self.update(machine_line(snapshot))

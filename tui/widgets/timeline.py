@@ -183,19 +183,35 @@ class TimelineTable(DataTable[Any]):
 
 
 class TimelineAxis(Static):
-    """The time axis above the bars: where they start, how long the axis is."""
+    """The time axis above the bars: where they start, how long the axis is; on
+    its left, which items of the loop the cursor is in are listed (the page line
+    itself may be scrolled out of view)."""
 
     DEFAULT_CSS = "TimelineAxis { height: 1; color: $text-muted; }"
 
-    def show(self, snapshot: DetailSnapshot, widths: Widths) -> None:
+    def show(self, snapshot: DetailSnapshot, widths: Widths, where: Text | None = None) -> None:
+        left = Text(" " * widths.bar_offset)
+        if where is not None:
+            where = where[: max(0, widths.bar_offset - 1)]
+            left = where.append(" " * (widths.bar_offset - len(where)))
         if snapshot.t0 is None or snapshot.t1 is None:
-            self.update("no node has started yet")
+            self.update(left.append("no node has started yet"))
             return
         total = snapshot.t1 - snapshot.t0
         bar_width = widths.bar
-        left = Text(" " * widths.bar_offset + "0")
+        left.append("0")
         right = fmt.duration(total)
         middle = f" one column = {fmt.duration(total / max(bar_width, 1))} "
         gap = max(1, bar_width - 1 - len(middle) - len(right))
         left.append("─" * (gap // 2) + middle + "─" * (gap - gap // 2) + right)
         self.update(left)
+
+
+def where_text(loop: str, page: ItemPage) -> Text:
+    """``each: items 901–1,200 of 10,000 ✗11``: the page of the loop the cursor is in."""
+    text = Text(f"{loop}: ", style="bold").append(
+        f"items {page.first + 1:,}–{page.last + 1:,} of {page.total:,}", style="cyan"
+    )
+    if page.failed:
+        text.append(f" ✗{page.failed}", style="red")
+    return text
