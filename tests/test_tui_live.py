@@ -552,6 +552,7 @@ def test_j_k_move_and_focus_comes_back_to_the_table(tmp_path: Path, dbs: dict[st
 
     # j / k in the timeline too.
     app = app_for(dbs["db"])
+    notes = capture_notes(app)
 
     async def timeline(pilot: Pilot[None]) -> None:
         screen = await shown(pilot, ExecutionsScreen)
@@ -564,6 +565,9 @@ def test_j_k_move_and_focus_comes_back_to_the_table(tmp_path: Path, dbs: dict[st
         await pilot.press("j", "j", "j", "k")
         assert tl.cursor_row == 2
         await until(pilot, lambda: detail.selected == row_keys(tl)[2], "that node selected")
+        await pilot.press("n")  # no loop to look in
+        await until(pilot, lambda: notes, "a note")
+        assert notes == [("this execution has no loop", "warning")]
 
     drive(app, timeline)
 

@@ -124,7 +124,7 @@ class DetailScreen(SignalScreen):
             return
         table = self.query_one(TimelineTable)
         where = None
-        here = self._loop_here()
+        here = self._loop_here(fallback=False)
         if here is not None:
             row = table.rows_by_key.get(f"page:{here[0]}")
             if row is not None and row.page is not None:
@@ -161,14 +161,19 @@ class DetailScreen(SignalScreen):
 
     # --- pages of items and failed items ---------------------------------------------
 
-    def _loop_here(self) -> tuple[str, int] | None:
-        """The loop the cursor is in (or on) and the item index it stands at."""
-        row = self.query_one(TimelineTable).selected
-        if row is None:
-            return None
-        if row.page is not None:
+    def _loop_here(self, fallback: bool = True) -> tuple[str, int] | None:
+        """The loop the cursor is in (or on) and the item index it stands at;
+        outside loops (``fallback``), the timeline's first loop."""
+        table = self.query_one(TimelineTable)
+        row = table.selected
+        if row is not None and row.page is not None:
             return row.path, row.page.first - 1
-        return paths.enclosing_loop(row.path, row.kind)
+        found = None if row is None else paths.enclosing_loop(row.path, row.kind)
+        if found is None and fallback:
+            # Outside any loop: the first loop of the timeline, from its start.
+            first = next((r for r in table.rows_by_key.values() if r.kind == "loop"), None)
+            found = None if first is None else (first.path, -1)
+        return found
 
     def _loop_row(self, loop: str) -> TimelineRow | None:
         return self.query_one(TimelineTable).rows_by_key.get(loop)
@@ -176,7 +181,7 @@ class DetailScreen(SignalScreen):
     def action_page(self, step: int) -> None:
         here = self._loop_here()
         if here is None:
-            self.notify("put the cursor on a loop or one of its items", severity="warning")
+            self.notify("this execution has no loop", severity="warning")
             return
         loop = here[0]
         row = self._loop_row(loop)
@@ -195,7 +200,7 @@ class DetailScreen(SignalScreen):
     def action_failed(self, direction: int) -> None:
         here = self._loop_here()
         if here is None:
-            self.notify("put the cursor on a loop or one of its items", severity="warning")
+            self.notify("this execution has no loop", severity="warning")
             return
         loop, index = here
         if direction < 0 and index < 0:
