@@ -132,7 +132,7 @@ class LogsScreen(PollingScreen):
             text.append("no such execution", style="red")
         else:
             text.append_text(fmt.status_text(self.status))
-        text.append(f"  {self.lines} entries  ")
+        text.append(f"  {self.lines} {'entry' if self.lines == 1 else 'entries'}  ")
         if self.following:
             text.append("● following", style="green")
             if self.status in TERMINAL_EXEC:
