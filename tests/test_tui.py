@@ -31,6 +31,7 @@ from fm_local import api
 from fm_local.store import Store
 from tui.app import FmApp, check_database
 from tui.data import Reader
+from tui.records import ItemPage
 from tui.screens.detail import DetailScreen
 from tui.screens.dialogs import ConfirmScreen, JsonPromptScreen
 from tui.screens.executions import ExecutionsScreen
@@ -40,7 +41,7 @@ from tui.screens.resources import ResourcesScreen
 from tui.widgets.executions_table import ExecutionsTable
 from tui.widgets.queue_panels import DepthTable, QueuedTable, Throughput
 from tui.widgets.resource_panels import ProcessTable, StateLine
-from tui.widgets.table_sync import row_keys
+from tui.widgets.table_sync import cursor_key, row_keys
 from tui.widgets.timeline import TimelineTable
 
 SIZE = (140, 40)
@@ -319,8 +320,13 @@ def test_enter_on_a_loop_expands_its_items(finished: dict[str, Any]) -> None:
     async def script(pilot: Pilot[None]) -> None:
         detail = await open_detail(pilot, finished["loop"])
         table = detail.query_one(TimelineTable)
+        # It opens on the first failed node: its loop and item are expanded.
+        await until(pilot, lambda: cursor_key(table) == "process_all[6].process", "on the failure")
+        await until(pilot, lambda: "record 7 is corrupt" in panel_text(detail), "its error")
+        table.move_cursor(row=row_keys(table).index("process_all"))
+        await pilot.press("enter")
+        await until(pilot, lambda: not any("[" in k for k in row_keys(table)), "collapsed")
         keys = row_keys(table)
-        assert "process_all" in keys and not any("[" in k for k in keys)
         assert "14/14" in table.get_cell("process_all", "status").plain
         table.move_cursor(row=keys.index("process_all"))
         await pilot.press("enter")
@@ -367,8 +373,20 @@ def test_big_loop_is_aggregated_and_expansion_is_bounded(tmp_path: Path) -> None
         snap = reader.detail(
             eid, expanded=frozenset({"each"}), selected=None, width=50, now=time.time()
         )
-        assert len(snap.rows) == 1 + ITEMS_LIMIT + 1
-        assert snap.rows[-1].kind == "more" and snap.rows[-1].hidden == 400 - ITEMS_LIMIT
+        # One page of items, under a line that says which.
+        assert len(snap.rows) == 1 + 1 + ITEMS_LIMIT
+        assert snap.rows[1].page == ItemPage(0, ITEMS_LIMIT - 1, 400, ITEMS_LIMIT, 0)
+        assert snap.rows[2].key == "each[0]" and snap.rows[-1].key == f"each[{ITEMS_LIMIT - 1}]"
+        snap = reader.detail(
+            eid,
+            expanded=frozenset({"each"}),
+            selected=None,
+            width=50,
+            now=time.time(),
+            pages={"each": ITEMS_LIMIT},
+        )
+        assert snap.rows[1].page == ItemPage(ITEMS_LIMIT, 399, 400, 400 - ITEMS_LIMIT, 0)
+        assert [r.key for r in snap.rows[2:]] == [f"each[{i}]" for i in range(ITEMS_LIMIT, 400)]
 
 
 # --- signals ------------------------------------------------------------------------------
@@ -807,8 +825,8 @@ def test_snapshot_detail_with_loop_expanded(frozen: FmApp, snap_compare: Any) ->
         await pilot.press("enter")
         detail = await shown(pilot, DetailScreen)
         timeline = detail.query_one(TimelineTable)
-        timeline.move_cursor(row=row_keys(timeline).index("each"))
-        await pilot.press("enter")
+        # It opens on the failed node: the loop and that item expanded.
+        await until(pilot, lambda: cursor_key(timeline) == "each[5].work", "on the failure")
         await until(pilot, lambda: "each[7]" in row_keys(timeline), "items")
         await settled(pilot)
         await pilot.pause(0.2)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from fm_local.status import ACTIVE_EXEC, TERMINAL_EXEC
 from fm_local.store import live
-from fm_local.store.queries import dead_letter_count, queue_depth
+from fm_local.store.queries import dead_letter_count, item_filter, queue_depth
+from fm_local.store.rows import glob_escape
+from tui import paths, search
 from tui.records import (
     EXEC_STATUSES,
     WAITING,
@@ -27,7 +29,10 @@ from tui.records import (
     ExecutionInfo,
     ExecutionRow,
     ExecutionsSnapshot,
+    ItemPage,
+    LogEntry,
     LogLine,
+    LogsSnapshot,
     LoopProgress,
     LoopStats,
     NodeDetail,
@@ -36,11 +41,12 @@ from tui.records import (
     QueueSnapshot,
     ResourceSnapshot,
     Sample,
+    Seek,
     TimelineRow,
 )
 
 EXECUTIONS_LIMIT = 200
-ITEMS_LIMIT = 300  # items listed when a loop is expanded
+ITEMS_LIMIT = 300  # items listed when a loop is expanded: one page ([ and ] turn it)
 ROWS_LIMIT = 3000  # timeline rows in all
 LOG_LIMIT = 200  # newest log lines of the selected node
 JSON_LIMIT = 20_000  # characters of an output/error/input shown
@@ -48,6 +54,9 @@ LOOPS_LIMIT = 100  # loops in progress on the queue screen
 THROUGHPUT_SECONDS = 60
 HISTORY_SECONDS = 120
 RECENT_SAMPLE = 5.0  # a sample older than this means no daemon is sampling
+LOGS_TAIL = 1000  # log lines the logs screen first shows (the newest)
+LOGS_BATCH = 5000  # new log lines read at most per refresh (a flood catches up)
+FAILED = ("failed", "timed_out")
 
 
 def connect_readonly(db: Path) -> sqlite3.Connection:
@@ -122,15 +131,21 @@ class Reader:
 
     # --- executions ----------------------------------------------------------------
 
-    def executions(self, status_filter: str | None, now: float) -> ExecutionsSnapshot:
+    def executions(
+        self, status_filter: str | None, now: float, query: str = ""
+    ) -> ExecutionsSnapshot:
         if status_filter == "active":
             statuses: tuple[str, ...] = ACTIVE_EXEC
         elif status_filter:
             statuses = (status_filter,)
         else:
             statuses = EXEC_STATUSES
+        terms = search.parse(query)
         with self._snapshot() as c:
-            rows = live.newest_executions(c, statuses, EXECUTIONS_LIMIT)
+            if terms:
+                rows = _search_executions(c, statuses, terms, EXECUTIONS_LIMIT)
+            else:
+                rows = live.newest_executions(c, statuses, EXECUTIONS_LIMIT)
             finished = {r[0] for r in rows if r[2] in TERMINAL_EXEC}
             todo = [r[0] for r in rows if r[0] not in self._progress or r[0] not in finished]
             fresh = self._progress_of(c, todo)
@@ -152,7 +167,7 @@ class Reader:
                     progress=progress,
                 )
             )
-        return ExecutionsSnapshot(out, status_filter, now)
+        return ExecutionsSnapshot(out, status_filter, now, query)
 
     def _progress_of(self, c: sqlite3.Connection, ids: list[str]) -> dict[str, Progress]:
         """Each execution's progress (fm_local.store.live.progress_of)."""
@@ -168,11 +183,28 @@ class Reader:
         selected: str | None,
         width: int,
         now: float,
+        pages: Mapping[str, int] | None = None,
+        seek: Seek | None = None,
     ) -> DetailSnapshot:
+        """The execution, its timeline with ``expanded`` loops and items (each
+        loop's page of items starts at ``pages[loop]``, 0 by default) and the
+        ``selected`` node. A ``seek`` finds a failed node or item first and opens
+        the loops and pages around it; the snapshot says where the cursor goes."""
+        opened = dict(pages or {})
         with self._snapshot() as c:
             row = live.execution_row(c, execution_id)
             if row is None:
-                return DetailSnapshot(None, [], None, None, width, None, now)
+                return DetailSnapshot(None, [], None, None, width, None, now, seek=seek)
+            focus, note = None, ""
+            if seek is not None:
+                focus, note = _seek(c, execution_id, seek)
+                if focus is not None:
+                    for step in paths.steps(focus):
+                        opened[step.loop] = paths.page_of(step.index, ITEMS_LIMIT)
+                        expanded = expanded | {step.loop}
+                        if step.item != focus:
+                            expanded = expanded | {step.item}
+                    selected = focus
             progress = self._progress_of(c, [execution_id])[execution_id]
             info = ExecutionInfo(
                 id=row[0],
@@ -191,12 +223,28 @@ class Reader:
             t0 = info.started_at
             t1 = max(info.finished_at or now, (t0 or now) + 1e-3) if t0 is not None else None
             rows: list[TimelineRow] = []
-            timeline = _Timeline(c, execution_id, expanded, t0, t1, width, rows)
+            timeline = _Timeline(c, execution_id, expanded, opened, t0, t1, width, rows)
             timeline.frame("", 0)
             node = None
-            if selected is not None and not selected.startswith("more:"):
-                node = self._node(c, execution_id, selected, row[10])
-        return DetailSnapshot(info, rows, t0, t1, width, node, now, timeline.truncated)
+            if selected is not None:
+                # On the line above a loop's items: the loop.
+                path = selected.removeprefix("page:")
+                node = self._node(c, execution_id, path, row[10])
+        return DetailSnapshot(
+            info,
+            rows,
+            t0,
+            t1,
+            width,
+            node,
+            now,
+            timeline.truncated,
+            expanded=expanded,
+            pages=tuple(sorted(opened.items())),
+            focus=focus,
+            seek=seek,
+            note=note,
+        )
 
     def _document(self, c: sqlite3.Connection, workflow_id: int) -> dict[str, Any]:
         doc = self._documents.get(workflow_id)
@@ -253,6 +301,72 @@ class Reader:
             lane=r[18],
         )
 
+    # --- logs ------------------------------------------------------------------------
+
+    def logs(
+        self,
+        execution_id: str,
+        path: str | None,
+        after: int | None,
+        seen_errors: frozenset[int],
+        generation: int = 0,
+    ) -> LogsSnapshot:
+        """What ``fm logs ID [--node PATH]`` prints that was not read yet: the log
+        lines after line id ``after`` (the newest LOGS_TAIL at the first read,
+        ``after`` None), and the failed tries whose error is not in ``seen_errors``."""
+        scope, args = _log_scope(execution_id, path)
+        with self._snapshot() as c:
+            found = c.execute("SELECT status FROM executions WHERE id=?", (execution_id,))
+            status = (found.fetchone() or (None,))[0]
+            earlier = 0
+            if after is None:
+                lines = c.execute(
+                    "SELECT id, path, attempt, ts, stream, line FROM logs "
+                    f"WHERE {scope} ORDER BY id DESC LIMIT ?",
+                    (*args, LOGS_TAIL),
+                ).fetchall()[::-1]
+                if len(lines) == LOGS_TAIL:
+                    earlier = int(
+                        c.execute(
+                            f"SELECT count(*) FROM logs WHERE {scope} AND id < ?",
+                            (*args, lines[0][0]),
+                        ).fetchone()[0]
+                    )
+            else:
+                lines = c.execute(
+                    "SELECT id, path, attempt, ts, stream, line FROM logs "
+                    f"WHERE {scope} AND id > ? ORDER BY id LIMIT ?",
+                    (*args, after, LOGS_BATCH),
+                ).fetchall()
+            errors = [
+                e
+                for e in c.execute(
+                    "SELECT id, path, seq, status, error, started_at, finished_at FROM attempts "
+                    f"WHERE {scope} AND status IN ('failed', 'timed_out') "
+                    "AND error IS NOT NULL ORDER BY id",
+                    args,
+                )
+                if e[0] not in seen_errors
+            ]
+        entries = [
+            (ts, 0, LogEntry("line", ts, p, a, stream, text)) for _, p, a, ts, stream, text in lines
+        ]
+        for _, p, seq, st, error, started, finished in errors:
+            ts = finished or started or 0.0
+            entries.append((ts, 1, LogEntry("error", ts, p, seq, st, error_text(error))))
+        entries.sort(key=lambda e: (e[0], e[1]))
+        last = lines[-1][0] if lines else (after or 0)
+        return LogsSnapshot(
+            execution_id,
+            path,
+            status,
+            [e for _, _, e in entries],
+            last,
+            seen_errors | {e[0] for e in errors},
+            earlier,
+            generation,
+        )
+
     # --- queue -----------------------------------------------------------------------
 
     def queue(self, now: float) -> QueueSnapshot:
@@ -289,6 +403,84 @@ class Reader:
         return ResourceSnapshot(
             latest, newest, now, history_of(rows, now, HISTORY_SECONDS), RECENT_SAMPLE
         )
+
+
+def _search_executions(
+    c: sqlite3.Connection, statuses: tuple[str, ...], terms: list[search.Term], limit: int
+) -> list[tuple[Any, ...]]:
+    """Like ``live.newest_executions``, only the executions ``terms`` match (their
+    id, workflow, status or error text; tui.search)."""
+    cond, args = search.where(terms)
+    marks = ",".join("?" * len(statuses))
+    return c.execute(
+        "SELECT id, workflow, status, priority, created_at, started_at, finished_at "
+        f"FROM executions WHERE status IN ({marks}) AND {cond} "
+        "ORDER BY created_at DESC LIMIT ?",
+        (*statuses, *args, limit),
+    ).fetchall()
+
+
+def _seek(c: sqlite3.Connection, execution_id: str, seek: Seek) -> tuple[str | None, str]:
+    """The path the cursor goes to for ``seek``, or None and why not."""
+    fail = "status IN ('failed', 'timed_out')"
+    if seek.loop is None:
+        # The first failed node to end: a node that ran (not a loop or item
+        # failed by its items), else whatever failed.
+        for kinds in ("node_type NOT IN ('loop', 'item')", "1"):
+            found = c.execute(
+                f"SELECT path FROM node_runs WHERE execution_id=? AND {fail} AND {kinds} "
+                "ORDER BY coalesce(finished_at, started_at), id LIMIT 1",
+                (execution_id,),
+            ).fetchone()
+            if found is not None:
+                return str(found[0]), ""
+        return None, "no failed node"
+    where, args = item_filter(execution_id, seek.loop)
+    forward = seek.direction >= 0
+    order = "" if forward else " DESC"
+    found = c.execute(
+        f"SELECT path FROM node_runs WHERE {where} AND {fail} AND item_index "
+        f"{'>' if forward else '<'} ? ORDER BY item_index{order} LIMIT 1",
+        (*args, seek.index),
+    ).fetchone()
+    if found is not None:
+        return str(found[0]), ""
+    # Wrap around, as a search in an editor does.
+    found = c.execute(
+        f"SELECT path FROM node_runs WHERE {where} AND {fail} ORDER BY item_index{order} LIMIT 1",
+        args,
+    ).fetchone()
+    if found is None:
+        return None, f"no failed item in loop {seek.loop}"
+    if forward:
+        return str(found[0]), f"no failed item after item {seek.index}: back to the first"
+    return str(found[0]), f"no failed item before item {seek.index}: on to the last"
+
+
+def _log_scope(execution_id: str, path: str | None) -> tuple[str, tuple[Any, ...]]:
+    """The rows of an execution's logs (or attempts) at or under ``path``."""
+    if not path:
+        return "execution_id=?", (execution_id,)
+    return (
+        "execution_id=? AND (path=? OR path GLOB ? OR path GLOB ?)",
+        (execution_id, path, glob_escape(path) + ".*", glob_escape(path) + "[[]*"),
+    )
+
+
+def error_text(error: str | None) -> str:
+    """A failed try's error as ``fm logs`` prints it: ``CODE: message``, the
+    message's other lines and the traceback, indented."""
+    from fm_local.cli.render import traceback_of
+
+    value = _json(error)
+    if not isinstance(value, dict):
+        return str(value)
+    first, *rest = str(value.get("message") or "").splitlines() or [""]
+    lines = [f"{value.get('code')}: {first}", *(f"    {x}" for x in rest)]
+    trace = traceback_of(value)
+    if trace:
+        lines += [f"    {x}" for x in trace.rstrip("\n").splitlines()]
+    return "\n".join(lines)
 
 
 def history_of(samples: list[Sample], now: float, seconds: int) -> dict[str, list[float]]:
@@ -333,6 +525,7 @@ class _Timeline:
         c: sqlite3.Connection,
         execution_id: str,
         expanded: frozenset[str],
+        pages: Mapping[str, int],
         t0: float | None,
         t1: float | None,
         width: int,
@@ -341,6 +534,7 @@ class _Timeline:
         self.c = c
         self.eid = execution_id
         self.expanded = expanded
+        self.pages = pages
         self.t0 = t0
         self.t1 = t1
         self.width = max(1, width)
@@ -361,6 +555,7 @@ class _Timeline:
                 return
             if node_type == "loop":
                 open_ = path in self.expanded
+                stats = self._loop_stats(path, items)
                 self.out.append(
                     TimelineRow(
                         key=path,
@@ -373,11 +568,12 @@ class _Timeline:
                         finished_at=finished,
                         attempts=attempts,
                         expanded=open_,
-                        loop=self._loop_stats(path, items),
+                        loop=stats,
                     )
                 )
                 if open_:
-                    self.items(path, depth + 1)
+                    failed = sum(n for s, n in stats.counts.items() if s in FAILED)
+                    self.items(path, depth + 1, items, failed)
             else:
                 self.out.append(
                     TimelineRow(
@@ -415,9 +611,40 @@ class _Timeline:
             density[col] = level
         return LoopStats(counts, tuple(density), items)
 
-    def items(self, loop_path: str, depth: int) -> None:
-        rows = live.loop_items(self.c, self.eid, loop_path, ITEMS_LIMIT + 1)
-        for path, status, attempts, started, finished in rows[:ITEMS_LIMIT]:
+    def items(self, loop_path: str, depth: int, total: int | None, failed: int) -> None:
+        """One page of a loop's items (ITEMS_LIMIT of them, from ``pages[loop]``),
+        read by path through the (execution_id, path) index: a page of a
+        10,000-item loop costs one page of rows, whichever page it is."""
+        if total is None:  # a file from before schema version 2
+            total = live.item_count(self.c, self.eid, loop_path)
+        first = self.pages.get(loop_path, 0)
+        if first >= total:
+            first = paths.page_of(total - 1, ITEMS_LIMIT)
+        last = min(first + ITEMS_LIMIT, total) - 1
+        wanted = [f"{loop_path}[{i}]" for i in range(first, last + 1)]
+        rows = []
+        for at in range(0, len(wanted), 500):
+            chunk = wanted[at : at + 500]
+            rows += self.c.execute(
+                "SELECT path, status, attempts, started_at, finished_at, item_index "
+                f"FROM node_runs WHERE execution_id=? AND path IN ({','.join('?' * len(chunk))})",
+                (self.eid, *chunk),
+            ).fetchall()
+        rows.sort(key=lambda r: r[5] if r[5] is not None else paths.item_index(r[0]) or 0)
+        if self._full():
+            return
+        self.out.append(
+            TimelineRow(
+                key=f"page:{loop_path}",
+                path=loop_path,
+                kind="page",
+                depth=depth,
+                node_type="item",
+                status="",
+                page=ItemPage(first, last, total, len(rows), failed),
+            )
+        )
+        for path, status, attempts, started, finished, _ in rows:
             if self._full():
                 return
             open_ = path in self.expanded
@@ -437,16 +664,3 @@ class _Timeline:
             )
             if open_:
                 self.frame(path + ".", depth + 1)
-        if len(rows) > ITEMS_LIMIT:
-            hidden = live.item_count(self.c, self.eid, loop_path) - ITEMS_LIMIT
-            self.out.append(
-                TimelineRow(
-                    key=f"more:{loop_path}",
-                    path=loop_path,
-                    kind="more",
-                    depth=depth,
-                    node_type="item",
-                    status="",
-                    hidden=hidden,
-                )
-            )

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from tui.control import SignalOutcome
-from tui.records import DetailSnapshot, ExecutionsSnapshot, QueueSnapshot, ResourceSnapshot
+from tui.records import (
+    DetailSnapshot,
+    ExecutionsSnapshot,
+    LogsSnapshot,
+    QueueSnapshot,
+    ResourceSnapshot,
+)
 
 
 @dataclass(eq=False)
@@ -58,3 +64,16 @@ class ExecutionChosen(Message):
     """Open this execution's detail screen."""
 
     execution_id: str
+
+
+@dataclass(eq=False)
+class LogsRequested(Message):
+    """Open the logs screen: an execution's log lines, or those at or under a node."""
+
+    execution_id: str
+    path: str | None
+
+
+@dataclass(eq=False)
+class LogsLoaded(Message):
+    snapshot: LogsSnapshot

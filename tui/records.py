@@ -67,6 +67,7 @@ class ExecutionsSnapshot:
     rows: list[ExecutionRow]
     status_filter: str | None
     now: float
+    query: str = ""  # the search it answers (tui.search)
 
 
 @dataclass(frozen=True)
@@ -93,13 +94,40 @@ class LoopStats:
 
 
 @dataclass(frozen=True)
+class ItemPage:
+    """Which items of a loop are listed: indices ``first`` to ``last`` (inclusive)
+    of ``total``; ``started`` of them have a row (the others have not started);
+    ``failed`` items of the whole loop failed or timed out."""
+
+    first: int
+    last: int
+    total: int
+    started: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Seek:
+    """A request to move the cursor, answered by the reader: ``loop`` None = the
+    execution's first failed node; else the next (``direction`` 1) or previous
+    (-1) failed item of ``loop`` after / before item ``index``. ``serial`` ties
+    the answer to the request."""
+
+    serial: int
+    loop: str | None = None
+    index: int = -1
+    direction: int = 1
+
+
+@dataclass(frozen=True)
 class TimelineRow:
     """One bar of the branch timeline: a node instance, a loop (aggregated), a
-    loop item, or a "more items" marker."""
+    loop item, or the "items 301–600 of 10000" line above an expanded loop's page
+    of items (kind ``page``)."""
 
     key: str
     path: str
-    kind: str  # "node" | "loop" | "item" | "more"
+    kind: str  # "node" | "loop" | "item" | "page"
     depth: int
     node_type: str
     status: str
@@ -108,7 +136,7 @@ class TimelineRow:
     attempts: int = 0
     expanded: bool = False
     loop: LoopStats | None = None
-    hidden: int = 0  # "more" rows: items not listed
+    page: ItemPage | None = None  # "page" rows
 
     @property
     def expandable(self) -> bool:
@@ -188,6 +216,14 @@ class DetailSnapshot:
     node: NodeDetail | None
     now: float
     rows_truncated: bool = False
+    # What was shown: the loops and items expanded and each loop's first item
+    # index listed (a seek may have opened more), where the cursor goes (a seek's
+    # answer), the seek answered and what to tell the user about it.
+    expanded: frozenset[str] = frozenset()
+    pages: tuple[tuple[str, int], ...] = ()
+    focus: str | None = None
+    seek: Seek | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -275,3 +311,33 @@ class ResourceSnapshot:
             return None
         values = [s.cpu_percent if what == "cpu" else float(s.rss_bytes) for s in chosen]
         return sum(values)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of the logs screen: a captured line (``kind`` "line": stdout,
+    stderr, logging, ctx.log) or a failed try's error (``kind`` "error": code,
+    message, traceback in ``line``), as ``fm logs`` prints them."""
+
+    kind: str
+    ts: float
+    path: str
+    attempt: int
+    stream: str
+    line: str
+
+
+@dataclass(frozen=True)
+class LogsSnapshot:
+    """New entries since the last read (``after``), oldest first. ``earlier``:
+    lines before the first ones read that are not shown (the first read keeps
+    the newest ones only)."""
+
+    execution_id: str
+    path: str | None
+    status: str | None  # the execution's, None: no such execution
+    entries: list[LogEntry]
+    last_line_id: int
+    error_ids: frozenset[int]
+    earlier: int
+    generation: int = 0

@@ -50,7 +50,7 @@ class PollingScreen(Screen[None]):
 
     def compose_footer(self) -> ComposeResult:
         yield StatusLine(self.session.db)
-        yield Footer()
+        yield Footer(compact=True)  # more keys fit at 80 columns
 
     def fetch(self, reader: Reader, now: float) -> Message | None:
         raise NotImplementedError

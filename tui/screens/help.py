@@ -17,16 +17,28 @@ HELP = """\
 |---|---|---|
 | `1` `2` `3` `4` (or click a tab) | everywhere | executions, detail, queue, resources |
 | `?` | everywhere | this help |
+| `ctrl+p` | everywhere | command palette: every action of the screen, by name |
 | `q` | everywhere | quit |
 | `ctrl+r` | everywhere | read again now (screens refresh about once a second anyway) |
-| `↑` `↓` `pgup` `pgdn` | tables | move |
+| `↑` `↓` `j` `k` `pgup` `pgdn` `home` `end` | tables | move |
 | `enter` | executions | open the execution's detail |
+| `/` | executions | search: words match id, workflow, status or error text; `status:failed`, `wf:name`, `id:3f2a`, `error:text` match one field; `enter` back to the table |
+| `escape` | executions | clear the search |
 | `f` | executions | next status filter (or pick one in the list) |
+| `s` / `S` | executions | sort by the next column / reverse (or click a header) |
+| `l` | executions, detail | logs of the execution (detail: of the selected node and what is under it), followed |
 | `p` | executions, detail | pause: nothing new starts; running nodes finish |
 | `r` | executions, detail | resume, with optional JSON data (`signals.resume.data`) |
 | `c` | executions, detail | cancel, after a confirmation |
-| `enter` | detail | expand or collapse a loop (its items) or an item (its nodes) |
+| `enter` | detail | expand or collapse a loop (a page of its items) or an item (its nodes) |
+| `]` / `[` | detail | next / previous page of 300 items of the loop the cursor is in |
+| `n` / `N` | detail | next / previous failed item of that loop |
 | `escape` | detail | back to the executions |
+| `f` | logs | follow on / off (scrolling up pauses it) |
+| `end` `G` / `home` `g` | logs | bottom (and follow) / top |
+| `escape` | logs | back |
+
+The detail screen opens with the cursor on the first failed node, if any.
 
 Signals are rows in the `signals` table: the daemon applies them. With no daemon
 running they wait there, and are applied when one starts. A signal the execution
@@ -42,7 +54,7 @@ class HelpScreen(ModalScreen[None]):
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     HelpScreen > VerticalScroll {
-        width: 96; height: 80%; border: thick $accent; background: $surface; padding: 0 1;
+        width: 100%; max-width: 110; height: 90%; border: thick $accent; background: $surface; padding: 0 1;
     }
     """
     BINDINGS: ClassVar[list[BindingType]] = [

@@ -25,7 +25,7 @@ class QueueScreen(PollingScreen):
     MODE = "queue"
     AUTO_FOCUS = "QueuedTable"
     DEFAULT_CSS = """
-    QueueScreen #top { height: 12; }
+    QueueScreen #top { height: 1fr; min-height: 4; max-height: 12; }
     QueueScreen .title { padding: 0 1; text-style: bold; }
     """
 

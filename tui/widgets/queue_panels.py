@@ -4,16 +4,17 @@ queued executions."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Label, Sparkline, Static
 
 from tui import format as fmt
 from tui.records import QUEUE_STATES, WAITING, LoopProgress, QueueSnapshot
-from tui.widgets.table_sync import sync_rows
+from tui.widgets.table_sync import VI_KEYS, sync_rows
 
 
 def depth_line(snapshot: QueueSnapshot) -> Text:
@@ -32,7 +33,7 @@ def depth_line(snapshot: QueueSnapshot) -> Text:
 
 
 class DepthSummary(Static):
-    DEFAULT_CSS = "DepthSummary { height: 1; padding: 0 1; }"
+    DEFAULT_CSS = "DepthSummary { height: auto; padding: 0 1; }"  # wraps when narrow
 
     def show(self, snapshot: QueueSnapshot) -> None:
         self.update(depth_line(snapshot))
@@ -42,6 +43,7 @@ class DepthTable(DataTable[Any]):
     """One row per (state, priority) with its number of tasks."""
 
     DEFAULT_CSS = "DepthTable { width: 40; height: 1fr; }"
+    BINDINGS: ClassVar[list[BindingType]] = VI_KEYS
 
     def on_mount(self) -> None:
         self.cursor_type = "none"
@@ -63,6 +65,7 @@ class Throughput(Vertical):
     DEFAULT_CSS = """
     Throughput { height: 1fr; padding: 0 1; }
     Throughput Sparkline { height: 1fr; }
+    Throughput Label { width: 100%; }
     """
 
     def compose(self) -> ComposeResult:
@@ -96,6 +99,7 @@ class LoopsTable(DataTable[Any]):
     when the loop started), percent, rate, ETA, and items not started yet."""
 
     DEFAULT_CSS = "LoopsTable { height: 1fr; }"
+    BINDINGS: ClassVar[list[BindingType]] = VI_KEYS
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -130,6 +134,7 @@ class QueuedTable(DataTable[Any]):
     """Executions waiting for a supervisor to start them, first to start first."""
 
     DEFAULT_CSS = "QueuedTable { height: 1fr; }"
+    BINDINGS: ClassVar[list[BindingType]] = VI_KEYS
 
     def on_mount(self) -> None:
         self.cursor_type = "row"

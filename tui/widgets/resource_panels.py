@@ -3,16 +3,17 @@ the newest samples, the machine's totals, and sparklines of recent history."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import Grid
 from textual.widgets import DataTable, Label, Sparkline, Static
 
 from tui import format as fmt
 from tui.records import ResourceSnapshot
-from tui.widgets.table_sync import sync_rows
+from tui.widgets.table_sync import VI_KEYS, sync_rows
 
 SERIES = (
     ("machine_cpu", "machine CPU %"),
@@ -46,14 +47,14 @@ def machine_line(snapshot: ResourceSnapshot) -> Text:
 
 
 class StateLine(Static):
-    DEFAULT_CSS = "StateLine { height: 1; padding: 0 1; }"
+    DEFAULT_CSS = "StateLine { height: auto; padding: 0 1; }"  # wraps when narrow
 
     def show(self, snapshot: ResourceSnapshot) -> None:
         self.update(state_line(snapshot))
 
 
 class MachineLine(Static):
-    DEFAULT_CSS = "MachineLine { height: 1; padding: 0 1; }"
+    DEFAULT_CSS = "MachineLine { height: auto; padding: 0 1; }"
 
     def show(self, snapshot: ResourceSnapshot) -> None:
         self.update(machine_line(snapshot))
@@ -61,6 +62,7 @@ class MachineLine(Static):
 
 class ProcessTable(DataTable[Any]):
     DEFAULT_CSS = "ProcessTable { height: 1fr; }"
+    BINDINGS: ClassVar[list[BindingType]] = VI_KEYS
 
     def on_mount(self) -> None:
         self.cursor_type = "row"

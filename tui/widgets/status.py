@@ -34,7 +34,7 @@ class StatusLine(Static):
             text.append(f"daemon pid {self.daemon_pid} serves it", style="green")
         else:
             text.append(
-                "no daemon: offline view; signals wait in the table until one starts",
+                "no daemon: offline view (signals wait for one)",
                 style="yellow",
             )
         if self.error:

@@ -7,7 +7,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
+
+# j / k move the cursor in every table, as down / up do (a table's BINDINGS; Textual
+# adds those of DataTable).
+VI_KEYS: list[BindingType] = [
+    Binding("j", "cursor_down", "Down", show=False),
+    Binding("k", "cursor_up", "Up", show=False),
+]
 
 
 def row_keys(table: DataTable[Any]) -> list[str]:

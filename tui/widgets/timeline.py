@@ -7,16 +7,18 @@ its items, and an item into its body's nodes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
+from textual.binding import BindingType
 from textual.events import Resize
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from tui import format as fmt
-from tui.records import DetailSnapshot, TimelineRow
-from tui.widgets.table_sync import cursor_key, sync_rows
+from tui.data import ITEMS_LIMIT as PAGE_SIZE
+from tui.records import DetailSnapshot, ItemPage, TimelineRow
+from tui.widgets.table_sync import VI_KEYS, cursor_key, sync_rows
 
 PADDING = 1  # DataTable cell padding, each side
 TIME_W = 9
@@ -47,8 +49,12 @@ class Widths:
 
 def label(row: TimelineRow, width: int) -> Text:
     indent = "  " * row.depth
-    if row.kind == "more":
-        return Text(f"{indent}  … {row.hidden} more items", style="dim italic")
+    if row.page is not None:
+        page = row.page
+        pages = max(1, -(-page.total // PAGE_SIZE))
+        text = Text(f"{indent}  page {page.first // PAGE_SIZE + 1}/{pages}", style="bold cyan")
+        text.truncate(width, overflow="ellipsis")
+        return text
     marker = ("▾ " if row.expanded else "▸ ") if row.expandable else "  "
     if row.kind == "item":
         name = row.path[row.path.rfind("[") :]
@@ -64,6 +70,21 @@ def label(row: TimelineRow, width: int) -> Text:
     return text
 
 
+def page_text(page: ItemPage, width: int) -> str:
+    """``items 301–600 of 10,000`` (and how many of them have not started),
+    shortened to fit ``width``."""
+    waiting = page.last - page.first + 1 - page.started
+    span = f"{page.first + 1:,}–{page.last + 1:,} of {page.total:,}"
+    for text in (
+        f"items {span}" + (f", {waiting:,} not started" if waiting > 0 else ""),
+        f"items {span}",
+        span,
+    ):
+        if len(text) <= width:
+            return text
+    return span[:width]
+
+
 def loop_pace(row: TimelineRow, snapshot: DetailSnapshot) -> str:
     """``95% 123/s ETA 4m05s`` while the loop runs; ``100% 28.0/s`` once it ended."""
     assert row.loop is not None
@@ -76,8 +97,12 @@ def loop_pace(row: TimelineRow, snapshot: DetailSnapshot) -> str:
 
 
 def status_cell(row: TimelineRow, snapshot: DetailSnapshot) -> Text:
-    if row.kind == "more":
-        return Text("")
+    if row.page is not None:
+        text = Text("[ ] pages", style="dim")
+        if row.page.failed:
+            text = Text("[ ] ", style="dim").append(f"✗{row.page.failed}", style="red")
+            text.append(" n/N", style="dim")
+        return text
     text = fmt.status_text(row.status)
     if row.loop is not None:
         text.append(f" {row.loop.done}/{row.loop.total}")
@@ -92,8 +117,8 @@ def status_cell(row: TimelineRow, snapshot: DetailSnapshot) -> Text:
 
 def bar_cell(row: TimelineRow, snapshot: DetailSnapshot, width: int) -> Text:
     style = fmt.STATUS_STYLE.get(row.status, "")
-    if row.kind == "more":
-        return Text(" " * width)
+    if row.page is not None:
+        return Text(page_text(row.page, width).ljust(width), style="cyan")
     if row.loop is not None and any(row.loop.density):
         density = (row.loop.density + (0,) * width)[:width]
         return fmt.density_bar(density, style)
@@ -105,15 +130,17 @@ def cells(row: TimelineRow, snapshot: DetailSnapshot, widths: Widths) -> tuple[A
     return (
         label(row, widths.label),
         status_cell(row, snapshot),
-        fmt.duration(took) if row.kind != "more" else "",
+        fmt.duration(took) if row.kind != "page" else "",
         bar_cell(row, snapshot, widths.bar),
     )
 
 
 class TimelineTable(DataTable[Any]):
-    """Rows are keyed by node path (``more:<loop>`` for the "more items" row)."""
+    """Rows are keyed by node path (``page:<loop>`` for the line above a loop's
+    page of items)."""
 
     DEFAULT_CSS = "TimelineTable { height: 1fr; }"
+    BINDINGS: ClassVar[list[BindingType]] = VI_KEYS
 
     class WidthChanged(Message):
         """The bar column got a new width: the densities must be read again."""
@@ -156,19 +183,35 @@ class TimelineTable(DataTable[Any]):
 
 
 class TimelineAxis(Static):
-    """The time axis above the bars: where they start, how long the axis is."""
+    """The time axis above the bars: where they start, how long the axis is; on
+    its left, which items of the loop the cursor is in are listed (the page line
+    itself may be scrolled out of view)."""
 
     DEFAULT_CSS = "TimelineAxis { height: 1; color: $text-muted; }"
 
-    def show(self, snapshot: DetailSnapshot, widths: Widths) -> None:
+    def show(self, snapshot: DetailSnapshot, widths: Widths, where: Text | None = None) -> None:
+        left = Text(" " * widths.bar_offset)
+        if where is not None:
+            where = where[: max(0, widths.bar_offset - 1)]
+            left = where.append(" " * (widths.bar_offset - len(where)))
         if snapshot.t0 is None or snapshot.t1 is None:
-            self.update("no node has started yet")
+            self.update(left.append("no node has started yet"))
             return
         total = snapshot.t1 - snapshot.t0
         bar_width = widths.bar
-        left = Text(" " * widths.bar_offset + "0")
+        left.append("0")
         right = fmt.duration(total)
         middle = f" one column = {fmt.duration(total / max(bar_width, 1))} "
         gap = max(1, bar_width - 1 - len(middle) - len(right))
         left.append("─" * (gap // 2) + middle + "─" * (gap - gap // 2) + right)
         self.update(left)
+
+
+def where_text(loop: str, page: ItemPage) -> Text:
+    """``each: items 901–1,200 of 10,000 ✗11``: the page of the loop the cursor is in."""
+    text = Text(f"{loop}: ", style="bold").append(
+        f"items {page.first + 1:,}–{page.last + 1:,} of {page.total:,}", style="cyan"
+    )
+    if page.failed:
+        text.append(f" ✗{page.failed}", style="red")
+    return text
