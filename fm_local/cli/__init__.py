@@ -23,7 +23,7 @@ Each imports heavy modules only inside the functions that use them (base.py).
 from __future__ import annotations
 
 # Importing a command module registers its commands on ``cli``.
-from fm_local.cli import control, dlq, inspect, run  # noqa: F401
+from fm_local.cli import control, dlq, explain, inspect, run  # noqa: F401
 from fm_local.cli.base import (
     PLUGIN_GROUP,
     Ctx,
