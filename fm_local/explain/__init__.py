@@ -251,26 +251,30 @@ def _unfinished(
             f"the supervisor (pid {out.served_by}) did not answer within {timeout:g} s: "
             "from the rows alone"
         )
-    reasons = _from_rows(store, row, doc, rows, pattern, now)
-    out.running = sum(
-        1 for r in mine.values() if r["status"] == "running" and r["node_type"] not in _CONTAINERS
-    )
-    if out.served_by is None:
+    unserved = out.served_by is None
+    reasons = _from_rows(store, row, doc, rows, pattern, now, keep_running=unserved)
+    if unserved:
+        # Nothing runs: a row that says running is what the last supervisor left
+        # (the next one runs it again).
         paused = row["status"] == "paused"
         for x in reasons:
-            if x.reason == "running":
-                continue
             x.detail = (
                 "no supervisor serves the database (start `fm daemon`)"
                 + ("; the execution is also paused" if paused else "")
                 + f"; the rows say: {x.reason}: {x.detail}"
             )
             x.reason = "no_supervisor"
-    elif row["status"] == "paused":
-        for x in reasons:
-            if x.reason != "running":
-                x.detail = f"the execution is paused (fm resume {eid}); then: {x.detail}"
-                x.reason = "paused"
+    else:
+        out.running = sum(
+            1
+            for r in mine.values()
+            if r["status"] == "running" and r["node_type"] not in _CONTAINERS
+        )
+        if row["status"] == "paused":
+            for x in reasons:
+                if x.reason != "running":
+                    x.detail = f"the execution is paused (fm resume {eid}); then: {x.detail}"
+                    x.reason = "paused"
     out.reasons += reasons
 
 
@@ -281,8 +285,10 @@ def _from_rows(
     rows: dict[str, dict[str, Any]],
     pattern: list[Any] | None,
     now: float,
+    keep_running: bool = False,
 ) -> list[Reason]:
-    """What the rows alone say of the unfinished instances (see rows.database_entries)."""
+    """What the rows alone say of the unfinished instances (see rows.database_entries);
+    running ones only when a path was asked for, or with ``keep_running``."""
     from fm_local.explain.rows import database_entries
     from fm_local.store.explain import queue_positions
 
@@ -290,7 +296,9 @@ def _from_rows(
     queue = queue_positions(store, row["id"])
     found = database_entries(workflow, row, rows, queue, pattern, now)
     return [
-        _reason(e, "database") for e in found if not (e["reason"] == "running" and pattern is None)
+        _reason(e, "database")
+        for e in found
+        if keep_running or not (e["reason"] == "running" and pattern is None)
     ]
 
 
