@@ -377,3 +377,64 @@ def test_paths_cover_their_instances() -> None:
     )
     assert not relevant(parse("items[3]"), parse("items[4].s"))
     assert parse("a[2].b->fallback") == [("a", 2), ("b", None), ("->fallback", None)]
+
+
+# --- the TUI's node panel -------------------------------------------------------------------
+
+PANEL = {
+    "name": "explain-panel",
+    "nodes": [
+        py(
+            "flaky",
+            "always_fail",
+            {"message": "not yet"},
+            retry={"maxAttempts": 3, "initialDelay": LONG * 1000, "backoff": "fixed"},
+        ),
+        py("bad", "always_fail", {"message": "it broke"}),
+        py("recover", "noop"),
+    ],
+    "edges": [{"source": "bad", "target": "recover", "sourceHandle": "error"}],
+}
+
+
+def test_the_node_panel_shows_the_reason_and_the_traceback_at_its_top(
+    db: Path, wf: Callable[..., Path], daemon: Callable[..., Daemon]
+) -> None:
+    import asyncio
+
+    from test_tui import SIZE, open_detail, panel_text, until
+
+    from tui.app import FmApp
+    from tui.widgets.table_sync import row_keys
+    from tui.widgets.timeline import TimelineTable
+
+    daemon(workers=2)
+    eid = submit(db, wf(PANEL))
+    wait_until(
+        lambda: (
+            status(db, eid, "flaky") == "retry_wait" and status(db, eid, "recover") == "succeeded"
+        ),
+        60,
+        "flaky backs off, bad failed and was handled",
+    )
+    app = FmApp(db, interval=0.1)
+
+    async def script() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            detail = await open_detail(pilot, eid)
+            table = detail.query_one(TimelineTable)
+            table.move_cursor(row=row_keys(table).index("flaky"))
+            await until(pilot, lambda: "retry_backoff" in panel_text(detail), "flaky's reason")
+            lines = panel_text(detail).splitlines()
+            assert lines[0].startswith("why retry_backoff") and "attempt 2 of 3" in lines[0]
+            table.move_cursor(row=row_keys(table).index("bad"))
+            await until(pilot, lambda: "why finished" in panel_text(detail), "bad's reason")
+            lines = panel_text(detail).splitlines()
+            assert lines[0].startswith("why finished") and "it broke" in lines[0]
+            assert lines[1].startswith("Traceback")  # the node's traceback, right below
+            tb_end = next(i for i, line in enumerate(lines) if line.startswith("ValueError"))
+            assert any("raise ValueError(message)" in line for line in lines[1:tb_end])
+            assert lines[tb_end + 1].startswith("bad ")  # then the panel as before
+            assert sum("Traceback" in line for line in lines) == 1  # not twice
+
+    asyncio.run(script())

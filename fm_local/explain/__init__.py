@@ -203,6 +203,8 @@ def _unfinished(
 ) -> None:
     """The unfinished instances: the supervisor's answer, or the rows' word."""
     eid = row["id"]
+    if pattern is not None and mine and all(r["status"] in NODE_TERMINAL for r in mine.values()):
+        return  # everything asked about has finished: its rows said how
     answer = ask(store, eid, path, timeout) if out.served_by is not None else None
     live = answer is not None and answer.get("ok") and answer.get("active")
     if live:
