@@ -165,11 +165,17 @@ def finished_detail(row: dict[str, Any], rows: Mapping[str, dict[str, Any]], doc
     """A short line on how a finished node instance ended."""
     from fm_local.store import loads
 
-    st = row["status"]
+    if row["status"] == "skipped":
+        return "skipped: " + skip_cause(row["path"], rows, doc)
     err = loads(row["error"]) if row.get("error") else None
-    tries = row.get("attempts") or 0
-    after = f" after {tries} attempts" if tries > 1 else ""
-    if st == "succeeded":
+    return ended(row["status"], err, row.get("attempts") or 0, bool(row.get("handled")))
+
+
+def ended(status: str, err: Any, attempts: int, handled: bool = False) -> str:
+    """How a node instance ended, from its status, error and attempts alone (a
+    skipped one's cause needs its dependencies: :func:`skip_cause`)."""
+    after = f" after {attempts} attempts" if attempts > 1 else ""
+    if status == "succeeded":
         if isinstance(err, dict) and err.get("timedOut"):
             return "succeeded: it timed out and onTimeout says continue"
         if isinstance(err, dict):
@@ -177,16 +183,13 @@ def finished_detail(row: dict[str, Any], rows: Mapping[str, dict[str, Any]], doc
                 f"succeeded with its outputOnError (errorStrategy continue) after {err_text(err)}"
             )
         return "succeeded" + after
-    if st == "failed":
-        handled = (
-            " (handled: an error edge, goto or fallback took over)" if row.get("handled") else ""
-        )
-        return f"failed{after}: {err_text(err)}{handled}"
-    if st in ("cancelled", "timed_out"):
-        return f"{st.replace('_', ' ')}: {err_text(err)}" if err else st.replace("_", " ")
-    if st == "skipped":
-        return "skipped: " + skip_cause(row["path"], rows, doc)
-    return st
+    if status == "failed":
+        how = " (handled: an error edge, goto or fallback took over)" if handled else ""
+        return f"failed{after}: {err_text(err)}{how}"
+    if status in ("cancelled", "timed_out"):
+        word = status.replace("_", " ")
+        return f"{word}: {err_text(err)}" if err else word
+    return status
 
 
 def skip_cause(path: str, rows: Mapping[str, dict[str, Any]], doc: Doc) -> str:

@@ -113,6 +113,7 @@ REASON_STYLES = {
     "not_reached": "dim",
 }
 ASK_EVERY = 1.0  # seconds between two explain requests for the node shown
+FINISHED = ("succeeded", "failed", "cancelled", "skipped", "timed_out")
 ASK_TIMEOUT = 2.0  # seconds an explain request waits for the supervisor
 
 
@@ -229,6 +230,7 @@ class NodePanel(VerticalScroll):
         self._asked: dict[tuple[str, str], float] = {}  # monotonic time of the last ask
         self._asking = threading.Lock()  # one request in flight at a time
         self._drawn_why: Why | None = None
+        self._ended: tuple[Any, Why] | None = None  # the finished node drawn, and its reason
         self._now = 0.0
 
     def compose(self) -> Any:
@@ -239,7 +241,13 @@ class NodePanel(VerticalScroll):
         running = isinstance(what, NodeDetail) and what.finished_at is None
         key = self._key(what)
         why = self._why.get(key) if key is not None else None
-        if key is not None and isinstance(what, NodeDetail) and wants_reason(what):
+        if isinstance(what, NodeDetail) and what.status in FINISHED and what.status != "skipped":
+            # Its record says how it ended: no need to ask (kept while it reads the same).
+            sign = (what.path, what.status, what.attempts_spent, repr(what.error))
+            if self._ended is None or self._ended[0] != sign:
+                self._ended = (sign, finished_why(what))
+            why = self._ended[1]
+        elif key is not None and isinstance(what, NodeDetail) and wants_reason(what):
             self._ask(key)
         if what == self.shown and not running and why is self._drawn_why:
             return
@@ -293,6 +301,15 @@ class NodePanel(VerticalScroll):
         self._why[key] = why
         if self._key(self.shown) == key:
             self._draw(self.shown, self._now, why)
+
+
+def finished_why(node: NodeDetail) -> Why:
+    """A finished node's reason from its own record, at once (no thread)."""
+    from fm_local.explain import Reason
+    from fm_local.explain.rows import ended
+
+    detail = ended(node.status, node.error, node.attempts_spent)
+    return Why(Reason(node.path, node.status, "finished", detail, source="database"))
 
 
 def explain_one(db: Path, execution_id: str, path: str) -> Why:
