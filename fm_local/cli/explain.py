@@ -80,4 +80,5 @@ def _print(got: Any, path: str | None) -> None:
             p = r.path if len(r.path) <= width else r.path[: width - 1] + "…"
             click.echo(f"{p:<{width}} {r.status:<10} {r.reason:<{rw}} {r.detail}".rstrip())
     if got.running and not path:
-        click.echo(f"({got.running} node instances running: fm show {row['id']})")
+        what = "node instance" if got.running == 1 else "node instances"
+        click.echo(f"({got.running} {what} running: fm show {row['id']})")

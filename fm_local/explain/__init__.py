@@ -203,6 +203,7 @@ def _unfinished(
 ) -> None:
     """The unfinished instances: the supervisor's answer, or the rows' word."""
     eid = row["id"]
+    unserved_why = "no supervisor serves the database (start `fm daemon`)"
     if pattern is not None and mine and all(r["status"] in NODE_TERMINAL for r in mine.values()):
         return  # everything asked about has finished: its rows said how
     answer = ask(store, eid, path, timeout) if out.served_by is not None else None
@@ -241,6 +242,10 @@ def _unfinished(
             f"the supervisor of {db} (pid {out.served_by}) is an `fm run` of execution "
             f"{answer['servesOnly']}: it runs that one only; start `fm daemon` for this one"
         )
+        unserved_why = (
+            f"the database's supervisor runs only execution {answer['servesOnly']} "
+            "(fm run); start `fm daemon` after it"
+        )
         out.served_by = None
     elif answer is not None and answer.get("ok") is False:
         out.note = (
@@ -261,7 +266,7 @@ def _unfinished(
         paused = row["status"] == "paused"
         for x in reasons:
             x.detail = (
-                "no supervisor serves the database (start `fm daemon`)"
+                unserved_why
                 + ("; the execution is also paused" if paused else "")
                 + f"; the rows say: {x.reason}: {x.detail}"
             )

@@ -295,7 +295,11 @@ class NodePanel(VerticalScroll):
             except RuntimeError:
                 pass  # the app is closing
 
-        self.run_worker(work, thread=True, group="explain", exit_on_error=False)
+        try:
+            self.run_worker(work, thread=True, group="explain", exit_on_error=False)
+        except Exception:
+            self._asking.release()
+            raise
 
     def _answered(self, key: tuple[str, str], why: Why) -> None:
         self._why[key] = why
