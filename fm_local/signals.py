@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 BUILT_IN = ("pause", "resume", "cancel")
 # Internal: `fm dlq replay` of a node whose execution still runs (SPEC §8).
 REPLAY = "__replay"
+# Internal: `fm explain` asks the supervisor why nodes do not run (fm_local.explain);
+# answered in the row's result, applied to nothing.
+EXPLAIN = "__explain"
 
 
 def _wait_types(nodes: list[Any]) -> set[str]:

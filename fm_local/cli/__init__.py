@@ -25,7 +25,7 @@ Each imports heavy modules only inside the functions that use them (base.py).
 from __future__ import annotations
 
 # Importing a command module registers its commands on ``cli``.
-from fm_local.cli import control, dlq, inspect, retry, run, tracing  # noqa: F401
+from fm_local.cli import control, dlq, explain, inspect, retry, run, tracing  # noqa: F401
 from fm_local.cli.base import (
     PLUGIN_GROUP,
     Ctx,

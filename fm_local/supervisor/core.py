@@ -15,7 +15,7 @@ work queue that the loop drains, so a chain of any length costs no stack.
 Layout: this module is the loop (open, serve, tick, the error boundary, stopping);
 the state is in :mod:`.state`, and each concept is a part in its own module
 (recovery, advance, failures, loops, signals, sections, dispatch, gates, results,
-timeouts, commit), all of them one :class:`Supervisor` object.
+timeouts, commit, explain), all of them one :class:`Supervisor` object.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from fm_local.supervisor.advance import Advance
 from fm_local.supervisor.clock import StepClock
 from fm_local.supervisor.commit import Commit
 from fm_local.supervisor.dispatch import Dispatch
+from fm_local.supervisor.explain import Explain
 from fm_local.supervisor.failures import Failures
 from fm_local.supervisor.gates import Gates
 from fm_local.supervisor.loops import Loops
@@ -68,6 +69,7 @@ class Supervisor(
     Results,
     Timeouts,
     Commit,
+    Explain,
 ):
     """Runs executions from one database; node tasks run on an executor (worker
     processes: fm_local.executors.process)."""

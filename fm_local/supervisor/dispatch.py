@@ -13,6 +13,7 @@ from fm_local.supervisor.state import (
     Part,
     Run,
     _exec_order,
+    at_capacity,
 )
 
 
@@ -88,7 +89,7 @@ class Dispatch(Part):
                     continue
                 if ex.status != "running":
                     continue
-                if ex.max_concurrency is not None and ex.running >= ex.max_concurrency:
+                if at_capacity(ex):
                     continue
                 while ready:
                     run = ready[0]

@@ -26,8 +26,9 @@ class Gates(Part):
             or run.ex.no_prefetch
         )
 
-    def _gate(self, run: Run, now: float) -> bool:
-        """Check and take every limit ``run`` is under; park it if one says wait."""
+    def _run_limiters(self, run: Run) -> list[RateLimiter]:
+        """The rate limiters a start of ``run`` must pass: its node's, and its loop's
+        for an item's first start (also what ``fm explain`` reads)."""
         ex = run.ex
         node = run.node
         limiters: list[RateLimiter] = []
@@ -36,6 +37,27 @@ class Gates(Part):
             limiters.append(lim)
         if run.frame.gated and run.frame.loop is not None and run.frame.loop.limiter is not None:
             limiters.append(run.frame.loop.limiter)
+        return limiters
+
+    def _run_pool(self, run: Run) -> Pool | None:
+        """The concurrency pool ``run`` joins (sized as its workflow's settings say
+        now), or None (also what ``fm explain`` reads)."""
+        name = run.node.pool
+        if name is None:
+            return None
+        size = run.ex.workflow.settings.concurrency_limits.get(name)
+        if size is None:
+            return None
+        pool = self.pools.get(name)
+        if pool is None or pool.size != size:
+            pool = Pool(size, name) if pool is None else pool
+            pool.size = size
+            self.pools[name] = pool
+        return pool
+
+    def _gate(self, run: Run, now: float) -> bool:
+        """Check and take every limit ``run`` is under; park it if one says wait."""
+        limiters = self._run_limiters(run)
         start = now
         for lim in limiters:
             wait = lim.wait_time(now)
@@ -47,18 +69,10 @@ class Gates(Part):
                     return False
                 start = ahead
                 break
-        pool = None
-        if node.pool is not None:
-            size = ex.workflow.settings.concurrency_limits.get(node.pool)
-            if size is not None:
-                pool = self.pools.get(node.pool)
-                if pool is None or pool.size != size:
-                    pool = Pool(size, node.pool) if pool is None else pool
-                    pool.size = size
-                    self.pools[node.pool] = pool
-                if not pool.available():
-                    self.parked.setdefault(id(pool), deque()).append(run)
-                    return False
+        pool = self._run_pool(run)
+        if pool is not None and not pool.available():
+            self.parked.setdefault(id(pool), deque()).append(run)
+            return False
         for lim in limiters:
             lim.acquire(start)
         run.gate_marks = [(lim, start) for lim in limiters] if limiters else None

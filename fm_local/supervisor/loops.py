@@ -22,6 +22,30 @@ from fm_local.supervisor.state import (
 )
 
 
+def window_full(ls: LoopState) -> bool:
+    """The loop has as many items open as it may (its maxConcurrency, or the
+    queue's maxSize): the next one waits for one of them to end."""
+    return len(ls.open) >= ls.window
+
+
+# What holds item ``i`` at a batch boundary (batch_hold).
+BATCH_RUNNING = "batch"  # a later batch: the current one is still open
+BATCH_DELAY = "batch_delay"  # the pause between two batches (a timer)
+BATCH_NEXT = "next"  # the next batch may begin now
+
+
+def batch_hold(ls: LoopState, i: int) -> str | None:
+    """Whether item ``i`` waits for a batch (one of the names above), or None: it
+    is in the current batch, or the loop has no batches."""
+    if not ls.batch_size or i < ls.batch_end:
+        return None
+    if ls.batch_wait:
+        return BATCH_DELAY
+    if ls.open:
+        return BATCH_RUNNING
+    return BATCH_NEXT
+
+
 class Loops(Part):
     def _section_policy(self, ex: Exec, own: SectionPolicy | None) -> SectionPolicy:
         """A loop's or merge's policy: its own keys over ``settings.parallel``."""
@@ -222,20 +246,21 @@ class Loops(Part):
             run.ex.deferred_loops.append(ls)
             return
         now = self.clock.time()
-        while len(ls.open) < ls.window and ls.next_index < ls.n:
+        while not window_full(ls) and ls.next_index < ls.n:
             i = ls.next_index
             if ls.started[i]:
                 ls.next_index += 1
                 continue
-            if ls.batch_size and i >= ls.batch_end:
-                if ls.open or ls.batch_wait:
+            hold = batch_hold(ls, i)
+            if hold is not None:
+                if hold != BATCH_NEXT:
                     return
                 delay_ms = ls.node.delay_between_batches
                 if delay_ms:
                     ls.batch_wait = True
                     self._timer(now + delay_ms / 1000.0, "batch", ls)
                     return
-                ls.batch_end = min(ls.n, ls.batch_end + ls.batch_size)
+                ls.batch_end = min(ls.n, ls.batch_end + (ls.batch_size or ls.n))
             if ls.limiter is not None and ls.gate_inline:
                 wait = ls.limiter.wait_time(now)
                 if wait > 0:

@@ -256,6 +256,7 @@ class Recovery(Part):
         self.last_poll = self.clock.monotonic()
         if self.stopping:
             return
+        self._poll_explains()
         if self.only_execution:
             if self.only_execution in self.execs or self.only_execution in self.finished:
                 return

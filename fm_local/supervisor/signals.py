@@ -29,6 +29,8 @@ class Signals(Part):
         # Applied or refused, but not committed yet: the file still says pending.
         uncommitted = {entry[4] for entry in self.batch.signals}
         for row in self.store.pending_signals(0):
+            if row["type"] == sigs.EXPLAIN:
+                continue  # answered by _poll_explains (supervisor/explain.py)
             if self.only_execution and row["execution_id"] != self.only_execution:
                 continue
             if row["id"] in self.signals_in_progress or row["id"] in uncommitted:

@@ -386,6 +386,12 @@ def _priority(run: Run) -> int:
     return p if p is not None else run.ex.priority
 
 
+def at_capacity(ex: Exec) -> bool:
+    """``settings.maxConcurrency`` says ``ex`` may start no more tasks now (the
+    dispatcher and ``fm explain`` ask this)."""
+    return ex.max_concurrency is not None and ex.running >= ex.max_concurrency
+
+
 def _exec_order(ex: Exec) -> tuple[float, float]:
     """Sort key of a workflow's executions by its queue policy."""
     if ex.policy == "lifo":
