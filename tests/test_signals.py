@@ -1060,3 +1060,66 @@ def test_a_handler_interrupted_by_a_daemon_kill_runs_again(
     assert sig["status"] == "applied"
     assert json.loads(sig["result"] or "null") is not None
     assert by_path(final)["b"]["output"]["tag"] == "h"
+
+
+def test_signals_reach_an_execution_run_by_fm_run(
+    swf: Callable[..., Path], db: Path, tmp_path: Path
+) -> None:
+    """`fm run` in one terminal, `fm pause` / `fm resume` / `fm cancel` in another:
+    the embedded supervisor applies them as a daemon does."""
+    import os
+    import subprocess
+    import sys
+
+    mark, gate = tmp_path / "marks", tmp_path / "gate"
+    env = dict(os.environ, FM_DB=str(db), PYTHONPATH=str(ROOT))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fm_local", "run", str(swf(gated_chain(mark, gate))), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_until(lambda: events(mark, "start", "a"), 60, "a to start")
+        eid = query(db, "SELECT id FROM executions")[0]["id"]
+        out = fm(db, "pause", eid)
+        assert out.returncode == 0 and "paused" in out.stdout, (out.stdout, out.stderr)
+        assert exec_status(db, eid) == "paused"
+        gate.touch()
+        wait_until(lambda: node_status(db, eid, "a") == "succeeded", 30, "a to succeed")
+        holds(
+            lambda: not events(mark, "start", "b") and run.poll() is None,
+            QUIET,
+            "b must not start while the execution is paused",
+        )
+        out = fm(db, "resume", eid)
+        assert out.returncode == 0 and "resumed" in out.stdout, (out.stdout, out.stderr)
+        stdout, stderr = run.communicate(timeout=60)
+        assert run.returncode == 0, stderr
+        assert json.loads(stdout)["status"] == "succeeded"
+        assert len(events(mark, "start", "b")) == 1
+        assert [(r["type"], r["status"]) for r in signal_rows(db, eid)] == [
+            ("pause", "applied"),
+            ("resume", "applied"),
+        ]
+
+        # And a cancel stops a second run's running node.
+        gate.unlink()
+        run = subprocess.Popen(
+            [sys.executable, "-m", "fm_local", "run", str(swf(gated_chain(mark, gate))), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        wait_until(lambda: len(events(mark, "start", "a")) == 2, 60, "a to start again")
+        eid2 = query(db, "SELECT id FROM executions WHERE id != ?", (eid,))[0]["id"]
+        out = fm(db, "cancel", eid2)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        stdout, stderr = run.communicate(timeout=60)
+        assert run.returncode == 1 and json.loads(stdout)["status"] == "cancelled", stderr
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()

@@ -259,6 +259,9 @@ class Recovery(Part):
         self._poll_explains()
         if self.only_execution:
             if self.only_execution in self.execs or self.only_execution in self.finished:
+                # fm run's own execution runs: signals sent to it (fm pause in
+                # another terminal) still apply.
+                self._poll_signals()
                 return
             row = self.store.get_execution(self.only_execution)
             rows = [row] if row and row["status"] == "queued" else []
