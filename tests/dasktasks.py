@@ -49,3 +49,11 @@ def slow_square(i, folder):
         f.write(json.dumps({"i": i, "pid": os.getpid(), "parent": os.getppid()}) + "\n")
     time.sleep(0.05)
     return i * i
+
+
+def chatty(seconds):
+    """Prints, sleeps past the worker's log streaming interval, prints again."""
+    print("before", flush=True)
+    time.sleep(seconds)
+    print("after")
+    return "done"

@@ -27,3 +27,13 @@ def flaky_once(counter: str):
     if n == 0:
         raise RuntimeError("first call fails")
     return n + 1
+
+
+def talk(first: str, gate: str, last: str, hang: bool = False):
+    """Print ``first``, wait for the file ``gate`` (or forever if ``hang``), print
+    ``last``: a long node whose first line must be visible while it runs."""
+    print(first, flush=True)
+    while hang or not os.path.exists(gate):
+        time.sleep(0.02)
+    print(last)
+    return last

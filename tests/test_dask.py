@@ -734,3 +734,18 @@ def test_a_dask_worker_killed_mid_loop_loses_nothing(dwf, db, tmp_path, cluster,
         (eid,),
     )[0]["n"]
     assert recovered >= 1
+
+
+def test_lines_a_node_prints_while_it_runs_on_dask_are_recorded_once(
+    dwf, db, tmp_path, cluster, dask_daemon
+):
+    """fm's worker process streams a long try's lines; on a Dask worker they come
+    back with the result, each line once, in order."""
+    d = dask_daemon(cluster)
+    eid = api.submit(
+        dwf({"name": "chatty", "nodes": [py("talk", "chatty", {"seconds": 1.5})]}), db=db
+    )
+    assert api.wait(eid, db=db, timeout=60)["status"] == "succeeded"
+    lines = query(db, "SELECT line FROM logs WHERE execution_id=? ORDER BY id", (eid,))
+    assert [r["line"] for r in lines] == ["before", "after"]
+    d.stop()

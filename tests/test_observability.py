@@ -741,3 +741,56 @@ def test_logs_follow_into_a_reader_that_stops_early_ends_quietly(owf, db, tmp_pa
             pipeline.kill()
     assert status.read_text().strip() == "141"
     assert (tmp_path / "err").read_text() == "", "no traceback, no error line"
+
+
+def test_logs_follow_shows_a_running_nodes_lines_before_it_ends(
+    owf, db, tmp_path, daemon, followers
+):
+    """The process lane streams a running try's lines: the first line is there while
+    the node still runs, and every line is recorded once, in order."""
+    daemon()
+    gate = tmp_path / "go"
+    doc = {
+        "name": "long-talk",
+        "nodes": [py("long", "talk", {"first": "one", "gate": str(gate), "last": "two"})],
+    }
+    eid = fm(db, "submit", str(owf(doc))).stdout.strip()
+    f = followers(db, eid, "-f")
+    assert "long#1 stdout: one" in f.wait_for("stdout: one")
+    rows = query(db, "SELECT status FROM node_runs WHERE execution_id=? AND path='long'", (eid,))
+    assert rows == [{"status": "running"}], "the line came while its node ran"
+    gate.write_text("")
+    f.wait_for("stdout: two")
+    code, err = f.end()
+    assert code == 0, err
+    lines = query(db, "SELECT line, attempt FROM logs WHERE execution_id=? ORDER BY id", (eid,))
+    assert lines == [{"line": "one", "attempt": 1}, {"line": "two", "attempt": 1}]
+
+
+def test_a_try_stopped_by_its_timeout_keeps_the_lines_it_printed(owf, db, tmp_path, daemon):
+    daemon()
+    doc = {
+        "name": "hangs",
+        "nodes": [
+            py(
+                "stuck",
+                "talk",
+                {
+                    "first": "before the hang",
+                    "gate": str(tmp_path / "g"),
+                    "last": "-",
+                    "hang": True,
+                },
+                timeout=2000,
+            )
+        ],
+    }
+    eid = fm(db, "submit", str(owf(doc))).stdout.strip()
+    out = fm(db, "wait", eid, timeout=120)
+    assert out.returncode == 1
+    (row,) = query(
+        db, "SELECT status, error FROM node_runs WHERE execution_id=? AND path='stuck'", (eid,)
+    )
+    assert row["status"] == "failed" and json.loads(row["error"])["code"] == "TIMEOUT", row
+    got = fm(db, "logs", eid).stdout
+    assert "stuck#1 stdout: before the hang" in got, got

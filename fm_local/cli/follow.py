@@ -6,9 +6,9 @@ one committed; then the lines after the last one printed (a keyset on the rowid 
 ``attempts``), for the failed ones' errors. Whoever writes the file — a daemon, or
 an embedded ``fm run`` in another terminal — the lines appear the same way.
 
-Lines reach the file when their try ends: a worker sends a try's captured lines
-with its result, and the supervisor writes them in its group commit. So a node
-that runs for a minute shows its lines when that minute is over."""
+Lines reach the file in the supervisor's group commits: a worker process sends
+a running try's new lines every 0.5 s, and the rest with its result; on the I/O
+lane and on Dask they come with the result (docs/observability.md)."""
 
 from __future__ import annotations
 

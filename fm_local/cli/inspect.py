@@ -437,9 +437,11 @@ def logs(ctx: Ctx, execution: str, node_path: str | None, follow: bool) -> None:
     """Captured log lines of an execution's node attempts. A failed try's error
     follows its lines, with its traceback.
 
-    A try's lines are written when the try ends (the worker sends them with its
-    result), so a node still running shows none yet, also with --follow; a try
-    stopped by a timeout or a cancel leaves none."""
+    A node running in a worker process of its own (a sync python function)
+    sends its new lines every 0.5 s while it runs, so --follow shows them as they
+    come and a try stopped by a timeout or a cancel keeps what it printed; on the
+    I/O lane and on Dask a try's lines are written when it ends
+    (docs/observability.md)."""
     from fm_local.cli.follow import echo_entries, line_json
 
     row = find_execution(ctx, execution)

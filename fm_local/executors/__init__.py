@@ -56,7 +56,16 @@ class Lost:
     reason: str
 
 
-Event = Finished | Started | Lost
+@dataclass(slots=True)
+class Logs:
+    """Log lines a running task printed so far (the process lane streams them;
+    its result then carries only the lines after these)."""
+
+    task_id: int
+    lines: list[tuple[float, str, str]]
+
+
+Event = Finished | Started | Lost | Logs
 
 
 class Offer(Protocol):

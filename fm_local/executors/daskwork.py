@@ -114,6 +114,7 @@ def _run_one(task: dict[str, Any], key: Key) -> tuple[Any, ...] | str | None:
     tid = task["id"]
     while True:
         slot = _child()
+        streamed: list[Any] = []
         with _lock:
             if _stopped.pop(key, None) is not None:
                 return STOPPED
@@ -131,13 +132,19 @@ def _run_one(task: dict[str, Any], key: Key) -> tuple[Any, ...] | str | None:
                 except (EOFError, OSError):
                     _forget(threading.get_ident())
                     return None
+                if msg[0] == "logs" and msg[1] == tid:
+                    streamed.extend(msg[2])  # lines so far: they come with the result
                 if msg[0] in ("results", "retire"):
                     mine = [r for r in msg[1] if r[0] == tid]
                     if msg[0] == "retire":
                         # Past its memory limit, between tasks: a new child next.
                         _forget(threading.get_ident())
                     if mine and mine[0][1] is not None:
-                        return tuple(mine[0])
+                        if not streamed:
+                            return tuple(mine[0])
+                        result = list(mine[0])
+                        result[4] = streamed + list(result[4] or ())
+                        return tuple(result)
                     if mine or msg[0] == "retire":
                         break  # handed back unstarted: run it on a new child
         except OSError:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Iterator
 from multiprocessing.connection import wait
 from typing import Any
 
-from fm_local.executors import Event, Finished, Lost, Offer, Started, Task, started_first
+from fm_local.executors import Event, Finished, Logs, Lost, Offer, Started, Task, started_first
 from fm_local.executors.iolane import IOLane, IOOffer
 from fm_local.executors.procs import (
     Slot,
@@ -306,6 +306,8 @@ class ProcessExecutor:
                 events.append(Finished(payload))
             elif kind == "started":
                 events.append(Started(payload))
+            elif kind == "logs":
+                events.append(Logs(*payload))
             elif kind == "died":
                 events.append(Lost(started_first(payload), f"worker process {slot.pid} died"))
         return events
@@ -400,6 +402,8 @@ class ProcessExecutor:
                 events.append(("ready", slot, None))
             elif kind == "detached":
                 self.detached.update(msg[1])
+            elif kind == "logs":
+                events.append(("logs", slot, (msg[1], msg[2])))
             if exited and not conn.poll(0):
                 break
         if slot.inflight and slot.inflight[0]["id"] != head:

@@ -18,6 +18,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection
@@ -27,6 +28,10 @@ from fm_local import runners
 
 # Results are flushed at the end of a batch, or when this many seconds passed.
 FLUSH_INTERVAL = 0.002
+# A running task's new log lines are sent this often ("logs" messages), so that
+# `fm logs -f` shows a long node's lines while it runs, and a try that is killed
+# (timeout, cancel) keeps what it printed until then.
+STREAM_INTERVAL = 0.5
 # A worker over this much resident memory retires between tasks (0: no limit).
 DEFAULT_MAX_RSS_MB = 2048
 MEMORY_CHECK_INTERVAL = 0.05  # seconds between looks at our own RSS
@@ -159,7 +164,8 @@ SIG_DROP = signal.SIGRTMIN + 3
 class Protocol:
     """The worker's side of the pipes: tasks waiting to run, and the answers it
     gives. Only the main thread touches it: between tasks from the main loop, and
-    during a task from the SIG_DROP handler (which then has the pipes to itself)."""
+    during a task from the SIG_DROP handler — except :meth:`send`, which the log
+    streaming thread also calls (``send_lock`` keeps messages whole)."""
 
     def __init__(self, inbox: Connection, outbox: Connection) -> None:
         self.inbox = inbox
@@ -168,9 +174,33 @@ class Protocol:
         self.stopped = False
         self.retiring = False
         self.in_task = False
+        # Re-entrant: the SIG_DROP handler may send from within the main thread's
+        # send; the streaming thread waits for either to finish a message.
+        self.send_lock = threading.RLock()
 
     def send(self, msg: tuple[Any, ...]) -> None:
-        self.outbox.send_bytes(pickle.dumps(msg, protocol=5))
+        data = pickle.dumps(msg, protocol=5)
+        with self.send_lock:
+            self.outbox.send_bytes(data)
+
+    def stream_logs(self) -> None:
+        """The streaming thread: every STREAM_INTERVAL, the running task's new log
+        lines as ``("logs", task_id, lines)``. Taking and sending under one lock
+        keeps them ahead of the task's result, which carries only the rest."""
+        while not self.stopped:
+            time.sleep(STREAM_INTERVAL)
+            now = runners.current
+            if now is None:
+                continue
+            with self.send_lock:
+                if runners.current is not now:
+                    continue
+                lines = now[1].take_new()
+                if lines:
+                    try:
+                        self.outbox.send_bytes(pickle.dumps(("logs", now[0], lines), protocol=5))
+                    except OSError:
+                        return  # the supervisor is gone: the main loop ends us
 
     def take(self, block: bool) -> None:
         """Handle the messages waiting (``block``: wait for one if none is)."""
@@ -243,6 +273,7 @@ def main(argv: list[str]) -> int:
     runners.load_runners()
 
     box.send(("ready", _WORKER_PID))
+    threading.Thread(target=box.stream_logs, name="fm-log-stream", daemon=True).start()
     pending: list[tuple[Any, ...]] = []
     last_flush = last_memory_check = time.monotonic()
     while True:

@@ -20,6 +20,7 @@ import os
 import pkgutil
 import sys
 import sysconfig
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -55,6 +56,10 @@ MAX_MESSAGE = 10_000  # characters of an error message
 MAX_DETAILS = 64 * 1024  # bytes of JSON of an error's details
 
 
+# Between a worker's log streaming thread (take_new) and the end of an attempt (finish).
+_TAKE_LOCK = threading.Lock()
+
+
 class LogCapture:
     """Collects log lines of one attempt, bounded; stands in for stdout/stderr."""
 
@@ -66,6 +71,7 @@ class LogCapture:
         self.lines: list[tuple[float, str, str]] = []
         self.dropped = 0
         self._partial: dict[str, str] = {}
+        self.sent = 0  # lines already handed over while the attempt ran (take_new)
 
     def add(self, stream: str, line: str) -> None:
         if len(self.lines) >= MAX_LOG_LINES:
@@ -82,6 +88,15 @@ class LogCapture:
             self.add(stream, line)
         self._partial[stream] = rest[: MAX_LINE * 2]
 
+    def take_new(self) -> list[tuple[float, str, str]]:
+        """The complete lines captured since the last call, while the attempt runs
+        (the worker streams them: docs/observability.md); :meth:`finish` then gives
+        only the rest."""
+        with _TAKE_LOCK:
+            new = self.lines[self.sent :]
+            self.sent += len(new)
+            return new
+
     def finish(self) -> list[tuple[float, str, str]]:
         for stream, rest in self._partial.items():
             if rest:
@@ -89,7 +104,12 @@ class LogCapture:
         self._partial.clear()
         if self.dropped:
             self.lines.append((time.time(), "log", f"[{self.dropped} more log lines dropped]"))
-        return self.lines
+        if not self.sent:
+            return self.lines
+        with _TAKE_LOCK:
+            unsent = self.lines[self.sent :]
+            self.sent = len(self.lines)
+            return unsent
 
 
 class _Stream:
@@ -303,9 +323,16 @@ def _result(
     )
 
 
+# The task a worker process runs now and its capture: (task id, capture), for the
+# worker's log streaming thread (executors/worker.py); None between tasks.
+current: tuple[int, LogCapture] | None = None
+
+
 def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
     """Run one task; never raises."""
+    global current
     cap = LogCapture()
+    current = (task["id"], cap)
     started = time.time()
     old_out, old_err = sys.stdout, sys.stderr
     handler = _Handler(cap)
@@ -327,7 +354,10 @@ def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
         sys.stdout, sys.stderr = old_out, old_err
         root.removeHandler(handler)
         root.setLevel(old_level)
-    return _result(task, cap, started, out, err)
+    try:
+        return _result(task, cap, started, out, err)
+    finally:
+        current = None
 
 
 # --- the I/O lane: many tasks at once on one event loop ------------------------------

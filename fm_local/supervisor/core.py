@@ -28,7 +28,7 @@ from typing import Any
 
 from fm_local import errors
 from fm_local.checkd import CheckService
-from fm_local.executors import Event, Finished, Lost, Started
+from fm_local.executors import Event, Finished, Logs, Lost, Started
 from fm_local.executors.process import ProcessExecutor
 from fm_local.resources import KEEP_SECONDS, Sampler
 from fm_local.status import EXEC_TERMINAL
@@ -201,6 +201,8 @@ class Supervisor(
                 self._on_started(event.task_id)
             elif isinstance(event, Lost):
                 self._on_lost(event.tasks, event.reason)
+            elif isinstance(event, Logs):
+                self._on_logs(event.task_id, event.lines)
 
     def _settle(self) -> None:
         """Drain the work queues until nothing more follows from what happened.

@@ -37,6 +37,15 @@ class Results(Part):
             self._mark(head)
             self._attempt_row(head, "running", None)
 
+    def _on_logs(self, task_id: int, lines: list[tuple[float, str, str]]) -> None:
+        """Lines a running task printed so far: written with the next group commit,
+        under the attempt they belong to (its result brings only the rest)."""
+        run = self.tasks.get(task_id)
+        if run is None:
+            return  # ended or taken back meanwhile: its attempt is settled
+        eid, path, seq = run.ex.id, run.path, run.seq
+        self.batch.logs.extend((eid, path, seq, ts, s, line) for ts, s, line in lines)
+
     def _on_result(self, run: Run, result: tuple[Any, ...]) -> None:
         run.task_id = None
         ok, out, err, logs, started, finished = result[1:7]

@@ -2,8 +2,8 @@
 captured lines of an execution's node tries (stdout, stderr, logging, ctx.log)
 and each failed try's error with its traceback — followed like ``tail -f``.
 
-A try's lines reach the database when the try ends, so new lines arrive as
-nodes finish. Following (``f``) keeps the view at the bottom as they come;
+A running node's lines reach the database every half second (in a worker
+process of its own) or when its try ends (the I/O lane, Dask). Following (``f``) keeps the view at the bottom as they come;
 scrolling up pauses it, ``end`` / ``G`` jumps back down and follows again. The
 reader asks only for the lines after the last one read (by log row id), so a
 long log costs one read, then only what is new.
