@@ -438,3 +438,19 @@ def test_the_node_panel_shows_the_reason_and_the_traceback_at_its_top(
             assert sum("Traceback" in line for line in lines) == 1  # not twice
 
     asyncio.run(script())
+
+
+def test_the_human_listing_leaves_out_what_ended_well_unless_asked(
+    db: Path, wf: Callable[..., Path]
+) -> None:
+    out = fm_cli(db, "run", str(wf(FINISHED)), "--json")
+    eid = json.loads(out.stdout)["id"]
+    text = fm_cli(db, "explain", eid).stdout
+    paths = [line.split()[0] for line in text.splitlines()[2:] if not line.startswith("(")]
+    assert "bad" in paths and "later" in paths
+    assert "no" not in paths and "yes" not in paths, text
+    assert "succeeded or skipped, not listed: --all" in text
+    every = fm_cli(db, "explain", eid, "--all").stdout
+    assert {"no", "yes", "bad", "later"} <= {line.split()[0] for line in every.splitlines()[2:]}
+    assert "not listed" not in every
+    assert "no " in fm_cli(db, "explain", eid, "no").stdout, "a PATH lists it whatever it is"

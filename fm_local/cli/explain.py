@@ -36,9 +36,18 @@ def _open_store(ctx: Ctx) -> Any:
     default=None,
     help="Seconds to wait for the supervisor's answer (default 3).",
 )
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Also list the node instances that succeeded or were skipped (listed anyway "
+    "under PATH, and always in --json).",
+)
 @json_option
 @pass_ctx
-def explain(ctx: Ctx, execution: str, path: str | None, timeout: float | None) -> None:
+def explain(
+    ctx: Ctx, execution: str, path: str | None, timeout: float | None, show_all: bool
+) -> None:
     """Why each node instance of an execution is not running (or only PATH and what
     it covers: a loop's path covers its items): waiting for dependencies, queued,
     held by maxConcurrency, a pool, a rate limit, a batch, a retry back-off, paused,
@@ -57,10 +66,14 @@ def explain(ctx: Ctx, execution: str, path: str | None, timeout: float | None) -
     if ctx.json:
         emit_json([r.as_json() for r in got.reasons])
         return
-    _print(got, path)
+    _print(got, path, show_all or path is not None)
 
 
-def _print(got: Any, path: str | None) -> None:
+# What a person on call reads past unless asked: instances that ended well.
+QUIET_STATUSES = ("succeeded", "skipped")
+
+
+def _print(got: Any, path: str | None, show_all: bool) -> None:
     row = got.execution
     if got.source == "supervisor":
         source = f"explained by the supervisor (pid {got.served_by})"
@@ -69,16 +82,24 @@ def _print(got: Any, path: str | None) -> None:
     click.echo(f"execution {row['id']} ({row['workflow']}) {row['status']}: {source}")
     if got.note:
         click.echo(f"note: {got.note}")
-    if not got.reasons:
+    reasons = got.reasons
+    quiet = 0
+    if not show_all:
+        reasons = [r for r in got.reasons if r.status not in QUIET_STATUSES]
+        quiet = len(got.reasons) - len(reasons)
+    if not reasons:
         click.echo("nothing to explain" + (f" under {path}" if path else ""))
     else:
         lo, hi = PATH_WIDTH
-        width = min(max(lo, *(len(r.path) for r in got.reasons)), hi)
-        rw = max(6, *(len(r.reason) for r in got.reasons))
+        width = min(max(lo, *(len(r.path) for r in reasons)), hi)
+        rw = max(6, *(len(r.reason) for r in reasons))
         click.echo(f"{'PATH':<{width}} {'STATUS':<10} {'REASON':<{rw}} DETAIL")
-        for r in got.reasons:
+        for r in reasons:
             p = r.path if len(r.path) <= width else r.path[: width - 1] + "…"
             click.echo(f"{p:<{width}} {r.status:<10} {r.reason:<{rw}} {r.detail}".rstrip())
     if got.running and not path:
         what = "node instance" if got.running == 1 else "node instances"
         click.echo(f"({got.running} {what} running: fm show {row['id']})")
+    if quiet:
+        what = "node instance" if quiet == 1 else "node instances"
+        click.echo(f"({quiet} {what} succeeded or skipped, not listed: --all)")

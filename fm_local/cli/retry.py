@@ -168,8 +168,10 @@ def retry(
     extra = {"retryOf": oid, "reused": copied, "reusedItems": plan.items}
     if not ctx.json:
         items = f" ({plan.items} of them loop items)" if plan.items else ""
+        total = sum(plan.loops.values())
+        again = f"; {total - plan.items} of {total} loop items run again" if total else ""
         click.echo(
-            f"retry {eid} of {oid}: reusing {copied} recorded node results{items}; "
+            f"retry {eid} of {oid}: reusing {copied} recorded node results{items}{again}; "
             "the rest runs again",
             err=True,
         )

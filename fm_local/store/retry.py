@@ -99,7 +99,8 @@ def create_retry(
             "ELSE trace_id END, "
             "branch_id, NULL, NULL, NULL, ?, NULL, item_index, input, code, items, NULL, "
             "coalesce(reused_from, execution_id) "
-            "FROM node_runs WHERE execution_id=? AND path IN (SELECT value FROM json_each(?))",
+            "FROM node_runs WHERE execution_id=? AND path IN (SELECT value FROM json_each(?)) "
+            "ORDER BY id",  # the original's order: fm show lists loop items in it
             (
                 eid,
                 len(old_trace),
