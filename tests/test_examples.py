@@ -194,3 +194,34 @@ def test_enrich_1000_keeps_100_calls_in_flight(db):
     assert server["stopped"] is True
     lanes = {n["lane"] for n in show_cli(db, res["id"])["nodes"] if n["path"].endswith(".profile")}
     assert lanes == {"io"}
+
+
+def test_flaky_api_fails_during_the_outage_and_its_retry_runs_the_7_failed_items(db, tmp_path):
+    """examples/flaky_api.json, as the README tour's step 8 runs it: while the outage
+    file exists the items i % 15 == 7 fail (7 of 100) and the execution fails; with
+    the file removed, `fm retry` calls the API for exactly those 7 items and succeeds."""
+    outage, calls = tmp_path / "outage", tmp_path / "calls.txt"
+    outage.touch()
+    inp = {"seconds": 0.01, "outage": str(outage), "calls": str(calls)}
+    res = api.run(EXAMPLES / "flaky_api.json", inp, db=db, workers=2)
+    assert res["status"] == "failed", res
+    down = [i for i in range(100) if i % 15 == 7]
+    assert len(down) == 7
+    assert sorted(int(x) for x in calls.read_text().split()) == list(range(100))
+    items = {
+        n["path"]: n["status"]
+        for n in show_cli(db, res["id"])["nodes"]
+        if re.fullmatch(r"each\[\d+\]", n["path"])
+    }
+    assert len(items) == 100
+    assert sorted(int(p[5:-1]) for p, s in items.items() if s == "failed") == down
+    assert Counter(items.values()) == {"succeeded": 93, "failed": 7}
+
+    outage.unlink()
+    calls.unlink()
+    out = fm_cli(db, "retry", res["id"], "--json")
+    assert out.exit_code == 0, (out.stdout, out.stderr)
+    retry = json.loads(out.stdout)
+    assert retry["status"] == "succeeded" and retry["retryOf"] == res["id"], retry
+    assert retry["output"] == {"total": sum(i * i for i in range(100))}
+    assert sorted(int(x) for x in calls.read_text().split()) == down
