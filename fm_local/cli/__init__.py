@@ -24,6 +24,7 @@ from __future__ import annotations
 
 # Importing a command module registers its commands on ``cli``.
 from fm_local.cli import control, dlq, inspect, run  # noqa: F401
+from fm_local.cli import maintain  # noqa: F401  (fm verify, fm prune)
 from fm_local.cli.base import (
     PLUGIN_GROUP,
     Ctx,

@@ -384,6 +384,13 @@ def submit(
     help="The Dask scheduler for --executor dask, e.g. tcp://10.0.0.5:8786 "
     "(env FM_DASK_SCHEDULER).",
 )
+@click.option(
+    "--retain",
+    metavar="AGE",
+    envvar="FM_RETAIN",
+    help="Keep finished executions this long (7d, 12h; units s/m/h/d/w), pruning "
+    "older ones in the background, as fm prune does (env FM_RETAIN; default: keep all).",
+)
 @pass_ctx
 def daemon(
     ctx: Ctx,
@@ -394,6 +401,7 @@ def daemon(
     io_concurrency: int,
     executor: str,
     scheduler: str | None,
+    retain: str | None,
 ) -> None:
     """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
     import logging
@@ -402,6 +410,11 @@ def daemon(
     from fm_local.supervisor import Supervisor
 
     n = workers or os.cpu_count() or 2
+    keep = None
+    if retain:
+        from fm_local.store.prune import parse_age
+
+        keep = parse_age(retain, "--retain")
     if http_bind is not None and (
         not re.match(r"^(\[[^\]]+\]|[^:]*):\d{1,5}$", http_bind)
         or int(http_bind.rpartition(":")[2]) > 65535
@@ -452,6 +465,7 @@ def daemon(
     )
     sup.open()
     server = None
+    retention: Any = None
     try:
         if http_bind is not None:
             from fm_local import httpapi
@@ -474,8 +488,17 @@ def daemon(
         sup.install_signal_handlers()
         where = f"{n} workers" if executor == "local" else f"the Dask cluster at {scheduler}"
         click.echo(f"fm daemon: serving {ctx.db} with {where} (pid {os.getpid()})", err=True)
+        if keep is not None:
+            from fm_local.retention import Retention
+
+            retention = Retention(
+                ctx.db, keep, report=lambda line: click.echo(f"fm daemon: {line}", err=True)
+            ).start()
+            click.echo(f"fm daemon: keeping finished executions for {retain}", err=True)
         sup.serve()
     finally:
+        if retention is not None:
+            retention.stop()
         if server is not None:
             server.shutdown()
         sup.close()

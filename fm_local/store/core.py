@@ -111,6 +111,10 @@ class Store(Queries):
             self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             if check and existed:
                 self.check_integrity()
+            if not existed:
+                # A new file gives freed pages back in steps (fm prune): the mode must
+                # be set before the first table and before WAL (docs/maintenance.md).
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = _switch_to_wal(self.conn)
             if mode.lower() != "wal":
                 raise StorageError(f"{self.path}: could not switch the database to WAL mode")
