@@ -11,6 +11,7 @@ The package holds one concept per module; the file of any ``fm`` command:
 - ``inspect``: reading executions: ``fm ls``, ``show``, ``output``, ``wait``,
   ``logs``, ``timeline``, ``trace``, ``queue``, ``workers``;
 - ``dlq``: ``fm dlq`` and its commands;
+- ``maintain``: store care: ``fm verify``, ``fm prune``;
 - ``control``: ``fm signal``, ``pause``, ``resume``, ``cancel``, and ``fm token``;
 - ``base``: the ``cli`` group, ``Ctx``, ``FmGroup`` (commands other packages add,
   such as ``fm tui``), shared options, and ``main()`` with its error mapping;
@@ -23,8 +24,7 @@ Each imports heavy modules only inside the functions that use them (base.py).
 from __future__ import annotations
 
 # Importing a command module registers its commands on ``cli``.
-from fm_local.cli import control, dlq, inspect, run  # noqa: F401
-from fm_local.cli import maintain  # noqa: F401  (fm verify, fm prune)
+from fm_local.cli import control, dlq, inspect, maintain, run  # noqa: F401
 from fm_local.cli.base import (
     PLUGIN_GROUP,
     Ctx,

@@ -213,9 +213,9 @@ def check_queue(c: sqlite3.Connection) -> Iterator[Violation]:
             f"queue row ({qstatus}) for {what}: nothing will ever take it; "
             f"{_LEFTOVER} (DELETE FROM queue WHERE id={qid})",
         )
-    for qid, eid, path, qstatus, nstatus, ntype in _rows(
+    for eid, path, qstatus, nstatus in _rows(
         c,
-        "SELECT q.id, q.execution_id, q.path, q.status, n.status, n.node_type FROM queue q "
+        "SELECT q.execution_id, q.path, q.status, n.status FROM queue q "
         "JOIN executions e ON e.id = q.execution_id "
         "LEFT JOIN node_runs n ON n.execution_id = q.execution_id AND n.path = q.path "
         f"WHERE e.status NOT IN ({_TE}) AND (n.id IS NULL OR q.status != CASE "
@@ -248,9 +248,9 @@ def check_timers(c: sqlite3.Connection) -> Iterator[Violation]:
     """Every waiting retry and every running ``delay`` has its due time
     (``node_runs.next_attempt_at``, what a restarted supervisor re-arms) and the
     queue row that shows it (``status`` retry_wait/timer, ``not_before``)."""
-    for eid, path, ntype, nstatus, due, qstatus, not_before in _rows(
+    for eid, path, nstatus, due, qstatus, not_before in _rows(
         c,
-        "SELECT n.execution_id, n.path, n.node_type, n.status, n.next_attempt_at, "
+        "SELECT n.execution_id, n.path, n.status, n.next_attempt_at, "
         "q.status, q.not_before FROM node_runs n "
         "JOIN executions e ON e.id = n.execution_id "
         "LEFT JOIN queue q ON q.execution_id = n.execution_id AND q.path = n.path "
