@@ -227,7 +227,7 @@ def test_prune_status_filter_dry_run_and_text(wf, db, tmp_path):
     res = fm_cli(db, "prune", "--older-than", "2d", "--status", "failed")
     assert res.exit_code == 0, res.stderr
     assert res.stdout.startswith("deleted 21 executions (")
-    assert "and 1 workflows no execution uses" in res.stdout
+    assert "and 1 workflow no execution uses" in res.stdout
     assert "space: " in res.stdout
     nothing_left(db, [*bad, failed])
     assert statuses(db, [rich, *ok]) == {"succeeded"}
@@ -276,3 +276,24 @@ def test_daemon_retain_prunes_in_the_background(wf, db, daemon, tmp_path, monkey
 def test_daemon_retain_refuses_a_bad_age(db):
     res = fm_cli(db, "daemon", "--retain", "a week")
     assert res.exit_code == 2 and "--retain 'a week'" in res.stderr, res.stderr
+
+
+def test_a_submit_racing_the_prune_of_its_workflow_gets_one_clear_line(wf, db, tmp_path):
+    """A client saves the workflow, then creates the execution in a second
+    transaction; a prune that deletes the workflow in between (no execution used it)
+    makes that submit fail with one line that says to submit again."""
+    from fm_local.errors import FmError
+    from fm_local.store import Store
+
+    eid = run_wf(wf(FAIL_DOC), db)["id"]
+    wid = query(db, "SELECT workflow_id FROM executions WHERE id=?", (eid,))[0]["workflow_id"]
+    r = prune_db(db, 0.0)
+    assert (r.executions, r.workflows) == (1, 1)
+    store = Store(db)
+    try:
+        with pytest.raises(FmError, match="was deleted from .* submit it again"):
+            store.create_execution(wid, "failing", {})
+    finally:
+        store.close()
+    # Submitting again stores the workflow again.
+    assert run_wf(wf(FAIL_DOC), db)["status"] == "failed"

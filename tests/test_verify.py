@@ -306,7 +306,7 @@ def test_verify_only_named_checks_and_exit_3_when_unreadable(store, tmp_path):
     res = fm_cli(db, "verify", "--check", "timers")
     assert res.exit_code == 1
     assert res.stdout.startswith(f"timers: execution {store['live']} node r: waits for a retry")
-    assert "1 violations (1 checks)" in res.stderr
+    assert "1 violation (1 checks)" in res.stderr
 
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)

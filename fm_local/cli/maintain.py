@@ -35,7 +35,8 @@ _CHECK_NAMES = (
     "only",
     multiple=True,
     type=click.Choice(_CHECK_NAMES),
-    help="Run only this check (repeatable).",
+    metavar="NAME",
+    help="Run only this check (repeatable): " + ", ".join(_CHECK_NAMES) + ".",
 )
 @json_option
 @pass_ctx
@@ -54,11 +55,15 @@ def verify(ctx: Ctx, quick: bool, only: tuple[str, ...]) -> None:
             click.echo(v.line())
         n = len(only or _CHECK_NAMES)
         if found:
-            click.echo(f"{ctx.db}: {len(found)} violations ({n} checks)", err=True)
+            click.echo(f"{ctx.db}: {_n(len(found), 'violation')} ({n} checks)", err=True)
         else:
             click.echo(f"{ctx.db}: ok ({n} checks)")
     if found:
         sys.exit(EXIT_FAILED)
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _mb(n: int) -> str:
@@ -106,9 +111,9 @@ def prune(
     verb = "would delete" if dry_run else "deleted"
     tables = ", ".join(f"{t} {n:,}" for t, n in r.rows.items() if n and t != "executions")
     click.echo(
-        f"{verb} {r.executions:,} executions ({r.total_rows:,} rows"
+        f"{verb} {_n(r.executions, 'execution')} ({_n(r.total_rows, 'row')}"
         + (f": {tables}" if tables else "")
-        + f") and {r.workflows:,} workflows no execution uses"
+        + f") and {_n(r.workflows, 'workflow')} no execution uses"
     )
     if not dry_run:
         click.echo(

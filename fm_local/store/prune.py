@@ -6,8 +6,8 @@ it so) and whose ``finished_at`` is older than the cut-off are touched, so nothi
 the supervisor still reads or writes is deleted. Each write transaction deletes
 at most a budget of rows, sized from the last transactions' durations to hold the
 write lock about :data:`TARGET_TXN_SECONDS`, and the pruner then sleeps at least
-as long as it held the lock: a daemon's group commit waits for one short
-transaction at most, and gets the lock at least half of the time. An execution's
+twice as long (and at least :data:`MIN_PAUSE`): a daemon's group commit waits for
+one short transaction at most, and has the lock most of the time. An execution's
 rows go children first (logs, events, attempts, node_runs, then the small tables)
 and its ``executions`` row last, so a reader in between sees a finished execution
 with fewer rows, never a row without its execution.
@@ -34,8 +34,14 @@ BIG_TABLES = ("logs", "events", "attempts", "node_runs")
 SMALL_TABLES = ("queue", "signals", "dead_letters", "notifications", "resource_samples")
 TABLES = (*BIG_TABLES, *SMALL_TABLES, "executions")
 
-TARGET_TXN_SECONDS = 0.04  # the write lock held per transaction, aimed at
-MIN_PAUSE = 0.01  # seconds between two transactions, at least
+TARGET_TXN_SECONDS = 0.025  # the write lock held per transaction, aimed at
+# Seconds between two transactions: at least twice what the last one held, and at
+# least MIN_PAUSE. A writer kept waiting polls on SQLite's busy handler, whose
+# sleeps grow 1, 2, 5, 10, 15, 20, 25 ms…: a pause longer than the poll interval a
+# waiter has reached by then gives it the lock (with 10 ms pauses a waiter that had
+# backed off to 25-100 ms sleeps kept missing them: up to 0.95 s waits, measured).
+MIN_PAUSE = 0.05
+PAUSE_FACTOR = 2.0
 GROUP = 200  # executions handled together (one temp table fill, one final delete)
 FIRST_BUDGET = 500  # rows in the first transaction, before any is measured
 MIN_BUDGET, MAX_BUDGET = 50, 50_000
@@ -81,6 +87,8 @@ class PruneResult:
     dry_run: bool = False
     transactions: int = 0
     longest_txn_ms: float = 0.0
+    # Each write transaction: (ms it held the write lock, what it deleted).
+    held_ms: list[tuple[float, str]] = field(default_factory=list)
     vacuum: str = "none"
     reclaimed_bytes: int = 0
     file_bytes_before: int = 0
@@ -135,8 +143,13 @@ class Pruner:
         self.target = target
         self.sleep = sleep
         self.should_stop = should_stop
-        self.budget = FIRST_BUDGET
+        self.budgets: dict[str, int] = {}  # rows per transaction, per table
+        self.emptied: set[str] = set()  # big tables with no rows left in this group
         self.result = PruneResult()
+        self.since_checkpoint = 0
+        # Checkpoints run between transactions (see _write), not inside a COMMIT
+        # that would then seem to hold the lock longer than it does.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS prune_ids (id TEXT PRIMARY KEY)")
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS prune_workflows (id INTEGER PRIMARY KEY)")
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS prune_all (id TEXT PRIMARY KEY)")
@@ -173,6 +186,7 @@ class Pruner:
             if self.should_stop():
                 break
             self._fill(ids[start : start + GROUP])
+            self.emptied = set()
             c.execute(
                 "INSERT OR IGNORE INTO temp.prune_workflows SELECT DISTINCT workflow_id "
                 "FROM executions WHERE id IN (SELECT id FROM temp.prune_ids)"
@@ -204,7 +218,7 @@ class Pruner:
             group,
         )
 
-    def _write(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _write(self, body: Callable[[sqlite3.Connection], Any], kind: str) -> Any:
         """One short ``BEGIN IMMEDIATE`` transaction, timed from the moment it holds
         the write lock; then a pause at least as long, for the daemon's commits."""
         c = self.conn
@@ -218,10 +232,22 @@ class Pruner:
                 c.execute("ROLLBACK")
             raise
         held = time.perf_counter() - t0
-        self.result.transactions += 1
-        self.result.longest_txn_ms = max(self.result.longest_txn_ms, held * 1000)
-        self.sleep(max(MIN_PAUSE, held))
+        self._held(held, kind)
         return out, held
+
+    def _held(self, held: float, kind: str) -> None:
+        """Account for a transaction that held the lock ``held`` seconds; pause."""
+        r = self.result
+        r.transactions += 1
+        r.held_ms.append((held * 1000, kind))
+        r.longest_txn_ms = max(r.longest_txn_ms, held * 1000)
+        t0 = time.perf_counter()
+        self.since_checkpoint += 1
+        if self.since_checkpoint >= 16:
+            # PASSIVE: copies what it can, never waits for or blocks a writer.
+            self.since_checkpoint = 0
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self.sleep(max(0.0, max(MIN_PAUSE, PAUSE_FACTOR * held) - (time.perf_counter() - t0)))
 
     def _vacuum_step(self, pages: int) -> float:
         """``PRAGMA incremental_vacuum(pages)`` in a transaction of its own. Python's
@@ -238,53 +264,60 @@ class Pruner:
                 self.conn.execute("ROLLBACK")
             raise
         held = time.perf_counter() - t0
-        self.result.transactions += 1
-        self.result.longest_txn_ms = max(self.result.longest_txn_ms, held * 1000)
-        self.sleep(max(MIN_PAUSE, held))
+        self._held(held, "incremental_vacuum")
         return held
 
-    def _adapt(self, used: int, held: float) -> None:
-        """The next budget: as many rows as fit the target at the pace just seen."""
+    def _adapt(self, table: str, used: int, held: float) -> None:
+        """The next budget of ``table``: as many rows as fit the target at the pace
+        just seen (each table its own: a node_runs row, with its three indexes,
+        costs more than a logs row)."""
         if used <= 0:
             return
+        budget = self.budgets.get(table, FIRST_BUDGET)
         pace = held / used
         want = int(self.target / pace) if pace > 0 else MAX_BUDGET
         # Grow gently, shrink at once: a slow transaction is what hurts the daemon.
-        want = min(want, self.budget * 2)
-        self.budget = max(MIN_BUDGET, min(MAX_BUDGET, want))
+        want = min(want, budget * 2)
+        self.budgets[table] = max(MIN_BUDGET, min(MAX_BUDGET, want))
 
     def _step(self) -> bool:
-        """One transaction: up to ``budget`` rows of the group's big tables; once
-        they are gone, the small tables and the executions rows. True when the
-        group is done."""
+        """One transaction: up to its budget of rows of the first of the group's big
+        tables that has some left; once they are all gone, the small tables and the
+        executions rows. True when the group is done."""
+        table = next((t for t in BIG_TABLES if t not in self.emptied), None)
+        if table is not None:
+            budget = self.budgets.get(table, FIRST_BUDGET)
+
+            def body(c: sqlite3.Connection) -> int:
+                return int(
+                    c.execute(
+                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "
+                        "WHERE execution_id IN (SELECT id FROM temp.prune_ids) LIMIT ?)",
+                        (budget,),
+                    ).rowcount
+                )
+
+            n, held = self._write(body, table)
+            self.result.rows[table] += n
+            if n < budget:
+                self.emptied.add(table)
+            self._adapt(table, n, held)
+            return False
         counts: dict[str, int] = {}
 
-        def body(c: sqlite3.Connection) -> bool:
-            left = self.budget
-            for table in BIG_TABLES:
-                n = c.execute(
-                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "
-                    "WHERE execution_id IN (SELECT id FROM temp.prune_ids) LIMIT ?)",
-                    (left,),
-                ).rowcount
-                counts[table] = n
-                left -= n
-                if left <= 0:
-                    return False
-            for table in SMALL_TABLES:
-                counts[table] = c.execute(
-                    f"DELETE FROM {table} WHERE execution_id IN (SELECT id FROM temp.prune_ids)"
+        def last(c: sqlite3.Connection) -> None:
+            for t in SMALL_TABLES:
+                counts[t] = c.execute(
+                    f"DELETE FROM {t} WHERE execution_id IN (SELECT id FROM temp.prune_ids)"
                 ).rowcount
             counts["executions"] = c.execute(
                 "DELETE FROM executions WHERE id IN (SELECT id FROM temp.prune_ids)"
             ).rowcount
-            return True
 
-        done, held = self._write(body)
-        for table, n in counts.items():
-            self.result.rows[table] += n
-        self._adapt(sum(counts.values()), held)
-        return bool(done)
+        self._write(last, "executions")
+        for t, n in counts.items():
+            self.result.rows[t] += n
+        return True
 
     def _prune_workflows(self, dry_run: bool) -> None:
         """Workflows of the pruned executions that no execution uses any more. (A
@@ -311,7 +344,7 @@ class Pruner:
                     return 0
                 return c.execute("DELETE FROM workflows WHERE id = ?", (wid,)).rowcount
 
-            n, _ = self._write(body)
+            n, _ = self._write(body, "workflows")
             self.result.workflows += n
 
     # --- space -------------------------------------------------------------------------
@@ -345,7 +378,7 @@ class Pruner:
             free1 = int(c.execute("PRAGMA freelist_count").fetchone()[0])
             r.vacuum = "incremental"
             r.reclaimed_bytes = (free0 - free1) * page
-            c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._checkpoint(full_vacuum_ok)
             return
         if mode == 1:
             r.vacuum = "none (auto_vacuum=FULL gives pages back at each commit)"
@@ -361,10 +394,19 @@ class Pruner:
         c.execute("VACUUM")
         held = time.perf_counter() - t0
         r.transactions += 1
+        r.held_ms.append((held * 1000, "VACUUM"))
         r.longest_txn_ms = max(r.longest_txn_ms, held * 1000)
-        c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self._checkpoint(True)
         r.vacuum = "full (VACUUM; the file is now auto_vacuum=INCREMENTAL)"
         r.reclaimed_bytes = free0 * page
+
+    def _checkpoint(self, alone: bool) -> None:
+        """Fold the WAL back into the file, so that it shrinks: all of it and the
+        WAL truncated when no daemon serves the file, else what a PASSIVE
+        checkpoint can (it never blocks the daemon; the daemon's own checkpoints
+        finish the work)."""
+        mode = "TRUNCATE" if alone else "PASSIVE"
+        self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
 
 
 def prune_db(
