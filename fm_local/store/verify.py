@@ -167,31 +167,21 @@ def check_terminal_final(c: sqlite3.Connection) -> Iterator[Violation]:
             f"is {nstatus} but its execution is {estatus}: it will never run; "
             + _BUG.format(eid=eid),
         )
-    for eid, path, nstatus, seq in _rows(
+    # One pass over attempts (in the order of their unique index), each looking up
+    # its node instance.
+    for eid, path, nstatus, seq, running in _rows(
         c,
-        "SELECT n.execution_id, n.path, n.status, a.seq FROM node_runs n "
-        "JOIN attempts a ON a.execution_id = n.execution_id AND a.path = n.path "
-        f"WHERE n.status IN ({_TN}) AND a.status = 'running'",
+        "SELECT a.execution_id, a.path, n.status, a.seq, a.status = 'running' "
+        "FROM attempts a JOIN node_runs n ON n.execution_id = a.execution_id "
+        f"AND n.path = a.path WHERE n.status IN ({_TN}) "
+        "AND (a.status = 'running' OR a.started_at > n.finished_at)",
     ):
+        if running:
+            what = f"its try {seq} is still running (attempts.status)"
+        else:
+            what = f"its try {seq} started after it finished: a finished node ran again"
         yield Violation(
-            "terminal_final",
-            eid,
-            path,
-            f"is {nstatus} but its try {seq} is still running (attempts.status); "
-            + _BUG.format(eid=eid),
-        )
-    for eid, path, nstatus, seq in _rows(
-        c,
-        "SELECT n.execution_id, n.path, n.status, a.seq FROM node_runs n "
-        "JOIN attempts a ON a.execution_id = n.execution_id AND a.path = n.path "
-        f"WHERE n.status IN ({_TN}) AND a.started_at > n.finished_at",
-    ):
-        yield Violation(
-            "terminal_final",
-            eid,
-            path,
-            f"is {nstatus} but its try {seq} started after it finished: a finished "
-            "node ran again; " + _BUG.format(eid=eid),
+            "terminal_final", eid, path, f"is {nstatus} but {what}; " + _BUG.format(eid=eid)
         )
 
 
@@ -310,33 +300,30 @@ def check_counts(c: sqlite3.Connection) -> Iterator[Violation]:
             f"loop of {items} items has {n} item rows (indexes {lo}..{hi}); "
             + _BUG.format(eid=eid),
         )
-    for eid, path, spent, top in _rows(
+    for eid, path, spent, top, rec, n in _rows(
         c,
-        "SELECT n.execution_id, n.path, n.attempts, max(a.attempt) FROM node_runs n "
-        "JOIN attempts a ON a.execution_id = n.execution_id AND a.path = n.path "
-        "WHERE a.kind = 'attempt' AND a.status NOT IN ('interrupted') "
-        "GROUP BY n.id HAVING max(a.attempt) > n.attempts",
+        "SELECT a.execution_id, a.path, n.attempts, max(CASE WHEN a.kind = 'attempt' "
+        "AND a.status != 'interrupted' THEN a.attempt END) AS top, n.recoveries, "
+        "sum(a.kind = 'recovery') AS rec FROM attempts a JOIN node_runs n "
+        "ON n.execution_id = a.execution_id AND n.path = a.path "
+        "GROUP BY a.execution_id, a.path HAVING top > n.attempts OR rec > n.recoveries",
     ):
-        yield Violation(
-            "counts",
-            eid,
-            path,
-            f"node_runs.attempts is {spent} but a try of attempt {top} is recorded; "
-            + _BUG.format(eid=eid),
-        )
-    for eid, path, rec, n in _rows(
-        c,
-        "SELECT n.execution_id, n.path, n.recoveries, count(a.id) FROM node_runs n "
-        "JOIN attempts a ON a.execution_id = n.execution_id AND a.path = n.path "
-        "WHERE a.kind = 'recovery' GROUP BY n.id HAVING count(a.id) > n.recoveries",
-    ):
-        yield Violation(
-            "counts",
-            eid,
-            path,
-            f"node_runs.recoveries is {rec} but {n} recovery tries are recorded; "
-            + _BUG.format(eid=eid),
-        )
+        if top is not None and top > spent:
+            yield Violation(
+                "counts",
+                eid,
+                path,
+                f"node_runs.attempts is {spent} but a try of attempt {top} is recorded; "
+                + _BUG.format(eid=eid),
+            )
+        if n > rec:
+            yield Violation(
+                "counts",
+                eid,
+                path,
+                f"node_runs.recoveries is {rec} but {n} recovery tries are recorded; "
+                + _BUG.format(eid=eid),
+            )
 
 
 # Tables that name an execution without a foreign key: what `fm prune` deletes with it.
