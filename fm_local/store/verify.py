@@ -71,15 +71,21 @@ def check_integrity(c: sqlite3.Connection, *, quick: bool = False) -> Iterator[V
     node_runs — one row, so one final result, per node instance — is only as good as
     its index: this is the check that proves it."""
     pragma = "quick_check" if quick else "integrity_check"
-    for (text,) in _rows(c, f"PRAGMA {pragma}(100)"):
+    what = (
+        "the file is damaged: stop the daemon, restore a backup, or salvage the rows "
+        "with `sqlite3 FILE .recover`"
+    )
+    try:
+        texts = [r[0] for r in _rows(c, f"PRAGMA {pragma}(100)")]
+    except sqlite3.DatabaseError as exc:
+        # SQLITE_CORRUPT met by the check itself is its finding; anything else (I/O)
+        # is a storage error.
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != 11 and "malformed" not in str(exc):
+            raise
+        texts = [f"stopped: {exc}"]
+    for text in texts:
         if text != "ok":
-            yield Violation(
-                "integrity",
-                None,
-                None,
-                f"PRAGMA {pragma}: {text} — the file is damaged: stop the daemon, restore "
-                "a backup, or salvage the rows with `sqlite3 FILE .recover`",
-            )
+            yield Violation("integrity", None, None, f"PRAGMA {pragma}: {text} — {what}")
 
 
 def check_foreign_keys(c: sqlite3.Connection) -> Iterator[Violation]:
@@ -375,8 +381,22 @@ def verify_connection(
         for name in names:
             if name == "integrity":
                 out.extend(check_integrity(c, quick=quick))
-            else:
+                continue
+            try:
                 out.extend(CHECKS[name](c))
+            except sqlite3.DatabaseError as exc:
+                # A damaged page the integrity check already named: say this check
+                # could not run, and go on (a file nothing can read is exit 3).
+                if not any(v.check == "integrity" for v in out):
+                    raise
+                out.append(
+                    Violation(
+                        name,
+                        None,
+                        None,
+                        f"could not run: {exc} (the file is damaged: see the integrity lines)",
+                    )
+                )
     finally:
         if c.in_transaction:
             c.execute("ROLLBACK")
