@@ -28,6 +28,7 @@ import pytest
 from conftest import HERE, exec_status, query, read_marks, wait_until
 
 from fm_local import api
+from fm_local.store.verify import verify
 
 pytestmark = pytest.mark.crash
 
@@ -60,6 +61,12 @@ def attempt_rows(db: Path, eid: str, path: str) -> list[dict[str, Any]]:
     return query(
         db, "SELECT * FROM attempts WHERE execution_id=? AND path=? ORDER BY seq", (eid, path)
     )
+
+
+def assert_verified(db: Path) -> None:
+    """The store's invariants hold after the crashes (fm verify: docs/maintenance.md)."""
+    found = verify(db)
+    assert not found, "fm verify: " + "; ".join(v.line() for v in found)
 
 
 def code_of(error_json: str | None) -> str | None:
@@ -145,6 +152,7 @@ def test_worker_killed_mid_node_is_rerun_as_a_recovery(cwf, db, daemon, tmp_path
     assert rows[1]["worker_pid"] == runs[1]["pid"]
     assert rows[1]["error"] is None
     assert d.proc.poll() is None, "the daemon must survive its worker's death"
+    assert_verified(db)
 
 
 # --- 2. the daemon killed several times during a wide execution -------------------------
@@ -242,6 +250,7 @@ def test_daemon_killed_repeatedly_finished_nodes_never_rerun(cwf, db, daemon, tm
         f"recoveries recorded: {recoveries}, committed succeeded at each kill: "
         f"{[len(done) for _, done in kills]}"
     )
+    assert_verified(db)
 
 
 # --- 3. a node that kills its worker every time -----------------------------------------
@@ -294,6 +303,7 @@ def test_node_crashing_every_time_fails_after_recovery_attempts(cwf, db, daemon,
     # ...and still serves new work afterwards.
     rc = api.wait(api.submit(pb, db=db), db=db, timeout=20)
     assert rc["status"] == "succeeded", rc
+    assert_verified(db)
 
 
 # --- 4. supervisor death counts as a recovery --------------------------------------------
@@ -342,6 +352,7 @@ def test_supervisor_killed_mid_node_counts_as_a_recovery(cwf, db, daemon, tmp_pa
     rows = attempt_rows(db, eid, "a")
     assert rows[-1]["kind"] == "recovery" and rows[-1]["status"] == "succeeded", rows
     assert rows[-1]["attempt"] == 1
+    assert_verified(db)
 
 
 def test_supervisor_crash_closes_the_interrupted_attempt_row(cwf, db, daemon, tmp_path):
@@ -360,6 +371,7 @@ def test_supervisor_crash_closes_the_interrupted_attempt_row(cwf, db, daemon, tm
     assert not query(
         db, "SELECT id FROM attempts WHERE execution_id=? AND status='running'", (eid,)
     )
+    assert_verified(db)
 
 
 # --- 5. a retry timer survives a restart -------------------------------------------------
@@ -415,6 +427,7 @@ def test_retry_timer_keeps_its_due_time_across_a_restart(cwf, db, daemon, tmp_pa
     rows = attempt_rows(db, eid, "f")
     assert [(r["attempt"], r["status"]) for r in rows] == [(1, "failed"), (2, "succeeded")]
     assert code_of(rows[0]["error"]) == "TRANSIENT"
+    assert_verified(db)
 
 
 # --- 6. restart after kill -9: dispatching again --------------------------------------------
@@ -460,6 +473,7 @@ def test_restart_after_kill9_dispatches_again(cwf, db, daemon, tmp_path):
         + ", ".join(f"{f:.3f}" for f in figures)
         + f"; median {statistics.median(figures):.3f}"
     )
+    assert_verified(db)
 
 
 # --- beyond the brief: edges of recovery accounting ----------------------------------------
@@ -502,6 +516,7 @@ def test_prefetched_tasks_not_started_are_not_charged_a_recovery(cwf, db, daemon
         db, "SELECT path, seq FROM attempts WHERE execution_id=? AND status='running'", (eid,)
     )
     assert not stale, f"attempt rows left 'running' after the execution ended: {stale}"
+    assert_verified(db)
 
 
 def test_fail_fast_holds_when_recovery_attempts_run_out_at_restart(cwf, db, daemon, tmp_path):
@@ -555,3 +570,4 @@ def test_fail_fast_holds_when_recovery_attempts_run_out_at_restart(cwf, db, daem
             assert after[p] == ("failed", "SUPERVISOR_CRASH"), after
     assert after[waiting][0] == "cancelled", after
     assert not query(db, "SELECT * FROM queue WHERE execution_id=?", (eid,))
+    assert_verified(db)

@@ -30,6 +30,7 @@ import pytest
 from conftest import HERE, exec_status, query, read_marks, wait_until
 
 from fm_local import api
+from fm_local.store.verify import verify
 
 pytestmark = pytest.mark.crash
 
@@ -92,6 +93,8 @@ def assert_db_sane(db: Path, eid: str) -> None:
     assert not query(db, "SELECT * FROM queue WHERE execution_id=?", (eid,)), "queue not empty"
     stale = query(db, "SELECT path FROM attempts WHERE execution_id=? AND status='running'", (eid,))
     assert not stale, f"attempt rows left 'running' after the execution ended: {stale}"
+    found = verify(db)  # the store's invariants (fm verify: docs/maintenance.md)
+    assert not found, "fm verify: " + "; ".join(v.line() for v in found)
 
 
 def work(nid: str, mark: Path, index: str, **args: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ The package holds one concept per module; the file of any ``fm`` command:
 - ``tracing``: an execution in time: ``fm timeline``, ``trace``;
 - ``dlq``: ``fm dlq`` and its commands;
 - ``retry``: ``fm retry``;
+- ``maintain``: store care: ``fm verify``, ``fm prune``;
 - ``control``: ``fm signal``, ``pause``, ``resume``, ``cancel``, and ``fm token``;
 - ``base``: the ``cli`` group, ``Ctx``, ``FmGroup`` (commands other packages add,
   such as ``fm tui``), shared options, and ``main()`` with its error mapping;
@@ -25,7 +26,7 @@ Each imports heavy modules only inside the functions that use them (base.py).
 from __future__ import annotations
 
 # Importing a command module registers its commands on ``cli``.
-from fm_local.cli import control, dlq, explain, inspect, retry, run, tracing  # noqa: F401
+from fm_local.cli import control, dlq, explain, inspect, maintain, retry, run, tracing  # noqa: F401
 from fm_local.cli.base import (
     PLUGIN_GROUP,
     Ctx,

@@ -423,6 +423,13 @@ def submit(
     "from a thread of its own; a collector that fails is retried a few times, then "
     "skipped (docs/observability.md). Env FM_OTLP_ENDPOINT.",
 )
+@click.option(
+    "--retain",
+    metavar="AGE",
+    envvar="FM_RETAIN",
+    help="Keep finished executions this long (7d, 12h; units s/m/h/d/w), pruning "
+    "older ones in the background, as fm prune does (env FM_RETAIN; default: keep all).",
+)
 @pass_ctx
 def daemon(
     ctx: Ctx,
@@ -434,6 +441,7 @@ def daemon(
     executor: str,
     scheduler: str | None,
     otlp_endpoint: str | None,
+    retain: str | None,
 ) -> None:
     """Run the supervisor in the foreground (SIGTERM or Ctrl-C: graceful stop)."""
     import logging
@@ -442,6 +450,11 @@ def daemon(
     from fm_local.supervisor import Supervisor
 
     n = workers or os.cpu_count() or 2
+    keep = None
+    if retain:
+        from fm_local.store.prune import parse_age
+
+        keep = parse_age(retain, "--retain")
     if http_bind is not None and (
         not re.match(r"^(\[[^\]]+\]|[^:]*):\d{1,5}$", http_bind)
         or int(http_bind.rpartition(":")[2]) > 65535
@@ -503,6 +516,7 @@ def daemon(
     sup.open()
     server = None
     exporter = None
+    retention: Any = None
     try:
         if otlp_url is not None:
             from fm_local.otlp_export import OtlpExporter
@@ -532,8 +546,17 @@ def daemon(
         sup.install_signal_handlers()
         where = f"{n} workers" if executor == "local" else f"the Dask cluster at {scheduler}"
         click.echo(f"fm daemon: serving {ctx.db} with {where} (pid {os.getpid()})", err=True)
+        if keep is not None:
+            from fm_local.retention import Retention
+
+            retention = Retention(
+                ctx.db, keep, report=lambda line: click.echo(f"fm daemon: {line}", err=True)
+            ).start()
+            click.echo(f"fm daemon: keeping finished executions for {retain}", err=True)
         sup.serve()
     finally:
+        if retention is not None:
+            retention.stop()
         if server is not None:
             server.shutdown()
         sup.close()

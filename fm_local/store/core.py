@@ -15,7 +15,7 @@ from typing import Any
 
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from fm_local.errors import QueueFull, StorageError, UsageError
+from fm_local.errors import FmError, QueueFull, StorageError, UsageError
 from fm_local.jsonio import clean_text
 from fm_local.store.batch import (
     ROW_ERRORS,
@@ -111,6 +111,10 @@ class Store(Queries):
             self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             if check and existed:
                 self.check_integrity()
+            if not existed:
+                # A new file gives freed pages back in steps (fm prune): the mode must
+                # be set before the first table and before WAL (docs/maintenance.md).
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = _switch_to_wal(self.conn)
             if mode.lower() != "wal":
                 raise StorageError(f"{self.path}: could not switch the database to WAL mode")
@@ -296,6 +300,12 @@ class Store(Queries):
         _check_int64(priority, "priority")
         workflow_name = clean_text(workflow_name)
         with self.atomic() as c:
+            if c.execute("SELECT 1 FROM workflows WHERE id=?", (workflow_id,)).fetchone() is None:
+                # fm prune deleted it (no execution used it) between its save and now.
+                raise FmError(
+                    f"workflow '{workflow_name}' was deleted from {self.path} while this "
+                    "execution was being submitted (fm prune); submit it again"
+                )
             if max_queued is not None:
                 n = c.execute(
                     "SELECT count(*) FROM executions WHERE workflow=? AND status='queued'",
