@@ -454,3 +454,52 @@ def test_the_human_listing_leaves_out_what_ended_well_unless_asked(
     assert {"no", "yes", "bad", "later"} <= {line.split()[0] for line in every.splitlines()[2:]}
     assert "not listed" not in every
     assert "no " in fm_cli(db, "explain", eid, "no").stdout, "a PATH lists it whatever it is"
+
+
+def test_an_answer_past_its_bound_counts_the_rest_and_the_client_lists_only_the_answer(
+    db: Path, wf: Callable[..., Path], daemon: Callable[..., Daemon]
+) -> None:
+    """1,500 queued items: the supervisor explains 1,000 (positions 1..1,000) and
+    counts the rest; the client does not fill those in from the rows."""
+    d = daemon(workers=1)
+    doc = {
+        "name": "explain-many",
+        "settings": {"queue": {"maxSize": 2000}},
+        "nodes": [
+            {"id": "items", "type": "transform", "expression": "list(range(1500))"},
+            {
+                "id": "each",
+                "type": "loop",
+                "loopType": "forEach",
+                "arrayPath": "{{items}}",
+                "itemVariable": "i",
+                "parallel": True,
+                "body": {"nodes": [py("call", "sleep", {"seconds": LONG})]},
+            },
+        ],
+        "edges": [{"source": "items", "target": "each"}],
+    }
+    eid = submit(db, wf(doc))
+    wait_until(
+        lambda: (
+            query(
+                db,
+                "SELECT count(*) AS n FROM node_runs WHERE execution_id=? AND status='queued'",
+                (eid,),
+            )[0]["n"]
+            >= 1499
+        ),
+        60,
+        "every item queued",
+    )
+    entries = explain(db, eid)
+    queued = [e for e in entries if e["reason"] == "queued"]
+    assert len(queued) == 1000 and all(e["source"] == "supervisor" for e in queued)
+    assert "position 1 of " in queued[0]["detail"] and "position 1000 of " in queued[-1]["detail"]
+    text = fm_cli(db, "explain", eid).stdout
+    assert "more instances not listed (ask for a path)" in text
+    assert "queue table" not in text, "no row-based lines for what the answer counted"
+    (last,) = explain(db, eid, "each[1499].call")
+    assert last["reason"] == "queued" and "position 149" in last["detail"], last
+    fm_cli(db, "cancel", eid)
+    d.stop()

@@ -165,7 +165,7 @@ class Protocol:
     """The worker's side of the pipes: tasks waiting to run, and the answers it
     gives. Only the main thread touches it: between tasks from the main loop, and
     during a task from the SIG_DROP handler — except :meth:`send`, which the log
-    streaming thread also calls (``send_lock`` keeps messages whole)."""
+    streaming thread also calls (``runners.STREAM_LOCK`` keeps messages whole)."""
 
     def __init__(self, inbox: Connection, outbox: Connection) -> None:
         self.inbox = inbox
@@ -174,26 +174,25 @@ class Protocol:
         self.stopped = False
         self.retiring = False
         self.in_task = False
-        # Re-entrant: the SIG_DROP handler may send from within the main thread's
-        # send; the streaming thread waits for either to finish a message.
-        self.send_lock = threading.RLock()
 
     def send(self, msg: tuple[Any, ...]) -> None:
         data = pickle.dumps(msg, protocol=5)
-        with self.send_lock:
+        with runners.STREAM_LOCK:
             self.outbox.send_bytes(data)
 
     def stream_logs(self) -> None:
         """The streaming thread: every STREAM_INTERVAL, the running task's new log
-        lines as ``("logs", task_id, lines)``. Taking and sending under one lock
-        keeps them ahead of the task's result, which carries only the rest."""
+        lines as ``("logs", task_id, lines)``. Taking and sending under the one
+        lock the main thread takes to send and to end a task (runners.STREAM_LOCK)
+        keeps them ahead of the task's result, which carries only the rest, and
+        never takes a line twice."""
         while not self.stopped:
             time.sleep(STREAM_INTERVAL)
-            now = runners.current
-            if now is None:
+            if runners.current is None:
                 continue
-            with self.send_lock:
-                if runners.current is not now:
+            with runners.STREAM_LOCK:
+                now = runners.current
+                if now is None:
                     continue
                 lines = now[1].take_new()
                 if lines:

@@ -221,7 +221,9 @@ def _unfinished(
             explained.add(p)
             out.reasons.append(_reason(e, "supervisor"))
         if answer.get("leftOut"):
+            # The answer stopped at its bound: the rest were counted, not missed.
             out.note = f"{answer['leftOut']} more instances not listed (ask for a path)"
+            return
         # Rows that changed since the answer was made: what they say.
         stale = {
             p

@@ -56,8 +56,10 @@ MAX_MESSAGE = 10_000  # characters of an error message
 MAX_DETAILS = 64 * 1024  # bytes of JSON of an error's details
 
 
-# Between a worker's log streaming thread (take_new) and the end of an attempt (finish).
-_TAKE_LOCK = threading.Lock()
+# A worker process's one lock between its log streaming thread and its main thread:
+# held to send on the pipe (executors/worker.py) and to read or clear ``current``.
+# Re-entrant: the SIG_DROP handler may send while the main thread holds it.
+STREAM_LOCK = threading.RLock()
 
 
 class LogCapture:
@@ -90,12 +92,11 @@ class LogCapture:
 
     def take_new(self) -> list[tuple[float, str, str]]:
         """The complete lines captured since the last call, while the attempt runs
-        (the worker streams them: docs/observability.md); :meth:`finish` then gives
-        only the rest."""
-        with _TAKE_LOCK:
-            new = self.lines[self.sent :]
-            self.sent += len(new)
-            return new
+        (the worker streams them under STREAM_LOCK, only while this capture is
+        ``current``: docs/observability.md); :meth:`finish` then gives the rest."""
+        new = self.lines[self.sent :]
+        self.sent += len(new)
+        return new
 
     def finish(self) -> list[tuple[float, str, str]]:
         for stream, rest in self._partial.items():
@@ -106,10 +107,9 @@ class LogCapture:
             self.lines.append((time.time(), "log", f"[{self.dropped} more log lines dropped]"))
         if not self.sent:
             return self.lines
-        with _TAKE_LOCK:
-            unsent = self.lines[self.sent :]
-            self.sent = len(self.lines)
-            return unsent
+        unsent = self.lines[self.sent :]
+        self.sent = len(self.lines)
+        return unsent
 
 
 class _Stream:
@@ -354,10 +354,10 @@ def run_task(task: dict[str, Any]) -> tuple[Any, ...]:
         sys.stdout, sys.stderr = old_out, old_err
         root.removeHandler(handler)
         root.setLevel(old_level)
-    try:
-        return _result(task, cap, started, out, err)
-    finally:
-        current = None
+        # No streaming after this: the capture is this thread's alone again.
+        with STREAM_LOCK:
+            current = None
+    return _result(task, cap, started, out, err)
 
 
 # --- the I/O lane: many tasks at once on one event loop ------------------------------

@@ -35,6 +35,16 @@ from fm_local.limits import Pool, RateLimiter
 from fm_local.nodes.kinds import Runs, kind_of
 from fm_local.store import dumps, loads
 from fm_local.store.explain import pending_explains, prune_explains
+from fm_local.supervisor.explain_look import (
+    Entry,
+    _clock,
+    _err_text,
+    _in,
+    _Look,
+    _secs,
+    _who,
+    entry,
+)
 from fm_local.supervisor.loops import (
     BATCH_DELAY,
     BATCH_RUNNING,
@@ -57,49 +67,6 @@ ITEMS_LISTED = 10  # unopened items of a loop listed one by one before a range e
 MAX_PATTERN = 2000  # characters of a requested path
 KEEP_ANSWERS = 60.0  # seconds an answered request row is kept (the client deletes it)
 MAX_REQUEST_AGE = 30.0  # seconds after which an unanswered request is stale (its client left)
-BLOCKERS = 20  # paths named as blockers in one entry
-
-
-Entry = dict[str, Any]
-
-
-def entry(
-    path: str,
-    status: str,
-    reason: str,
-    detail: str,
-    until: float | None = None,
-    blockers: list[str] | None = None,
-) -> Entry:
-    """One explained node instance; ``until`` in epoch seconds (the client shows
-    it as ISO time)."""
-    return {
-        "path": path,
-        "status": status,
-        "reason": reason,
-        "detail": detail,
-        "until": until,
-        "blockers": blockers[:BLOCKERS] if blockers is not None else None,
-    }
-
-
-def _err_text(err: Any) -> str:
-    if not isinstance(err, dict):
-        return "-"
-    msg = str(err.get("message") or "").splitlines()
-    return f"{err.get('code')}: {msg[0] if msg else ''}"
-
-
-class _Look:
-    """What one answer reads more than once, gathered once: which gate parks each
-    run, each batch timer's due time, what every worker runs."""
-
-    def __init__(
-        self, parked: dict[int, Any], batch_due: dict[int, float], on_worker: dict[int, Run]
-    ):
-        self.parked = parked  # id(run) -> the limiter or pool it waits for
-        self.batch_due = batch_due  # id(loop state) -> due time of its batch pause
-        self.on_worker = on_worker  # pid -> the run its worker runs
 
 
 class Explain(Part):
@@ -190,6 +157,7 @@ class Explain(Part):
             seen.add(e["path"])
             if len(out) < MAX_ENTRIES:
                 out.append(e)
+                look.full = len(out) >= MAX_ENTRIES
             else:
                 left_out += 1
         # Runs outside the graph's frames (fallbacks, handlers, compensations, replays).
@@ -204,6 +172,7 @@ class Explain(Part):
             seen.add(run.path)
             if len(out) < MAX_ENTRIES:
                 out.append(loose)
+                look.full = len(out) >= MAX_ENTRIES
             else:
                 left_out += 1
         running = sum(1 for r in self.tasks.values() if r.ex is ex and not r.prefetched)
@@ -384,12 +353,15 @@ class Explain(Part):
             if st == "running":
                 return None
             return entry(path, st, "unknown", f"{st}: the supervisor holds no gate for it")
+        if look.full:
+            return entry(path, st, "queued", "")  # only counted (MAX_ENTRIES)
         gate = look.parked.get(id(run))
         if gate is not None:
             return self._paused(ex, self._gated(run, gate, now))
         lane = ex.ready_io if run.lane == "io" else ex.ready
-        if run in lane:
-            return self._paused(ex, self._in_queue(run, lane, now, look))
+        pos = look.position(lane, run)
+        if pos is not None:
+            return self._paused(ex, self._in_queue(run, lane, pos, now, look))
         if ex.status == "paused":
             return self._paused(ex, entry(path, st, "queued", "queued"))
         if run.frame.stopped():
@@ -425,11 +397,16 @@ class Explain(Part):
             return f"rate limiter '{spec}'"
         return f"node {run.node.id} rateLimit"
 
-    def _in_queue(self, run: Run, ready: Any, now: float, look: _Look) -> Entry:
+    def _in_queue(self, run: Run, ready: Any, pos: int, now: float, look: _Look) -> Entry:
         ex = run.ex
         path, st = run.path, run.status
         if at_capacity(ex):
-            holders = [r.path for r in self.tasks.values() if r.ex is ex and not r.prefetched]
+            hkey = ("holders", id(ex))
+            holders = look.memo.get(hkey)
+            if holders is None:
+                holders = look.memo[hkey] = [
+                    r.path for r in self.tasks.values() if r.ex is ex and not r.prefetched
+                ]
             detail = (
                 f"settings.maxConcurrency {ex.max_concurrency}: {len(holders)} nodes of this "
                 f"execution run: {', '.join(holders[:5])}"
@@ -447,26 +424,27 @@ class Explain(Part):
             holders = [_who(r, ex) for r in self.tasks.values() if r.held_pool is pool]
             detail = f"next in its queue; pool '{pool.name}' is full ({pool.held} of {pool.size})"
             return entry(path, st, "pool", detail, None, holders)
-        pos = 0
-        for r in ready:
-            if r is run:
-                break
-            pos += 1
         io = run.lane == "io"
-        ahead_wf = 0
-        execs = self.wf_execs.get(ex.wf_key) or []
-        for other in sorted(execs, key=_exec_order):
-            if other is ex:
-                break
-            if other.status == "running":
-                ahead_wf += len(other.ready_io if io else other.ready)
+        key = ("ahead", id(ex), io)
+        got = look.memo.get(key)
+        if got is None:
+            ahead_wf = 0
+            execs = self.wf_execs.get(ex.wf_key) or []
+            for other in sorted(execs, key=_exec_order):
+                if other is ex:
+                    break
+                if other.status == "running":
+                    ahead_wf += len(other.ready_io if io else other.ready)
+            # Other workflows' queued tasks, summed once per answer.
+            others = [
+                sum(len(e.ready_io if io else e.ready) for e in self.wf_execs.get(k) or ())
+                for k in self.rr
+                if k != ex.wf_key
+            ]
+            got = look.memo[key] = (ahead_wf, others)
+        ahead_wf, others = got
         turns = pos + ahead_wf + 1
-        ahead_other = 0
-        for key in self.rr:
-            if key == ex.wf_key:
-                continue
-            n = sum(len(e.ready_io if io else e.ready) for e in self.wf_execs.get(key) or ())
-            ahead_other += min(n, turns)
+        ahead_other = sum(min(n, turns) for n in others)
         ahead = pos + ahead_wf + ahead_other
         busy = list(look.on_worker.values())
         lane = "I/O lane" if io else "process lane"
@@ -519,6 +497,8 @@ class Explain(Part):
     def _item_entry(self, ls: LoopState, i: int, now: float, look: _Look) -> Entry:
         """Why item ``i`` of a loop is not open: what ``_open_items`` stops at."""
         path = f"{ls.run.path}[{i}]"
+        if look.full:
+            return entry(path, "pending", "queued", "")  # only counted (MAX_ENTRIES)
         ex = ls.run.ex
         node = ls.node
         if ls.stopped or ls.run.frame.stopped():
@@ -575,29 +555,3 @@ class Explain(Part):
         if ex.status == "paused":
             return self._paused(ex, entry(path, "pending", "queued", "opens when there is room"))
         return entry(path, "pending", "queued", "opens at the supervisor's next turn")
-
-
-def _who(run: Run | None, ex: Exec) -> str:
-    """A run as a blocker: its path, with its execution's id when it is another's."""
-    if run is None:
-        return "?"
-    return run.path if run.ex is ex else f"{run.ex.id}:{run.path}"
-
-
-def _clock(ts: float | None) -> str:
-    import time
-
-    if ts is None:
-        return "?"
-    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
-
-
-def _in(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "?"
-    left = ts - now
-    return f"in {left:.1f} s" if left > 0 else "due now"
-
-
-def _secs(seconds: float) -> str:
-    return f"{seconds:g} s"
