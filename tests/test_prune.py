@@ -297,3 +297,26 @@ def test_a_submit_racing_the_prune_of_its_workflow_gets_one_clear_line(wf, db, t
         store.close()
     # Submitting again stores the workflow again.
     assert run_wf(wf(FAIL_DOC), db)["status"] == "failed"
+
+
+def test_an_execution_an_unfinished_retry_reuses_is_kept(wf, db, tmp_path):
+    """The retry reads its original's signals when it starts: prune keeps the
+    original until the retry ends; a retry asked for after a prune says so."""
+    failed = run_wf(wf(FAIL_DOC), db)["id"]
+    res = fm_cli(db, "retry", failed, "--detach")
+    assert res.exit_code == 0, res.stderr
+    retry = res.stdout.strip()
+    assert statuses(db, [retry]) == {"queued"}  # no supervisor runs it
+    long_ago = time.time() - 3 * DAY
+    sql(db, f"UPDATE executions SET finished_at = {long_ago} WHERE id = '{failed}'")
+    res = fm_cli(db, "prune", "--older-than", "2d", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["executions"] == 0
+    assert statuses(db, [failed]) == {"failed"}
+    sql(
+        db,
+        f"UPDATE executions SET status='cancelled', finished_at={time.time()} WHERE id='{retry}'",
+    )
+    res = fm_cli(db, "prune", "--older-than", "2d", "--json")
+    assert json.loads(res.stdout)["executions"] == 1, "its retry ended: now it goes"
+    nothing_left(db, [failed])

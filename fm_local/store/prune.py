@@ -48,6 +48,14 @@ MIN_BUDGET, MAX_BUDGET = 50, 50_000
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
+# An execution that an unfinished retry reuses is kept: the retry reads its applied
+# signals (signals.<type>) when it starts and after every restart (docs/retry.md).
+KEEP_RETRIED = (
+    "AND NOT EXISTS (SELECT 1 FROM executions r WHERE r.retry_of = e.id AND r.status NOT IN ("
+    + ",".join(f"'{s}'" for s in TERMINAL_EXEC)
+    + "))"
+)
+
 
 def parse_age(text: str, what: str = "--older-than") -> float:
     """``7d`` → seconds. Units s, m, h, d, w; a bare number is seconds."""
@@ -166,8 +174,9 @@ class Pruner:
         return [
             r[0]
             for r in self.conn.execute(
-                f"SELECT id FROM executions WHERE status IN ({marks}) "
-                "AND finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at",
+                f"SELECT id FROM executions e WHERE status IN ({marks}) "
+                "AND finished_at IS NOT NULL AND finished_at < ? " + KEEP_RETRIED + " "
+                "ORDER BY finished_at",
                 (*statuses, before),
             )
         ]
@@ -213,8 +222,8 @@ class Pruner:
         terminal = ",".join(f"'{s}'" for s in TERMINAL_EXEC)
         marks = ",".join("?" * len(group))
         c.execute(
-            "INSERT INTO temp.prune_ids SELECT id FROM executions "
-            f"WHERE id IN ({marks}) AND status IN ({terminal})",
+            "INSERT INTO temp.prune_ids SELECT id FROM executions e "
+            f"WHERE id IN ({marks}) AND status IN ({terminal}) " + KEEP_RETRIED,
             group,
         )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
+from fm_local.errors import UsageError
 from fm_local.store.core import Store, client_retry
 from fm_local.store.rows import dumps, new_execution_id, new_trace_id
 
@@ -66,6 +67,10 @@ def retries_of(store: Store, execution_id: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+class RetryGone(UsageError):
+    """The execution to retry was pruned between the plan and the copy."""
+
+
 @client_retry
 def create_retry(
     store: Store, old: dict[str, Any], paths: list[str], how: dict[str, Any]
@@ -78,13 +83,13 @@ def create_retry(
     old_trace = old["trace_id"]
     now = time.time()
     with store.atomic() as c:
-        c.execute(
+        made = c.execute(
             "INSERT INTO executions(id, workflow_id, workflow, status, input, trace_id, "
             "priority, created_at, updated_at, retry_of, retry) "
             "SELECT ?, workflow_id, workflow, 'queued', input, ?, priority, ?, ?, id, ? "
             "FROM executions WHERE id=?",
             (eid, trace, now, now, dumps(how), old["id"]),
-        )
+        ).rowcount
         # A reused row keeps what it recorded (status, output, port, the code that
         # computed it, its input) and takes the new execution's trace id; it ran no
         # attempt here, and its time is the retry's creation. reused_from names the
@@ -113,6 +118,12 @@ def create_retry(
             ),
         )
         copied = cur.rowcount
+        if made != 1 or copied != len(paths):
+            # fm prune deleted (part of) it since the plan was read: nothing is kept.
+            raise RetryGone(
+                f"execution {old['id']} was deleted (fm prune) while its retry was "
+                "being created: nothing to retry"
+            )
     from fm_local import wake
 
     wake.notify(store.path)  # committed: the supervisor may look now
