@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fm_local.status import ACTIVE_EXEC, TERMINAL_EXEC
-from fm_local.store import live
-from fm_local.store.queries import dead_letter_count, item_filter, queue_depth
-from fm_local.store.rows import glob_escape
+from fm_local.store import browse, live
+from fm_local.store.queries import dead_letter_count, queue_depth
 from tui import paths, search
 from tui.records import (
     EXEC_STATUSES,
@@ -314,39 +313,11 @@ class Reader:
         """What ``fm logs ID [--node PATH]`` prints that was not read yet: the log
         lines after line id ``after`` (the newest LOGS_TAIL at the first read,
         ``after`` None), and the failed tries whose error is not in ``seen_errors``."""
-        scope, args = _log_scope(execution_id, path)
         with self._snapshot() as c:
-            found = c.execute("SELECT status FROM executions WHERE id=?", (execution_id,))
-            status = (found.fetchone() or (None,))[0]
-            earlier = 0
-            if after is None:
-                lines = c.execute(
-                    "SELECT id, path, attempt, ts, stream, line FROM logs "
-                    f"WHERE {scope} ORDER BY id DESC LIMIT ?",
-                    (*args, LOGS_TAIL),
-                ).fetchall()[::-1]
-                if len(lines) == LOGS_TAIL:
-                    earlier = int(
-                        c.execute(
-                            f"SELECT count(*) FROM logs WHERE {scope} AND id < ?",
-                            (*args, lines[0][0]),
-                        ).fetchone()[0]
-                    )
-            else:
-                lines = c.execute(
-                    "SELECT id, path, attempt, ts, stream, line FROM logs "
-                    f"WHERE {scope} AND id > ? ORDER BY id LIMIT ?",
-                    (*args, after, LOGS_BATCH),
-                ).fetchall()
+            status = browse.execution_status(c, execution_id)
+            lines, earlier = browse.log_lines(c, execution_id, path, after, LOGS_TAIL, LOGS_BATCH)
             errors = [
-                e
-                for e in c.execute(
-                    "SELECT id, path, seq, status, error, started_at, finished_at FROM attempts "
-                    f"WHERE {scope} AND status IN ('failed', 'timed_out') "
-                    "AND error IS NOT NULL ORDER BY id",
-                    args,
-                )
-                if e[0] not in seen_errors
+                e for e in browse.failed_tries(c, execution_id, path) if e[0] not in seen_errors
             ]
         entries = [
             (ts, 0, LogEntry("line", ts, p, a, stream, text)) for _, p, a, ts, stream, text in lines
@@ -410,61 +381,26 @@ def _search_executions(
 ) -> list[tuple[Any, ...]]:
     """Like ``live.newest_executions``, only the executions ``terms`` match (their
     id, workflow, status or error text; tui.search)."""
-    cond, args = search.where(terms)
-    marks = ",".join("?" * len(statuses))
-    return c.execute(
-        "SELECT id, workflow, status, priority, created_at, started_at, finished_at "
-        f"FROM executions WHERE status IN ({marks}) AND {cond} "
-        "ORDER BY created_at DESC LIMIT ?",
-        (*statuses, *args, limit),
-    ).fetchall()
+    words = [(t.text, t.field) for t in terms]
+    return browse.search_executions(c, statuses, words, limit)
 
 
 def _seek(c: sqlite3.Connection, execution_id: str, seek: Seek) -> tuple[str | None, str]:
     """The path the cursor goes to for ``seek``, or None and why not."""
-    fail = "status IN ('failed', 'timed_out')"
     if seek.loop is None:
-        # The first failed node to end: a node that ran (not a loop or item
-        # failed by its items), else whatever failed.
-        for kinds in ("node_type NOT IN ('loop', 'item')", "1"):
-            found = c.execute(
-                f"SELECT path FROM node_runs WHERE execution_id=? AND {fail} AND {kinds} "
-                "ORDER BY coalesce(finished_at, started_at), id LIMIT 1",
-                (execution_id,),
-            ).fetchone()
-            if found is not None:
-                return str(found[0]), ""
-        return None, "no failed node"
-    where, args = item_filter(execution_id, seek.loop)
+        found = browse.first_failed_node(c, execution_id)
+        return (found, "") if found is not None else (None, "no failed node")
     forward = seek.direction >= 0
-    order = "" if forward else " DESC"
-    found = c.execute(
-        f"SELECT path FROM node_runs WHERE {where} AND {fail} AND item_index "
-        f"{'>' if forward else '<'} ? ORDER BY item_index{order} LIMIT 1",
-        (*args, seek.index),
-    ).fetchone()
+    found = browse.failed_item(c, execution_id, seek.loop, seek.index, forward)
     if found is not None:
-        return str(found[0]), ""
+        return found, ""
     # Wrap around, as a search in an editor does.
-    found = c.execute(
-        f"SELECT path FROM node_runs WHERE {where} AND {fail} ORDER BY item_index{order} LIMIT 1",
-        args,
-    ).fetchone()
+    found = browse.failed_item(c, execution_id, seek.loop, None, forward)
     if found is None:
         return None, f"no failed item in loop {seek.loop}"
     if forward:
-        return str(found[0]), f"no failed item after item {seek.index}: back to the first"
-    return str(found[0]), f"no failed item before item {seek.index}: on to the last"
-
-
-def _log_scope(execution_id: str, path: str | None) -> tuple[str, tuple[Any, ...]]:
-    """The rows of an execution's logs (or attempts) at or under ``path``."""
-    if not path:
-        return "execution_id=?", (execution_id,)
-    return (
-        "execution_id=? AND (path=? OR path GLOB ? OR path GLOB ?)",
-        (execution_id, path, glob_escape(path) + ".*", glob_escape(path) + "[[]*"),
-    )
+        return found, f"no failed item after item {seek.index}: back to the first"
+    return found, f"no failed item before item {seek.index}: on to the last"
 
 
 def error_text(error: str | None) -> str:
@@ -622,14 +558,7 @@ class _Timeline:
             first = paths.page_of(total - 1, ITEMS_LIMIT)
         last = min(first + ITEMS_LIMIT, total) - 1
         wanted = [f"{loop_path}[{i}]" for i in range(first, last + 1)]
-        rows = []
-        for at in range(0, len(wanted), 500):
-            chunk = wanted[at : at + 500]
-            rows += self.c.execute(
-                "SELECT path, status, attempts, started_at, finished_at, item_index "
-                f"FROM node_runs WHERE execution_id=? AND path IN ({','.join('?' * len(chunk))})",
-                (self.eid, *chunk),
-            ).fetchall()
+        rows = browse.item_rows(self.c, self.eid, wanted)
         rows.sort(key=lambda r: r[5] if r[5] is not None else paths.item_index(r[0]) or 0)
         if self._full():
             return

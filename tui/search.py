@@ -10,6 +10,7 @@ match (AND), case-insensitively, as a substring. A word may name its field:
 
 A prefix that is not one of these is part of the text (``KeyError:`` searches
 for that text), so an error message with a colon in it can be searched as is.
+The words become one SQL condition in fm_local/store/browse.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ FIELDS = {
     "err": "error",
     "e": "error",
 }
-COLUMNS = {"status": "status", "workflow": "workflow", "id": "id", "error": "coalesce(error, '')"}
 
 
 @dataclass(frozen=True)
@@ -53,21 +53,3 @@ def parse(query: str) -> list[Term]:
         elif word:
             terms.append(Term(word))
     return terms
-
-
-def like_pattern(text: str) -> str:
-    """``%text%`` with LIKE's wildcards escaped (ESCAPE '\\')."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def where(terms: list[Term]) -> tuple[str, list[str]]:
-    """An SQL condition (``1`` when there are no terms) and its arguments."""
-    parts: list[str] = []
-    args: list[str] = []
-    for term in terms:
-        fields = [term.field] if term.field else list(COLUMNS)
-        ors = [f"{COLUMNS[f]} LIKE ? ESCAPE '\\'" for f in fields]
-        parts.append("(" + " OR ".join(ors) + ")")
-        args.extend([like_pattern(term.text)] * len(fields))
-    return (" AND ".join(parts) or "1"), args
