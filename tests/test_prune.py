@@ -208,8 +208,9 @@ def test_prune_offline_vacuums_an_old_file_and_never_touches_live_executions(wf,
 
 
 def test_prune_status_filter_dry_run_and_text(wf, db, tmp_path):
-    rich = run_wf(wf(rich_doc(tmp_path / "c")), db)["id"]
+    # The failing workflow first: prune keeps the highest workflow id, always.
     failed = run_wf(wf(FAIL_DOC), db)["id"]
+    rich = run_wf(wf(rich_doc(tmp_path / "c")), db)["id"]
     long_ago = time.time() - 3 * DAY
     ok = clone_execution(db, rich, 30, prefix="o", finished_at=long_ago)
     bad = clone_execution(db, failed, 20, prefix="f", finished_at=long_ago)
@@ -287,6 +288,10 @@ def test_a_submit_racing_the_prune_of_its_workflow_gets_one_clear_line(wf, db, t
 
     eid = run_wf(wf(FAIL_DOC), db)["id"]
     wid = query(db, "SELECT workflow_id FROM executions WHERE id=?", (eid,))[0]["workflow_id"]
+    # Another workflow stored since: the failing one is not the highest id, which
+    # prune always keeps (a new workflow must never get a pruned one's id).
+    later = run_wf(wf(rich_doc(tmp_path / "c")), db)["id"]
+    sql(db, f"UPDATE executions SET finished_at = {time.time() + DAY} WHERE id = '{later}'")
     r = prune_db(db, 0.0)
     assert (r.executions, r.workflows) == (1, 1)
     store = Store(db)
@@ -320,3 +325,23 @@ def test_an_execution_an_unfinished_retry_reuses_is_kept(wf, db, tmp_path):
     res = fm_cli(db, "prune", "--older-than", "2d", "--json")
     assert json.loads(res.stdout)["executions"] == 1, "its retry ended: now it goes"
     nothing_left(db, [failed])
+
+
+def test_a_workflow_submitted_after_a_prune_runs_its_own_document(wf, db, daemon, tmp_path):
+    """The daemon keeps the workflows it loaded by id: a pruned workflow's id must
+    never be given to a new one (it would run the old document)."""
+    daemon(workers=2)
+    a = {"name": "wf-a", "nodes": [{"id": "a", "type": "transform", "expression": "'I am A'"}]}
+    c = {"name": "wf-c", "nodes": [{"id": "c", "type": "transform", "expression": "1 / 0"}]}
+    first = fm_cli(db, "run", str(wf(a)), "--json")
+    assert first.exit_code == 0 and json.loads(first.stdout)["output"] == {"a": "I am A"}
+    sql(db, f"UPDATE executions SET finished_at = {time.time() - 3 * DAY}")
+    res = fm_cli(db, "prune", "--older-than", "2d", "--json")
+    assert json.loads(res.stdout)["executions"] == 1
+    second = fm_cli(db, "run", str(wf(c)), "--json")
+    got = json.loads(second.stdout)
+    assert second.exit_code == 1 and got["status"] == "failed", got
+    paths = query(db, "SELECT path FROM node_runs WHERE execution_id=?", (got["id"],))
+    assert [r["path"] for r in paths] == ["c"]
+    names = [r["name"] for r in query(db, "SELECT name FROM workflows ORDER BY id")]
+    assert names == ["wf-a", "wf-c"], "wf-a's row stays: it had the highest id"

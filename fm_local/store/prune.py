@@ -332,7 +332,12 @@ class Pruner:
         """Workflows of the pruned executions that no execution uses any more. (A
         client saves a workflow, then creates its execution in a second
         transaction; a workflow deleted between the two makes that submit fail
-        with a clear line, and a second try stores it again: docs/maintenance.md.)"""
+        with a clear line, and a second try stores it again: docs/maintenance.md.)
+
+        The workflow with the highest id stays, whatever uses it: SQLite gives a new
+        row the highest id + 1, so while that row is there no id is ever given
+        twice — a daemon keeps each workflow it loaded by id, and a new workflow
+        under a pruned one's id would run the old document."""
         c = self.conn
         wids = [r[0] for r in c.execute("SELECT id FROM temp.prune_workflows")]
         used_sql = "SELECT 1 FROM executions WHERE workflow_id = ?"
@@ -341,7 +346,8 @@ class Pruner:
             self.result.workflows = c.execute(
                 "SELECT count(*) FROM temp.prune_workflows w WHERE NOT EXISTS (SELECT 1 "
                 "FROM executions e WHERE e.workflow_id = w.id "
-                "AND e.id NOT IN (SELECT id FROM temp.prune_all))"
+                "AND e.id NOT IN (SELECT id FROM temp.prune_all)) "
+                "AND w.id < (SELECT max(id) FROM workflows)"
             ).fetchone()[0]
             return
         for wid in wids:
@@ -351,7 +357,10 @@ class Pruner:
             def body(c: sqlite3.Connection, wid: int = wid) -> int:
                 if c.execute(used_sql, (wid,)).fetchone():
                     return 0
-                return c.execute("DELETE FROM workflows WHERE id = ?", (wid,)).rowcount
+                return c.execute(
+                    "DELETE FROM workflows WHERE id = ? AND id < (SELECT max(id) FROM workflows)",
+                    (wid,),
+                ).rowcount
 
             n, _ = self._write(body, "workflows")
             self.result.workflows += n
