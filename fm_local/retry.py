@@ -77,6 +77,26 @@ def target_node(nodes: list[Any], target: Target) -> str | None:
     return None
 
 
+def item_out_of_range(target: Target, rows: list[Any]) -> str | None:
+    """Why an indexed ``--node`` target names a loop item the old execution's loop
+    did not have (``rows``: its node instances, with each loop's item count), or
+    None. An item the loop had but never opened (a fail-fast stop) is fine."""
+    by_path = {r.path: r for r in rows}
+    prefix = ""
+    for nid, idx in target:
+        loop_path = prefix + nid
+        if idx is not None:
+            row = by_path.get(loop_path)
+            n = row.items if row is not None else None
+            if n is not None and idx >= n:
+                span = f"0..{n - 1}" if n else "none"
+                return f"loop {loop_path} had {n} items ({span}) in that execution"
+            prefix = f"{loop_path}[{idx}]."
+        else:
+            prefix = loop_path + "."
+    return None
+
+
 def _split(path: str) -> Target:
     out: list[tuple[str, int | None]] = []
     for seg in path.split("."):

@@ -201,6 +201,11 @@ def test_retry_node_reruns_that_node_and_downstream(rwf, db, calls):
     assert calls.lines() == ["each[4].prep", "each[4].work"]
     res = fm_cli(db, "retry", first["id"], "--node", "each.nope")
     assert res.exit_code == 2 and "no node 'nope' in each" in res.stderr
+    # An item the loop did not have: refused, nothing created.
+    before = len(query(db, "SELECT id FROM executions"))
+    res = fm_cli(db, "retry", first["id"], "--node", "each[99]")
+    assert res.exit_code == 2 and "loop each had 5 items (0..4)" in res.stderr, res.stderr
+    assert len(query(db, "SELECT id FROM executions")) == before
 
 
 # --- what changed since ---------------------------------------------------------------------

@@ -264,7 +264,7 @@ def test_detail_opens_on_the_first_failure_and_pages_through_ten_thousand_items(
         assert page_row(timeline) == ItemPage(0, ITEMS_LIMIT - 1, ITEMS, ITEMS_LIMIT, 11)
         items = [k for k in row_keys(timeline) if timeline.rows_by_key[k].kind == "item"]
         assert len(items) == ITEMS_LIMIT  # one page, not 10,000 rows
-        assert "items 1–300 of 10,000" in screen_text(app)
+        assert "items [0]–[299] of 10,000" in screen_text(app)
 
         # n / N: next / previous failed item, across pages.
         for i in FAILED_ITEMS[1:4]:
@@ -272,7 +272,7 @@ def test_detail_opens_on_the_first_failure_and_pages_through_ten_thousand_items(
             await until(pilot, lambda i=i: at() == f"each[{i}]", f"on failed item {i}")
             first = i // ITEMS_LIMIT * ITEMS_LIMIT
             assert page_row(timeline).first == first
-            assert f"items {first + 1:,}–{first + ITEMS_LIMIT:,} of 10,000" in screen_text(app)
+            assert f"items [{first}]–[{first + ITEMS_LIMIT - 1}] of 10,000" in screen_text(app)
             assert timeline.rows_by_key[f"each[{i}]"].status == "failed"
         await pilot.press("N")
         await until(pilot, lambda: at() == f"each[{FAILED_ITEMS[2]}]", "back one")
@@ -292,7 +292,7 @@ def test_detail_opens_on_the_first_failure_and_pages_through_ten_thousand_items(
         await pilot.press("N")
         await until(pilot, lambda: at() == f"each[{FAILED_ITEMS[-1]}]", "the last failed item")
         assert page_row(timeline) == ItemPage(9900, 9999, ITEMS, 100, 11)
-        assert "items 9,901–10,000 of 10,000" in screen_text(app)
+        assert "items [9900]–[9999] of 10,000" in screen_text(app)
         # n past the last one wraps round to the first, and says so.
         await pilot.press("n")
         await until(pilot, lambda: at() == "each[0]", "wrapped to the first")
@@ -529,6 +529,10 @@ def test_j_k_move_and_focus_comes_back_to_the_table(tmp_path: Path, dbs: dict[st
         assert set(row_keys(table)) == set(queued) and table.cursor_row == 0
         await pilot.press("j", "j")
         assert table.cursor_row == 2
+        await pilot.press("home")
+        assert table.cursor_row == 0
+        await pilot.press("end")
+        assert table.cursor_row == 2
         await pilot.press("k")
         assert table.cursor_row == 1
         chosen = cursor_key(table)
@@ -610,7 +614,7 @@ def test_every_screen_fits_80_by_24(dbs: dict[str, Any]) -> None:
         await settled(pilot)
         text = screen_text(app)
         assert dbs["big"] in text and "10000/10000" in text and "✗11" in text
-        assert "items 1–300 of 10,000" in text and "page 1/34" in text
+        assert "items [0]–[299] of 10,000" in text and "page 1/34" in text
         assert "each[0].t" in text  # the node panel's first line
         assert "Failed" in text and "Logs" in text
 

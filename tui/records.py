@@ -122,7 +122,7 @@ class Seek:
 @dataclass(frozen=True)
 class TimelineRow:
     """One bar of the branch timeline: a node instance, a loop (aggregated), a
-    loop item, or the "items 301–600 of 10000" line above an expanded loop's page
+    loop item, or the "items [300]–[599] of 10,000" line above an expanded loop's page
     of items (kind ``page``)."""
 
     key: str

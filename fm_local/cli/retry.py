@@ -115,6 +115,10 @@ def retry(
             raise UsageError(f"--node {text}: {why} (workflow '{workflow.name}')")
         targets.append(target)
     rows = store_retry.old_rows(store, oid)
+    for text, target in zip(nodes, targets, strict=True):
+        why = planning.item_out_of_range(target, rows)
+        if why is not None:
+            raise UsageError(f"--node {text}: {why}")
     folder = planning.folder_of(wf_row)
     changed = planning.changed_modules(folder, {r.code for r in rows if r.code})
     plan = planning.plan(
@@ -169,10 +173,10 @@ def retry(
     if not ctx.json:
         items = f" ({plan.items} of them loop items)" if plan.items else ""
         total = sum(plan.loops.values())
-        again = f"; {total - plan.items} of {total} loop items run again" if total else ""
+        again = f"{total - plan.items} of {total} loop items and " if total else ""
         click.echo(
-            f"retry {eid} of {oid}: reusing {copied} recorded node results{items}{again}; "
-            "the rest runs again",
+            f"retry {eid} of {oid}: reusing {copied} recorded node results{items}; "
+            f"{again}the rest run again",
             err=True,
         )
     if detach:

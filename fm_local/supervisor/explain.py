@@ -408,8 +408,9 @@ class Explain(Part):
                     r.path for r in self.tasks.values() if r.ex is ex and not r.prefetched
                 ]
             detail = (
-                f"settings.maxConcurrency {ex.max_concurrency}: {len(holders)} nodes of this "
-                f"execution run: {', '.join(holders[:5])}"
+                f"settings.maxConcurrency {ex.max_concurrency}: {_count(len(holders), 'node')} "
+                f"of this execution {'runs' if len(holders) == 1 else 'run'}: "
+                f"{', '.join(holders[:5])}"
             )
             return entry(path, st, "max_concurrency", detail, None, holders)
         for lim in self._run_limiters(run):
@@ -449,7 +450,7 @@ class Explain(Part):
         busy = list(look.on_worker.values())
         lane = "I/O lane" if io else "process lane"
         detail = (
-            f"queued behind {ahead} tasks ({lane}): position {pos + 1} of {len(ready)} in "
+            f"queued behind {_count(ahead, 'task')} ({lane}): position {pos + 1} of {len(ready)} in "
             f"its execution's queue"
         )
         if ahead_wf:
@@ -555,3 +556,7 @@ class Explain(Part):
         if ex.status == "paused":
             return self._paused(ex, entry(path, "pending", "queued", "opens when there is room"))
         return entry(path, "pending", "queued", "opens at the supervisor's next turn")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

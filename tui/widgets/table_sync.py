@@ -10,11 +10,14 @@ from typing import Any
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-# j / k move the cursor in every table, as down / up do (a table's BINDINGS; Textual
-# adds those of DataTable).
+# j / k move the cursor in every table, as down / up do; home / end to the first and
+# last row (DataTable's own home / end scroll sideways: our tables are row tables).
+# A table's BINDINGS; Textual adds those of DataTable.
 VI_KEYS: list[BindingType] = [
     Binding("j", "cursor_down", "Down", show=False),
     Binding("k", "cursor_up", "Up", show=False),
+    Binding("home", "scroll_top", "First row", show=False),
+    Binding("end", "scroll_bottom", "Last row", show=False),
 ]
 
 

@@ -71,10 +71,10 @@ def label(row: TimelineRow, width: int) -> Text:
 
 
 def page_text(page: ItemPage, width: int) -> str:
-    """``items 301–600 of 10,000`` (and how many of them have not started),
-    shortened to fit ``width``."""
+    """``items [300]–[599] of 10,000`` (and how many of them have not started),
+    shortened to fit ``width``; the indexes the item rows show."""
     waiting = page.last - page.first + 1 - page.started
-    span = f"{page.first + 1:,}–{page.last + 1:,} of {page.total:,}"
+    span = f"[{page.first}]–[{page.last}] of {page.total:,}"
     for text in (
         f"items {span}" + (f", {waiting:,} not started" if waiting > 0 else ""),
         f"items {span}",
@@ -208,9 +208,9 @@ class TimelineAxis(Static):
 
 
 def where_text(loop: str, page: ItemPage) -> Text:
-    """``each: items 901–1,200 of 10,000 ✗11``: the page of the loop the cursor is in."""
+    """``each: items [900]–[1199] of 10,000 ✗11``: the page of the loop the cursor is in."""
     text = Text(f"{loop}: ", style="bold").append(
-        f"items {page.first + 1:,}–{page.last + 1:,} of {page.total:,}", style="cyan"
+        f"items [{page.first}]–[{page.last}] of {page.total:,}", style="cyan"
     )
     if page.failed:
         text.append(f" ✗{page.failed}", style="red")
