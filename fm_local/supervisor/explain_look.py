@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from fm_local.explain.rows import clock as _clock
+from fm_local.explain.rows import due_in as _in
+from fm_local.explain.rows import err_text as _err_text
 from fm_local.supervisor.state import Exec, Run
+
+__all__ = ["BLOCKERS", "Entry", "_Look", "_clock", "_err_text", "_in", "_secs", "_who", "entry"]
 
 BLOCKERS = 20  # paths named as blockers in one entry
 
@@ -31,13 +36,6 @@ def entry(
         "until": until,
         "blockers": blockers[:BLOCKERS] if blockers is not None else None,
     }
-
-
-def _err_text(err: Any) -> str:
-    if not isinstance(err, dict):
-        return "-"
-    msg = str(err.get("message") or "").splitlines()
-    return f"{err.get('code')}: {msg[0] if msg else ''}"
 
 
 class _Look:
@@ -70,21 +68,6 @@ def _who(run: Run | None, ex: Exec) -> str:
     if run is None:
         return "?"
     return run.path if run.ex is ex else f"{run.ex.id}:{run.path}"
-
-
-def _clock(ts: float | None) -> str:
-    import time
-
-    if ts is None:
-        return "?"
-    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
-
-
-def _in(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "?"
-    left = ts - now
-    return f"in {left:.1f} s" if left > 0 else "due now"
 
 
 def _secs(seconds: float) -> str:
