@@ -97,7 +97,8 @@ async def settled(pilot: Pilot[None]) -> None:
 
 
 def screen_text(app: Any) -> str:
-    """The screen as plain text (what export_screenshot draws, without the SVG)."""
+    """The screen as plain text (what export_screenshot draws, without the SVG);
+    no-break spaces (which keep a figure on one line) read as spaces."""
     width, height = app.size
     console = Console(
         width=width, height=height, file=io.StringIO(), record=True, color_system=None
@@ -105,7 +106,7 @@ def screen_text(app: Any) -> str:
     console.print(
         app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
     )
-    return console.export_text()
+    return console.export_text().replace("\u00a0", " ")
 
 
 def panel_text(screen: DetailScreen) -> str:

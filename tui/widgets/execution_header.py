@@ -9,6 +9,8 @@ from textual.widgets import Static
 from tui import format as fmt
 from tui.records import ExecutionInfo
 
+NBSP = "\u00a0"
+
 
 def progress_text(info: ExecutionInfo, now: float) -> Text:
     """``  items ███░░ 600/1000 60%  12.3 items/s  ETA 32.5 s`` (its loops' items),
@@ -18,10 +20,12 @@ def progress_text(info: ExecutionInfo, now: float) -> Text:
     if p.unit == "items":
         end = p.ended_at if p.ended_at is not None else (info.finished_at or now)
         pace = fmt.pace(p.total, p.done, p.started_at, end)
+        # No-break spaces inside a figure: a narrow terminal wraps between figures,
+        # never inside one ("38.7" on one line, "items/s" on the next).
         if pace.rate is not None:
-            text.append(f"  {fmt.rate(pace.rate, ' items/s')}")
+            text.append("  " + fmt.rate(pace.rate, " items/s").replace(" ", NBSP))
         if info.status == "running" and p.ended_at is None:
-            text.append(f"  ETA {fmt.duration(pace.eta)}")
+            text.append("  " + f"ETA {fmt.duration(pace.eta)}".replace(" ", NBSP))
     return text
 
 

@@ -84,13 +84,13 @@ class Throughput(Vertical):
         self.query_one(Sparkline).data = [float(x) for x in data]
 
 
-LOOP_COLUMNS = (  # (key, title)
+LOOP_COLUMNS = (  # (key, title); at 80 columns what is cut off is the workflow
     ("execution", "execution"),
-    ("workflow", "workflow"),
     ("loop", "loop"),
     ("progress", "progress"),
-    ("rate", "rate / ETA"),
     ("waiting", "not started"),
+    ("rate", "rate / ETA"),
+    ("workflow", "workflow"),
 )
 
 
@@ -122,11 +122,11 @@ def loop_cells(lp: LoopProgress, now: float) -> tuple[Any, ...]:
     rate = fmt.pace_text(pace, going) if going else f"{fmt.rate(pace.rate)} (paused)"
     return (
         lp.execution_id,
-        lp.workflow,
         lp.path,
         fmt.progress(lp.done, lp.total),
+        f"{lp.waiting:,}",
         rate,
-        str(lp.waiting),
+        lp.workflow,
     )
 
 
