@@ -430,6 +430,11 @@ def test_unended_execution_is_refused_and_a_received_signal_is_reused(rwf, db, c
     res = fm_cli(db, "retry", eid)
     assert res.exit_code == 2 and f"execution {eid} is running" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    assert fm_cli(db, "pause", eid).exit_code == 0
+    res = fm_cli(db, "retry", eid)
+    assert res.exit_code == 2 and f"execution {eid} is paused" in res.stderr
+    assert f"fm resume {eid}, then fm wait {eid}" in res.stderr
+    assert fm_cli(db, "resume", eid).exit_code == 0
     assert fm_cli(db, "signal", eid, "approve", "--data", '{"level": 4}').exit_code == 0
     assert api.wait(eid, db=db, timeout=60)["status"] == "failed"
     calls.bad()

@@ -96,9 +96,14 @@ def retry(
     old = find_execution(ctx, execution)
     oid = old["id"]
     if old["status"] in ACTIVE:
+        first = (
+            f"fm resume {oid}, then fm wait {oid}"
+            if old["status"] == "paused"
+            else (f"fm wait {oid}")
+        )
         raise UsageError(
             f"execution {oid} is {old['status']}: retry it once it has ended "
-            f"(fm wait {oid}), or end it first (fm cancel {oid})"
+            f"({first}), or end it first (fm cancel {oid})"
         )
     wf_row = store.get_workflow(old["workflow_id"])
     if wf_row is None:
