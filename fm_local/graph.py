@@ -44,6 +44,8 @@ class Branch:
     suffix: tuple[int, ...]  # trace-id suffix: (1, 2) -> "-001-002"
 
     def trace_id(self, root: str) -> str:
+        if not self.suffix:
+            return root  # the one branch of a graph without parallel branches
         return root + "".join(f"-{i:03d}" for i in self.suffix)
 
     def scope(self) -> dict[str, Any] | None:

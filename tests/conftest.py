@@ -370,9 +370,21 @@ def read_marks(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def undo_version_7(con: Any) -> None:
+    """Take a database file back to before schema version 7 (queue_counts, and the
+    queue_depth view without it); the caller sets ``meta.schema_version``."""
+    con.execute("DROP VIEW queue_depth")
+    con.execute("DROP TABLE queue_counts")
+    con.execute(
+        "CREATE VIEW queue_depth AS SELECT status, priority, count(*) AS tasks FROM queue "
+        "GROUP BY status, priority"
+    )
+
+
 def undo_version_5(con: Any) -> None:
-    """Take a database file back to before schema version 5 (fm retry's columns);
-    the caller sets ``meta.schema_version``."""
+    """Take a database file back to before schema version 5 (fm retry's columns;
+    and before 7); the caller sets ``meta.schema_version``."""
+    undo_version_7(con)
     con.execute("DROP INDEX executions_retry_of")
     con.execute("ALTER TABLE executions DROP COLUMN retry_of")
     con.execute("ALTER TABLE executions DROP COLUMN retry")

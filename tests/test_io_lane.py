@@ -597,9 +597,15 @@ def test_fm_workers_shows_the_io_worker_and_its_calls(iwf, db, tmp_path, daemon)
 
     row = wait_until(io_row, 30, "an io-worker row with its 10 calls")
     assert str(io_pid) in row and "I/O lane: 10 tasks" in row
-    show = fm_cli(db, "show", eid).stdout
-    naps = [line.split() for line in show.splitlines() if line.startswith("each[")]
-    assert [cols[-1] for cols in naps if cols[0].endswith(".nap")] == ["io"] * 10, show
+
+    # Rows appear once the calls have run DEFER_FIRST_WRITE (first writes wait).
+    def naps() -> list[str] | None:
+        show = fm_cli(db, "show", eid).stdout
+        rows = [line.split() for line in show.splitlines() if line.startswith("each[")]
+        lanes = [cols[-1] for cols in rows if cols[0].endswith(".nap")]
+        return lanes if len(lanes) == 10 else None
+
+    assert wait_until(naps, 30, "the 10 calls in fm show") == ["io"] * 10
     assert fm_cli(db, "cancel", eid).exit_code == 0
     api.wait(eid, db=db, timeout=60)
     d.stop()

@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, exec_status, fm, fm_cli, python_node, query, run_wf, wait_until
+from conftest import (
+    ROOT,
+    exec_status,
+    fm,
+    fm_cli,
+    python_node,
+    query,
+    run_wf,
+    undo_version_7,
+    wait_until,
+)
 
 py = partial(python_node, "obstasks")
 HERE = Path(__file__).parent
@@ -362,6 +372,7 @@ def test_a_version_5_file_is_read_as_it_is_and_upgraded_by_a_writer(db, listed_d
     with sqlite3.connect(db) as con:
         con.execute("DROP INDEX executions_created")
         con.execute("DROP INDEX executions_workflow")
+        undo_version_7(con)
         con.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
     assert set(ls(db, "--workflow", "etl-*")) == {
         listed_db["ok_new"],

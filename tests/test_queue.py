@@ -435,12 +435,15 @@ def test_loop_back_pressure_bounds_open_items(
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
+            # Open items: their rows once written, and the body tasks counted in
+            # queue_depth before (first writes wait; one task per open item).
             n = con.execute(
                 "SELECT count(*) FROM node_runs WHERE execution_id=? AND node_type='item' "
                 "AND status='running'",
                 (eid,),
             ).fetchone()[0]
-            samples.append(n)
+            held = con.execute("SELECT coalesce(sum(tasks), 0) FROM queue_depth").fetchone()[0]
+            samples.append(max(n, held))
             st = con.execute("SELECT status FROM executions WHERE id=?", (eid,)).fetchone()[0]
             if st in TERMINAL:
                 break

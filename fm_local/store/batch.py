@@ -25,10 +25,13 @@ class Batch:
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
     notifications: list[tuple[Any, ...]] = field(default_factory=list)
     samples: list[tuple[Any, ...]] = field(default_factory=list)
+    # The whole of queue_counts, when it changed: (status, priority, tasks) rows.
+    queue_counts: list[tuple[str, int, int]] | None = None
 
     def __len__(self) -> int:
         return (
-            len(self.executions)
+            (0 if self.queue_counts is None else 1 + len(self.queue_counts))
+            + len(self.executions)
             + len(self.node_runs)
             + len(self.attempts)
             + len(self.queue)
@@ -175,6 +178,16 @@ def _batch_steps(b: Batch) -> list[tuple[str, list[Any], Any]]:
             steps.append(("DELETE FROM queue WHERE execution_id=? AND path=?", deletes, _first))
         if upserts:
             steps.append((_QUEUE_UPSERT, upserts, _first))
+    if b.queue_counts is not None:
+        steps.append(("DELETE FROM queue_counts", [()], _no_owner))
+        if b.queue_counts:
+            steps.append(
+                (
+                    "INSERT INTO queue_counts(status, priority, tasks) VALUES(?,?,?)",
+                    b.queue_counts,
+                    _no_owner,
+                )
+            )
     if b.signals:
         steps.append(
             (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import Any
 
 from fm_local.store.rows import (
@@ -24,14 +24,20 @@ def item_filter(execution_id: str, loop_path: str) -> tuple[str, tuple[Any, ...]
 
 
 def queue_depth(c: sqlite3.Connection) -> list[tuple[str, int, int]]:
-    """(status, priority, tasks) of the task queue (``fm queue`` and the TUI)."""
-    return [
-        (s, int(p), int(n))
-        for s, p, n in c.execute(
+    """(status, priority, tasks) of the task queue (``fm queue`` and the TUI): the
+    tasks with a queue row, and those the supervisor counts without one yet
+    (``queue_counts``, schema version 7)."""
+    try:
+        rows = c.execute(
+            "SELECT status, priority, sum(tasks) FROM queue_depth GROUP BY status, priority "
+            "HAVING sum(tasks) > 0 ORDER BY status, priority DESC"
+        ).fetchall()
+    except sqlite3.OperationalError:  # a version 6 file: no queue_counts
+        rows = c.execute(
             "SELECT status, priority, count(*) FROM queue GROUP BY status, priority "
             "ORDER BY status, priority DESC"
-        )
-    ]
+        ).fetchall()
+    return [(s, int(p), int(n)) for s, p, n in rows]
 
 
 def queued_execution_count(c: sqlite3.Connection) -> int:
@@ -400,7 +406,7 @@ class Queries:
             "ORDER BY created_at"
         )
 
-    def new_executions(self, known: set[str]) -> list[dict[str, Any]]:
+    def new_executions(self, known: Container[str]) -> list[dict[str, Any]]:
         rows = self._all(
             "SELECT * FROM executions WHERE status='queued' ORDER BY priority DESC, created_at"
         )

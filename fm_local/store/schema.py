@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # The oldest version the read commands read as it is (they never migrate): the
 # migrations after it only add indexes, so its queries give the same rows there.
 MIN_READ_VERSION = 5
@@ -230,6 +230,25 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX IF NOT EXISTS executions_created ON executions(created_at);
     CREATE INDEX IF NOT EXISTS executions_workflow ON executions(workflow, created_at);
+    """,
+    # 7: first writes wait (docs/schema.md, "What is written when"): a task the
+    # supervisor holds without a queue row yet is counted here instead, by status
+    # and priority (rewritten about twice a second while it changes), and
+    # queue_depth adds both. Read commands read a version 6 file as it is
+    # (queries.queue_depth counts its queue table alone).
+    """
+    CREATE TABLE queue_counts (
+        status TEXT NOT NULL CHECK (status IN ('queued','running')),
+        priority INTEGER NOT NULL,
+        tasks INTEGER NOT NULL,
+        PRIMARY KEY (status, priority)
+    ) WITHOUT ROWID;
+    DROP VIEW IF EXISTS queue_depth;
+    CREATE VIEW queue_depth AS
+        SELECT status, priority, sum(tasks) AS tasks FROM (
+            SELECT status, priority, count(*) AS tasks FROM queue GROUP BY status, priority
+            UNION ALL SELECT status, priority, tasks FROM queue_counts
+        ) GROUP BY status, priority;
     """,
 ]
 

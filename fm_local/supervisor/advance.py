@@ -12,12 +12,12 @@ from fm_local.nodes import delay, merge
 from fm_local.nodes.delay import DelayNode
 from fm_local.nodes.kinds import Runs, kind_of
 from fm_local.nodes.output import OutputNode
+from fm_local.supervisor.scope import Scope
 from fm_local.supervisor.state import (
     Exec,
     Frame,
     Part,
     Run,
-    Scope,
     _internal,
     _priority,
     log,
@@ -72,6 +72,11 @@ class Advance(Part):
         a worker's queue, the loop machinery, or the supervisor itself."""
         runs = kind_of(run.node).runs
         if runs is Runs.WORKER:
+            # Its first row may wait (Commit.flush) unless a rate limit's memory
+            # across a restart is read from its start (Recovery._seed_limiter).
+            run.deferrable = (
+                self.defer_writes and run.node.rate_limit is None and not run.frame.gated
+            )
             run.status = "queued"
             self._mark(run)
             self._enqueue(run)

@@ -4,6 +4,7 @@ written together every few milliseconds (:class:`fm_local.store.Batch`)."""
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from typing import Any
 
 from fm_local.nodes.kinds import Runs, kind_of
@@ -12,14 +13,36 @@ from fm_local.supervisor.state import (
     ACTIVE_STATUSES,
     FLUSH_INTERVAL,
     FLUSH_MAX,
+    QUEUE_COUNT_INTERVAL,
     Exec,
+    Frame,
     Part,
     Run,
+    _priority,
 )
 
 
 class Commit(Part):
     def _mark(self, run: Run) -> None:
+        """``run`` changed: its row is written with the next group commit.
+
+        First writes (docs/guarantees.md): a deferrable run (a worker node or a
+        loop item, under no rate limit) that was never written needs no row while
+        it has not started, since a restart makes it again; once started, its row
+        waits DEFER_FIRST_WRITE (in ``self.young``), so that one which ends sooner
+        costs one row, written as it ended. After a crash, a run without a row
+        runs again from the start (at-least-once)."""
+        if run.deferrable and not run.written:
+            st = run._status
+            if st == "running":
+                if run.ntype == "item" and not run.frame.started:
+                    return  # an item whose body has not started
+                if run.dirty_at is None:
+                    run.dirty_at = self.clock.monotonic()
+                    self.young.append(run)
+                return
+            if st == "queued" and run.dirty_at is None:
+                return
         self.dirty_runs[id(run)] = run
 
     def _mark_exec(self, ex: Exec) -> None:
@@ -28,6 +51,10 @@ class Commit(Part):
     def _attempt_row(
         self, run: Run, status: str, err: dict[str, Any] | None, kind: str | None = None
     ) -> None:
+        if run.deferrable and not run.written and id(run) not in self.dirty_runs:
+            if status == "running":
+                return  # written with its run's first row (_promote)
+            self.dirty_runs[id(run)] = run  # a try ended: its run is written with it
         ex = run.ex
         self.batch.attempts[(ex.id, run.path, run.seq)] = (
             ex.id,
@@ -47,21 +74,91 @@ class Commit(Part):
             (ex.id, path, self.clock.time(), kind, None if detail is None else dumps(detail))
         )
 
+    def _promote(self, run: Run) -> None:
+        """``run``'s first row is written now (it is old enough, or a row inside
+        it is being written)."""
+        run.dirty_at = None
+        self.dirty_runs[id(run)] = run
+        if run._status == "running" and run.task_id is not None and not run.prefetched:
+            self._attempt_row(run, "running", None)
+
+    def _promote_aged(self, everything: bool) -> None:
+        young = self.young
+        due = self.clock.monotonic() - self.defer_first_write
+        while young:
+            run = young[0]
+            at = run.dirty_at
+            if at is not None and at > due and not everything:
+                break
+            young.popleft()
+            if at is not None:
+                self._promote(run)
+
+    def _count_unrecorded(self) -> None:
+        """queue_counts: the tasks held without a queue row (their first write
+        waits), by status and priority, for ``fm queue`` and the TUI. Counted from
+        the ready queues and running tasks, written when it changed."""
+        counts: Counter[tuple[str, int]] = Counter()
+        for ex in self.execs.values():
+            for ready in (ex.ready, ex.ready_io):
+                for run in ready:
+                    if not run.written:
+                        counts["queued", _priority(run)] += 1
+        for waiting in self.parked.values():
+            for run in waiting:
+                if not run.written:
+                    counts["queued", _priority(run)] += 1
+        for run in self.tasks.values():
+            if not run.written and run._status in ("queued", "running"):
+                counts[run._status, _priority(run)] += 1
+        rows = sorted((st, p, n) for (st, p), n in counts.items())
+        if rows != self.queue_counts:
+            self.queue_counts = rows
+            self.batch.queue_counts = rows
+
     def _maybe_flush(self) -> None:
+        now_m = self.clock.monotonic()
+        if now_m - self.last_count >= QUEUE_COUNT_INTERVAL and (
+            self.execs or self.queue_counts or self.queue_counts is None
+        ):
+            self.last_count = now_m
+            self._count_unrecorded()
+        young = self.young
+        if young and ((young[0].dirty_at or 0.0) + self.defer_first_write <= now_m):
+            self._promote_aged(False)
         if not (self.dirty_runs or self.dirty_execs or len(self.batch)):
             return
-        now_m = self.clock.monotonic()
         if (
             now_m - self.last_flush >= FLUSH_INTERVAL
             or len(self.dirty_runs) + len(self.batch) >= FLUSH_MAX
         ):
-            self.flush()
+            self.flush(sync=False)
 
-    def flush(self) -> None:
-        """One group commit of everything changed since the last one."""
+    def flush(self, everything: bool = False, sync: bool = True) -> None:
+        """One group commit of everything changed since the last one (with
+        ``everything``, the runs whose first row waits too).
+
+        With ``sync`` (the default) it returns once committed; the periodic group
+        commit (``sync=False``) hands the batch to the writer thread and goes on,
+        unless it acknowledges signals, which are committed before the next look
+        for new ones."""
         assert self.store is not None
+        self._promote_aged(everything)
+        if everything:
+            self._count_unrecorded()
         b = self.batch
-        for run in self.dirty_runs.values():
+        dirty = self.dirty_runs
+        for run in list(dirty.values()):
+            # A row inside a loop item needs the item's row: write it now too.
+            f: Frame | None = run.frame
+            while f is not None:
+                item = f.item
+                if item is not None and not item.written and id(item) not in dirty:
+                    self._promote(item)
+                f = f.parent
+        for run in dirty.values():
+            run.dirty_at = None
+            run.written = True
             ex = run.ex
             key = (ex.id, run.path)
             err = run.error
@@ -126,11 +223,34 @@ class Commit(Part):
         self.dirty_runs = {}
         self.dirty_execs = {}
         self.batch = Batch()
-        if len(b):
-            try:
-                self.rejected.extend(self.store.commit_batch(b))
-            except (sqlite3.Error, OSError) as exc:
-                # The storage itself failed: stop serving (what was committed stays).
-                self.storage_failed = True
-                raise storage_error(exc, self.db, "write") from exc
+        writer = self.writer
+        try:
+            if writer is None:
+                if len(b):
+                    self.rejected.extend(self.store.commit_batch(b))
+            else:
+                if len(b):
+                    writer.submit(b)
+                if sync or b.signals or self.clock_is_stepped:
+                    writer.wait()
+                if writer.rejected:
+                    self.rejected.extend(writer.take_rejected())
+        except (sqlite3.Error, OSError) as exc:
+            # The storage itself failed: stop serving (what was committed stays).
+            self.storage_failed = True
+            raise storage_error(exc, self.db, "write") from exc
         self.last_flush = self.clock.monotonic()
+
+    def _check_writer(self) -> None:
+        """A commit on the writer thread failed: stop serving, as flush would."""
+        writer = self.writer
+        if writer is None:
+            return
+        if writer.rejected:
+            self.rejected.extend(writer.take_rejected())
+        if writer.error is not None:
+            exc = writer.error
+            self.storage_failed = True
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise storage_error(exc, self.db, "write") from exc
+            raise exc

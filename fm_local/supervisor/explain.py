@@ -76,7 +76,7 @@ class Explain(Part):
         rows = pending_explains(self.store)
         if not rows:
             return
-        self.flush()  # the rows a client reads beside the answer are this new
+        self.flush(everything=True)  # the rows a client reads beside the answer
         now = self.clock.time()
         for row in rows:
             if now - float(row["created_at"] or 0.0) > MAX_REQUEST_AGE:

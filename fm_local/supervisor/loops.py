@@ -213,6 +213,10 @@ class Loops(Part):
         f.item = item
         # A restored item's re-run is a start too: it goes through the limiter.
         f.gated = ls.limiter is not None and not ls.gate_inline
+        # An item's row may wait (Commit.flush); not under a rate limit, whose
+        # memory across a restart is its items' start times.
+        item.written = restoring
+        item.deferrable = self.defer_writes and ls.limiter is None and not restoring
         ls.open[i] = f
         ls.started[i] = 1
         self._mark(item)

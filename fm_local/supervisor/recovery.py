@@ -101,6 +101,7 @@ class Recovery(Part):
             if node is None or r["path"] != frame.path_of(node.id):
                 continue
             run = Run(ex, frame, node, r["path"])
+            run.written = True
             run.status = r["status"]
             run.attempt = r["attempts"]
             run.recoveries = r["recoveries"]
@@ -266,7 +267,10 @@ class Recovery(Part):
             row = self.store.get_execution(self.only_execution)
             rows = [row] if row and row["status"] == "queued" else []
         else:
-            rows = self.store.new_executions(set(self.execs) | self.finished)
+            # An ended execution's committed status is not 'queued' (it was
+            # committed before it was added to self.finished): only those running
+            # now can be listed and already known.
+            rows = self.store.new_executions(self.execs.keys())
         for row in rows:
             ex = self._admit(row)
             if ex is not None:

@@ -56,7 +56,7 @@ class Signals(Part):
             self._settle()
         # Applied signals are acknowledged only once committed.
         if self.batch.signals:
-            self.flush()
+            self.flush(everything=True)  # what a client reads next shows it all
 
     def _refuse(self, row: dict[str, Any], why: str) -> None:
         self.batch.signals.append(("refused", why, self.clock.time(), None, row["id"]))

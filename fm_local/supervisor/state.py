@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +23,20 @@ from fm_local.nodes.merge import MergeNode
 from fm_local.resources import Sampler
 from fm_local.status import NODE_MOVES, NODE_TERMINAL, NodeStatus, check_exec, check_node
 from fm_local.store import Batch, Rejected, Store, loads
+from fm_local.store.writer import Writer
 from fm_local.supervisor.clock import StepClock, SystemClock
+from fm_local.supervisor.scope import FINISHED_KEEP, RecentIds
 from fm_local.wake import Listener
 
 log = logging.getLogger("fm_local.supervisor")
 
 FLUSH_INTERVAL = 0.004  # seconds between group commits while busy
 FLUSH_MAX = 4000  # rows: commit sooner than the interval when this many are dirty
+# A worker node's or loop item's first row waits this long (seconds): one that
+# ends sooner is written once, as it ended (docs/guarantees.md, "first writes").
+DEFER_FIRST_WRITE = 0.25
+# Seconds between two counts of the tasks held without a queue row (queue_counts).
+QUEUE_COUNT_INTERVAL = 0.5
 DB_POLL_INTERVAL = 0.05  # seconds between looks for new executions and signals
 # Prefetch: when the backlog is deep, a worker may hold tasks behind the one it
 # runs (saving a round trip each), but only as much work as it will finish soon,
@@ -38,55 +45,6 @@ DRAIN_TIMEOUT = 10.0  # seconds a graceful stop waits for running nodes
 WORKER_START_TIMEOUT = 10.0  # seconds to wait for the pool before serving
 ACTIVE_STATUSES = frozenset({"queued", "running", "retry_wait"})
 _UNSET = object()
-
-
-class Scope(Mapping[str, Any]):
-    """Names an expression can read, looked up lazily (SPEC §7): frame variables,
-    ``extra`` (branch, error…), node outputs, the input, execution, signals."""
-
-    __slots__ = ("frame", "extra")
-
-    def __init__(self, frame: Frame, extra: dict[str, Any] | None = None) -> None:
-        self.frame = frame
-        self.extra = extra
-
-    def __getitem__(self, name: str) -> Any:
-        extra = self.extra
-        if extra is not None and name in extra:
-            return extra[name]
-        f: Frame | None = self.frame
-        while f is not None:
-            if name in f.vars:
-                return f.vars[name]
-            g = f.graph
-            nid = name if name in g.nodes else g.aliases.get(name)
-            if nid is not None:
-                run = f.runs.get(nid)
-                return run.value() if run is not None and run.status == "succeeded" else None
-            f = f.parent
-        ex = self.frame.ex
-        if name == "input":
-            return ex.input
-        if name == "execution":
-            return {"id": ex.id, "traceId": ex.trace_id, "workflow": ex.workflow.name}
-        if name == "signals":
-            return ex.signal_scope
-        if isinstance(ex.input, dict) and name in ex.input:
-            return ex.input[name]
-        raise KeyError(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-    def __contains__(self, name: object) -> bool:
-        try:
-            self[name]  # type: ignore[index]
-        except KeyError:
-            return False
-        return True
 
 
 class Run:
@@ -132,6 +90,9 @@ class Run:
         "items",
         "lane",
         "not_before",
+        "written",
+        "deferrable",
+        "dirty_at",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -178,6 +139,12 @@ class Run:
         # A rate-limited I/O task handed over ahead of its turn: when it may start,
         # and the longest window of its limiters.
         self.not_before: tuple[float, float] | None = None
+        # Its row is in the database (or in a batch on its way there).
+        self.written = False
+        # Its first row may wait until it ends or is DEFER_FIRST_WRITE old (see
+        # Commit.flush), and since when it has waited.
+        self.deferrable = False
+        self.dirty_at: float | None = None
 
     def value(self) -> Any:
         if self._value is _UNSET:
@@ -548,12 +515,21 @@ class Part:
         # takes a worker process).
         self.io_concurrency = max(0, io_concurrency)
         self.io_lane = False  # the executor has one (set at open)
+        # First writes may be deferred (DEFER_FIRST_WRITE); not on an executor that
+        # adopts a running attempt's result after a restart (Dask), which needs the
+        # running row committed before the task is sent.
+        self.defer_writes = True
+        self.defer_first_write = DEFER_FIRST_WRITE  # seconds
         self.executor_lane: str | None = None  # every task's lane, if the executor says
         self.durability = durability
         self.only_execution = only_execution
         self.drain_timeout = drain_timeout
         self.lock = SupervisorLock(self.db)
         self.store: Store | None = None
+        # The collector's thresholds before open (Supervisor._tune_gc), or None.
+        self.gc_was: tuple[int, int, int] | None = None
+        # Group commits on a thread of their own (set at open; None: on this one).
+        self.writer: Writer | None = None
         self.executor: Executor | None = None
         self.execs: dict[str, Exec] = {}
         # Workflows with ready tasks, served round robin (fair sharing between
@@ -569,12 +545,18 @@ class Part:
         self.timer_seq = itertools.count()
         self.batch = Batch()
         self.dirty_runs: dict[int, Run] = {}
+        # The queue_counts rows last written (Commit._count_unrecorded); [] at start,
+        # when the table is emptied of what a previous supervisor left.
+        self.queue_counts: list[tuple[str, int, int]] | None = None
+        self.last_count = 0.0
+        # Runs whose first row waits (DEFER_FIRST_WRITE), oldest first.
+        self.young: deque[Run] = deque()
         self.dirty_execs: dict[str, Exec] = {}
         self.last_flush = 0.0
         self.last_poll = 0.0
         self.stopping = False
         self.stop_reason = ""
-        self.finished: set[str] = set()
+        self.finished = RecentIds(FINISHED_KEEP)
         self.workflows: dict[int, tuple[Workflow, str, CompiledGraph]] = {}
         self.bodies: dict[int, CompiledGraph] = {}
         self.ready_count = 0

@@ -1,0 +1,292 @@
+"""Issue 15: what the supervisor writes per node and item, and on which thread.
+
+First writes (docs/schema.md, "What is written when"): a worker node or a loop item
+under no rate limit gets no row while it is queued nor for its first
+``defer_first_write`` seconds of running; one that ends sooner is written once.
+Group commits run on a writer thread; what must be committed first waits for it.
+The set of ended executions the supervisor keeps is bounded.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import python_node, query, wait_until
+
+from fm_local import api
+from fm_local.store import Batch
+from fm_local.store.writer import Writer, merge
+from fm_local.supervisor import Supervisor
+from fm_local.supervisor.scope import RecentIds
+
+py = partial(python_node, "fmtasks")
+
+
+def loop(n: int, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    node = {"id": "each", "type": "loop", "loopType": "count", "count": n, "parallel": True}
+    node.update(kw)
+    node["body"] = {"nodes": [body]}
+    return {"name": "loop", "nodes": [node]}
+
+
+class Counting:
+    """Counts the statements run on the supervisor's connections, by their start."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.statements: list[str] = []
+        self.lock = threading.Lock()
+        conns = [sup.store.conn]  # type: ignore[union-attr]
+        if sup.writer is not None:
+            conns.append(sup.writer.store.conn)
+        for c in conns:
+            c.set_trace_callback(self._add)
+
+    def _add(self, sql: str) -> None:
+        with self.lock:
+            self.statements.append(sql)
+
+    def count(self, start: str) -> int:
+        with self.lock:
+            return sum(1 for s in self.statements if s.startswith(start))
+
+
+def run_counted(db: Path, path: Path, defer: float, workers: int = 2) -> tuple[str, Counting]:
+    sup = Supervisor(db, workers=workers)
+    sup.defer_first_write = defer
+    eid = api.submit(path, None, db=db)
+    sup.open()
+    try:
+        counting = Counting(sup)
+        sup.serve(until=lambda: eid in sup.finished)
+    finally:
+        sup.close()
+    return eid, counting
+
+
+def test_quick_items_are_written_once_each(db: Path, wf: Callable[..., Path]) -> None:
+    """With a deferral longer than any item takes, an item and its body node cost
+    one node_runs insert each and one attempts insert, nothing else: no queued or
+    running row, no queue row. The output is whole."""
+    n = 300
+    eid, counting = run_counted(db, wf(loop(n, py("double", "echo", {"i": "{{index}}"}))), 600)
+    row = query(db, "SELECT status, output FROM executions WHERE id=?", (eid,))[0]
+    assert row["status"] == "succeeded"
+    assert (
+        query(db, "SELECT count(*) AS n FROM node_runs WHERE execution_id=?", (eid,))[0]["n"]
+        == 2 * n + 1
+    )
+    # Each item and its body: one row each. The loop's own row: a few writes
+    # (when it starts, its item count, when it ends), as before.
+    assert 2 * n < counting.count("INSERT INTO node_runs") <= 2 * n + 3
+    assert n < counting.count("INSERT INTO attempts") <= n + 2
+    assert counting.count("INSERT INTO queue (") == 0
+    assert counting.count("DELETE FROM queue WHERE") == 0
+    items = query(
+        db,
+        "SELECT item_index, status, started_at, finished_at FROM node_runs "
+        "WHERE execution_id=? AND node_type='item' ORDER BY item_index",
+        (eid,),
+    )
+    assert [r["item_index"] for r in items] == list(range(n))
+    assert all(r["status"] == "succeeded" and r["started_at"] for r in items)
+    bodies = query(
+        db,
+        "SELECT status, attempts, recoveries, input FROM node_runs "
+        "WHERE execution_id=? AND path GLOB 'each*.double'",
+        (eid,),
+    )
+    assert len(bodies) == n
+    assert {(b["status"], b["attempts"], b["recoveries"]) for b in bodies} == {("succeeded", 1, 0)}
+    assert all(b["input"] for b in bodies)  # the resolved input is still recorded
+    tries = query(db, "SELECT status, kind FROM attempts WHERE execution_id=?", (eid,))
+    assert sorted({(t["status"], t["kind"]) for t in tries}) == [("succeeded", "attempt")]
+
+
+def test_a_node_running_longer_than_the_deferral_shows_as_running(
+    db: Path, wf: Callable[..., Path], daemon: Callable[..., Any]
+) -> None:
+    """A node that runs past the deferral gets its running row (and its attempts
+    row, and its queue row) while it runs: fm show, the TUI and a restart see it."""
+    daemon()
+    eid = api.submit(wf({"name": "slow", "nodes": [py("s", "sleep", {"seconds": 5})]}), db=db)
+    run = wait_until(
+        lambda: query(db, "SELECT status FROM node_runs WHERE execution_id=? AND path='s'", (eid,)),
+        60,
+        "the running row",
+    )
+    assert run[0]["status"] == "running"
+    assert query(db, "SELECT status FROM attempts WHERE execution_id=?", (eid,)) == [
+        {"status": "running"}
+    ]
+    assert query(db, "SELECT status FROM queue WHERE execution_id=?", (eid,)) == [
+        {"status": "running"}
+    ]
+
+
+def test_rate_limited_items_are_written_when_they_start(db: Path, wf: Callable[..., Path]) -> None:
+    """A restart rebuilds a rate limiter from the start times of its items, so
+    rate-limited items are not deferred: each is written when it starts too."""
+    n = 20
+    eid, counting = run_counted(
+        db, wf(loop(n, py("e", "echo", {"i": "{{index}}"}), rateLimit=200)), 600
+    )
+    assert query(db, "SELECT status FROM executions WHERE id=?", (eid,))[0]["status"] == (
+        "succeeded"
+    )
+    # Each item: its row when it starts (running) and when it ends.
+    assert counting.count("INSERT INTO node_runs") >= 2 * n + n
+
+
+def test_a_crash_before_the_first_write_reruns_the_item_as_an_attempt(
+    db: Path, wf: Callable[..., Path], daemon: Callable[..., Any], tmp_path: Path
+) -> None:
+    """kill -9 while items run that have no row yet: the restarted daemon runs them
+    from the start; every item ends once, with its own output, and the file passes
+    fm verify."""
+    marks = tmp_path / "marks.jsonl"
+    n = 40
+    doc = loop(
+        n,
+        py("s", "sleep", {"seconds": 0.05, "mark": str(marks), "tag": "{{index}}"}),
+        maxConcurrency=4,
+    )
+    d = daemon()
+    eid = api.submit(wf(doc), db=db)
+    wait_until(lambda: len(marks.read_text().splitlines()) >= 8 if marks.exists() else 0, 60)
+    d.kill9()
+    daemon()
+    assert api.wait(eid, db=db, timeout=120)["status"] == "succeeded"
+    items = query(
+        db,
+        "SELECT item_index, status FROM node_runs WHERE execution_id=? AND node_type='item'",
+        (eid,),
+    )
+    assert sorted(r["item_index"] for r in items) == list(range(n))
+    assert {r["status"] for r in items} == {"succeeded"}
+    out = api.wait(eid, db=db)["output"]
+    assert [str(o["tag"]) for o in out["each"]] == [str(i) for i in range(n)]
+    from fm_local.store.verify import verify_connection
+
+    con = sqlite3.connect(db)
+    try:
+        assert verify_connection(con) == []
+    finally:
+        con.close()
+
+
+def test_the_writer_commits_in_order_and_merges_what_waited(tmp_path: Path) -> None:
+    """Batches that wait behind a commit are merged, a row's later value winning;
+    wait() returns once everything submitted is committed."""
+    db = tmp_path / "fm.db"
+    w = Writer(db)
+    try:
+        for i in range(50):
+            b = Batch()
+            b.samples.append((float(i), i, "supervisor", 0.0, 0, None, None))
+            w.submit(b)
+        w.wait()
+        assert w.committed == w.submitted == 50
+        rows = query(db, "SELECT pid FROM resource_samples ORDER BY id")
+        assert [r["pid"] for r in rows] == list(range(50))
+    finally:
+        w.close()
+    a, b = Batch(), Batch()
+    a.queue[("e", "p")] = ("e", "p", "n", "queued", 0, None, 1.0, None)
+    b.queue[("e", "p")] = None
+    a.events.append(("e", None, 1.0, "x", None))
+    b.events.append(("e", None, 2.0, "y", None))
+    m = merge([a, b])
+    assert m.queue == {("e", "p"): None}
+    assert [e[3] for e in m.events] == ["x", "y"]
+
+
+def test_a_failed_commit_on_the_writer_stops_the_supervisor(
+    db: Path, wf: Callable[..., Path]
+) -> None:
+    """A storage failure met by the writer thread is raised by the supervisor at
+    its next turn: it stops serving instead of going on unrecorded."""
+    from fm_local import errors
+
+    sup = Supervisor(db, workers=1)
+    sup.open()
+    try:
+        assert sup.writer is not None
+        sup.writer.error = sqlite3.OperationalError("disk I/O error")
+        with pytest.raises(errors.StorageError, match="disk I/O error"):
+            sup.tick()
+        assert sup.storage_failed
+    finally:
+        sup.writer.error = None  # type: ignore[union-attr]
+        sup.close()
+
+
+def test_the_ended_executions_kept_are_bounded() -> None:
+    ids = RecentIds(10)
+    for i in range(25):
+        ids.add(f"e{i}")
+        ids.add(f"e{i}")
+    assert len(ids) == 10 and len(ids.order) == 10
+    assert {f"e{i}" for i in range(15, 25)} == set(ids)
+    assert {"e24", "e20"} <= ids
+    assert "e3" not in ids
+
+
+def test_a_daemon_finds_new_executions_without_the_ended_ones(
+    db: Path, wf: Callable[..., Path]
+) -> None:
+    """New executions are found by their committed status; those that ended are
+    not passed to that query, however many there were."""
+    path = wf({"name": "one", "nodes": [py("a", "noop")]})
+    sup = Supervisor(db, workers=1)
+    seen: list[int] = []
+    ids = {api.submit(path, db=db) for _ in range(3)}
+    sup.open()
+    assert sup.store is not None
+    real = sup.store.new_executions
+
+    def spy(known: Any) -> list[dict[str, Any]]:
+        seen.append(len(known))
+        return real(known)
+
+    sup.store.new_executions = spy  # type: ignore[method-assign]
+    try:
+        sup.serve(until=lambda: ids <= sup.finished)
+        more = {api.submit(path, db=db) for _ in range(3)}
+        sup.stopping = False
+        sup.serve(until=lambda: more <= sup.finished)
+    finally:
+        sup.close()
+    assert seen and max(seen) <= 3  # only what runs, never the ended ones
+    assert {r["status"] for r in query(db, "SELECT status FROM executions")} == {"succeeded"}
+
+
+def test_a_version_6_file_shows_its_queue_and_is_upgraded_by_a_writer(
+    db: Path, wf: Callable[..., Path]
+) -> None:
+    """Read commands read a version 6 file (no queue_counts) as it is; a writer
+    adds the table and the view that sums both."""
+    import json
+
+    from conftest import fm_cli, undo_version_7
+
+    from fm_local import store
+
+    api.submit(wf({"name": "one", "nodes": [py("a", "noop")]}), db=db)
+    with sqlite3.connect(db) as con:
+        undo_version_7(con)
+        con.execute("UPDATE meta SET value='6' WHERE key='schema_version'")
+    out = fm_cli(db, "queue", "--json")
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["queuedExecutions"] == 1
+    assert query(db, "SELECT value FROM meta WHERE key='schema_version'") == [{"value": "6"}]
+    store.Store(db).close()  # a writer migrates
+    assert query(db, "SELECT * FROM queue_counts") == []
+    assert query(db, "SELECT value FROM meta WHERE key='schema_version'") == [
+        {"value": str(store.SCHEMA_VERSION)}
+    ]
