@@ -10,7 +10,7 @@ The set of ended executions the supervisor keeps is bounded.
 from __future__ import annotations
 
 import sqlite3
-import threading
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import python_node, query, wait_until
 
-from fm_local import api
+from fm_local import api, store
 from fm_local.store import Batch
 from fm_local.store.writer import Writer, merge
 from fm_local.supervisor import Supervisor
@@ -35,38 +35,41 @@ def loop(n: int, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
     return {"name": "loop", "nodes": [node]}
 
 
-class Counting:
-    """Counts the statements run on the supervisor's connections, by their start."""
-
-    def __init__(self, sup: Supervisor) -> None:
-        self.statements: list[str] = []
-        self.lock = threading.Lock()
-        conns = [sup.store.conn]  # type: ignore[union-attr]
-        if sup.writer is not None:
-            conns.append(sup.writer.store.conn)
-        for c in conns:
-            c.set_trace_callback(self._add)
-
-    def _add(self, sql: str) -> None:
-        with self.lock:
-            self.statements.append(sql)
-
-    def count(self, start: str) -> int:
-        with self.lock:
-            return sum(1 for s in self.statements if s.startswith(start))
+def count_row_writes(db: Path) -> None:
+    """Triggers that count each row inserted, updated or deleted in node_runs,
+    attempts and queue (SQLite's own view of the writes, whatever the statements)."""
+    store.Store(db).close()
+    con = sqlite3.connect(db)
+    try:
+        con.execute("CREATE TABLE test_writes (tbl TEXT, op TEXT)")
+        for t in ("node_runs", "attempts", "queue"):
+            for op in ("INSERT", "UPDATE", "DELETE"):
+                con.execute(
+                    f"CREATE TRIGGER test_{t}_{op} AFTER {op} ON {t} "
+                    f"BEGIN INSERT INTO test_writes VALUES ('{t}', '{op}'); END"
+                )
+        con.commit()
+    finally:
+        con.close()
 
 
-def run_counted(db: Path, path: Path, defer: float, workers: int = 2) -> tuple[str, Counting]:
+def row_writes(db: Path) -> Counter[tuple[str, str]]:
+    return Counter((r["tbl"], r["op"]) for r in query(db, "SELECT tbl, op FROM test_writes"))
+
+
+def run_counted(
+    db: Path, path: Path, defer: float, workers: int = 2
+) -> tuple[str, Counter[tuple[str, str]]]:
+    count_row_writes(db)
     sup = Supervisor(db, workers=workers)
     sup.defer_first_write = defer
     eid = api.submit(path, None, db=db)
     sup.open()
     try:
-        counting = Counting(sup)
         sup.serve(until=lambda: eid in sup.finished)
     finally:
         sup.close()
-    return eid, counting
+    return eid, row_writes(db)
 
 
 def test_quick_items_are_written_once_each(db: Path, wf: Callable[..., Path]) -> None:
@@ -74,19 +77,21 @@ def test_quick_items_are_written_once_each(db: Path, wf: Callable[..., Path]) ->
     one node_runs insert each and one attempts insert, nothing else: no queued or
     running row, no queue row. The output is whole."""
     n = 300
-    eid, counting = run_counted(db, wf(loop(n, py("double", "echo", {"i": "{{index}}"}))), 600)
+    eid, counts = run_counted(db, wf(loop(n, py("double", "echo", {"i": "{{index}}"}))), 600)
     row = query(db, "SELECT status, output FROM executions WHERE id=?", (eid,))[0]
     assert row["status"] == "succeeded"
     assert (
         query(db, "SELECT count(*) AS n FROM node_runs WHERE execution_id=?", (eid,))[0]["n"]
         == 2 * n + 1
     )
-    # Each item and its body: one row each. The loop's own row: a few writes
-    # (when it starts, its item count, when it ends), as before.
-    assert 2 * n < counting.count("INSERT INTO node_runs") <= 2 * n + 3
-    assert n < counting.count("INSERT INTO attempts") <= n + 2
-    assert counting.count("INSERT INTO queue (") == 0
-    assert counting.count("DELETE FROM queue WHERE") == 0
+    # Each item and its body: one row each, inserted once. The loop's own row: a
+    # few writes (when it starts, its item count, when it ends), as before.
+    assert counts["node_runs", "INSERT"] == 2 * n + 1
+    assert counts["node_runs", "UPDATE"] <= 2
+    assert counts["attempts", "INSERT"] == n + 1
+    assert counts["attempts", "UPDATE"] <= 1
+    assert counts["queue", "INSERT"] == counts["queue", "UPDATE"] == 0
+    assert counts["queue", "DELETE"] == 0
     items = query(
         db,
         "SELECT item_index, status, started_at, finished_at FROM node_runs "
@@ -133,14 +138,14 @@ def test_rate_limited_items_are_written_when_they_start(db: Path, wf: Callable[.
     """A restart rebuilds a rate limiter from the start times of its items, so
     rate-limited items are not deferred: each is written when it starts too."""
     n = 20
-    eid, counting = run_counted(
+    eid, counts = run_counted(
         db, wf(loop(n, py("e", "echo", {"i": "{{index}}"}), rateLimit=200)), 600
     )
     assert query(db, "SELECT status FROM executions WHERE id=?", (eid,))[0]["status"] == (
         "succeeded"
     )
-    # Each item: its row when it starts (running) and when it ends.
-    assert counting.count("INSERT INTO node_runs") >= 2 * n + n
+    # Each item: its row when it starts (running), and again when it ends.
+    assert counts["node_runs", "UPDATE"] >= n
 
 
 def test_a_crash_before_the_first_write_reruns_the_item_as_an_attempt(
@@ -290,3 +295,29 @@ def test_a_version_6_file_shows_its_queue_and_is_upgraded_by_a_writer(
     assert query(db, "SELECT value FROM meta WHERE key='schema_version'") == [
         {"value": str(store.SCHEMA_VERSION)}
     ]
+
+
+def test_multi_row_inserts_commit_every_row_and_refuse_only_the_bad_one(tmp_path: Path) -> None:
+    """Inserts go as multi-row statements (MULTI_ROWS rows each): every row of a
+    long batch lands; one bad row among them is refused alone (row by row)."""
+    from fm_local.store.batch import MULTI_ROWS
+
+    db = tmp_path / "fm.db"
+    st = store.Store(db)
+    try:
+        n = 2 * MULTI_ROWS + 51
+        b = Batch()
+        for i in range(n):
+            b.events.append((None, f"p{i}", float(i), "x", None))
+        assert st.commit_batch(b) == []
+        rows = query(db, "SELECT path, ts FROM events ORDER BY id")
+        assert [r["path"] for r in rows] == [f"p{i}" for i in range(n)]
+        b = Batch()
+        for i in range(300):
+            b.samples.append((float(i), i, "supervisor", 0.0, 0, None, None))
+        b.samples[123] = (1.0, 2**70, "supervisor", 0.0, 0, None, None)  # too big
+        rejected = st.commit_batch(b)
+        assert len(rejected) == 1 and isinstance(rejected[0].error, OverflowError)
+        assert query(db, "SELECT count(*) AS n FROM resource_samples")[0]["n"] == 299
+    finally:
+        st.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 
@@ -160,6 +161,42 @@ def _first(row: Any) -> str | None:
 
 def _no_owner(row: Any) -> str | None:
     return None
+
+
+# Rows per multi-row INSERT (run_rows): at most 23 columns × 200 = 4,600 bound
+# values, far below SQLite's limit (32,766).
+MULTI_ROWS = 200
+_SPLIT: dict[str, tuple[str, str, str]] = {}
+
+
+def _split_insert(sql: str) -> tuple[str, str, str]:
+    """``INSERT INTO t (cols) VALUES (?,…)  rest`` as (head, one row's group, rest)."""
+    parts = _SPLIT.get(sql)
+    if parts is None:
+        i = sql.index(" VALUES") + len(" VALUES")
+        j = sql.index(")", i) + 1
+        parts = _SPLIT[sql] = (sql[:i], sql[i:j].strip(), sql[j:])
+    return parts
+
+
+def run_rows(c: sqlite3.Connection, sql: str, rows: list[Any]) -> None:
+    """``executemany(sql, rows)``; an INSERT goes as multi-row statements of up to
+    MULTI_ROWS rows, each one call into SQLite: one pass for SQLite's work (and,
+    on the writer thread, one release of the GIL) instead of one per row."""
+    if len(rows) < 2 or not sql.startswith("INSERT INTO"):
+        c.executemany(sql, rows)
+        return
+    head, group, rest = _split_insert(sql)
+    full = None
+    for k in range(0, len(rows), MULTI_ROWS):
+        chunk = rows[k : k + MULTI_ROWS]
+        if len(chunk) == MULTI_ROWS:
+            if full is None:
+                full = head + " " + ",".join([group] * MULTI_ROWS) + rest
+            stmt = full
+        else:
+            stmt = head + " " + ",".join([group] * len(chunk)) + rest
+        c.execute(stmt, list(chain.from_iterable(chunk)))
 
 
 def _batch_steps(b: Batch) -> list[tuple[str, list[Any], Any]]:

@@ -23,6 +23,7 @@ from fm_local.store.batch import (
     Rejected,
     _batch_steps,
     _clean_row,
+    run_rows,
 )
 from fm_local.store.files import (
     BUSY_TIMEOUT,
@@ -414,7 +415,7 @@ class Store(Queries):
         try:
             with self.atomic() as c:
                 for sql, rows, _ in steps:
-                    c.executemany(sql, rows)
+                    run_rows(c, sql, rows)
             return []
         except ROW_ERRORS:
             pass  # rolled back: find the rows at fault below
