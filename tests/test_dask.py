@@ -749,3 +749,25 @@ def test_lines_a_node_prints_while_it_runs_on_dask_are_recorded_once(
     lines = query(db, "SELECT line FROM logs WHERE execution_id=? ORDER BY id", (eid,))
     assert [r["line"] for r in lines] == ["before", "after"]
     d.stop()
+
+
+def test_room_is_offered_a_batch_at_a_time_when_the_threads_have_work() -> None:
+    """Offered as soon as a few tasks end, room would go out in ever smaller batches
+    (each split across the threads) until Dask's per-task cost is all there is:
+    with every thread holding a batch's worth, room waits for a batch's worth."""
+    from fm_local.executors.daskexec import BATCHES_PER_THREAD, MAX_BATCH, DaskExecutor
+
+    ex = DaskExecutor(scheduler="tcp://127.0.0.1:1")
+    ex.state = "connected"
+    ex.threads = 2
+    full = ex.threads * MAX_BATCH * BATCHES_PER_THREAD
+
+    def offered(inflight: int) -> list[int]:
+        ex.inflight = {i: ({"id": i}, None, "k") for i in range(inflight)}
+        return [o._room for o in ex.offers(lambda: 10_000)]  # type: ignore[attr-defined]
+
+    assert offered(0) == [full]
+    assert offered(3) == [full - 3]  # threads short of work: offered at once
+    assert offered(full - 5) == []  # 5 ended, the threads busy: wait for more
+    assert offered(full - MAX_BATCH) == [MAX_BATCH]
+    assert offered(full) == []

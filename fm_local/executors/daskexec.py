@@ -283,7 +283,10 @@ class DaskExecutor:
         if self.state != "connected":
             return
         room = self.threads * MAX_BATCH * BATCHES_PER_THREAD - len(self.inflight)
-        if room > 0:
+        # Room is offered a batch's worth at a time, unless a thread may be short of
+        # work: offered as soon as a few tasks end, batches would shrink (each
+        # split across the threads) until Dask's per-task cost is all there is.
+        if room >= MAX_BATCH or (room > 0 and len(self.inflight) < self.threads * MAX_BATCH):
             yield DaskOffer(room)
 
     def submit(self, offer: Offer) -> list[tuple[Task, BaseException]]:

@@ -339,7 +339,11 @@ class Loops(Part):
         else:
             ls.cancelled += 1
         self._mark(item)
+        # No reference cycle is left between the item's frame and its runs (the
+        # frame's runs, its item): once written, they are freed at once, without
+        # waiting for the garbage collector (a long loop's memory stays flat).
         f.runs.clear()
+        f.item = None
         self.loops_to_open.append(ls)
 
     def _item_result(self, f: Frame) -> Any:
