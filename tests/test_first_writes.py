@@ -206,9 +206,13 @@ def test_the_writer_commits_in_order_and_merges_what_waited(tmp_path: Path) -> N
     b.queue[("e", "p")] = None
     a.events.append(("e", None, 1.0, "x", None))
     b.events.append(("e", None, 2.0, "y", None))
+    a.queue_counts = [("queued", 0, 5)]
+    b.queue_counts = []
     m = merge([a, b])
     assert m.queue == {("e", "p"): None}
     assert [e[3] for e in m.events] == ["x", "y"]
+    assert m.queue_counts == []  # the later count replaces the earlier one
+    assert merge([a, Batch()]).queue_counts == [("queued", 0, 5)]
 
 
 def test_a_failed_commit_on_the_writer_stops_the_supervisor(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import fields
 from pathlib import Path
 
 from fm_local.store.batch import Batch, Rejected
@@ -21,23 +22,21 @@ from fm_local.store.core import Store
 
 
 def merge(batches: list[Batch]) -> Batch:
-    """Batches in the order they were made, as one: a row's later value wins."""
+    """Batches in the order they were made, as one: a row's later value wins (the
+    dicts, keyed by row), lists follow one another, a later ``queue_counts`` wins."""
     if len(batches) == 1:
         return batches[0]
     out = Batch()
     for b in batches:
-        out.executions.update(b.executions)
-        out.node_runs.update(b.node_runs)
-        out.attempts.update(b.attempts)
-        out.queue.update(b.queue)
-        out.signals.extend(b.signals)
-        out.events.extend(b.events)
-        out.logs.extend(b.logs)
-        out.dead_letters.extend(b.dead_letters)
-        out.notifications.extend(b.notifications)
-        out.samples.extend(b.samples)
-        if b.queue_counts is not None:
-            out.queue_counts = b.queue_counts
+        for f in fields(Batch):
+            theirs = getattr(b, f.name)
+            if f.default is None:  # a whole value, when set (queue_counts)
+                if theirs is not None:
+                    setattr(out, f.name, theirs)
+            elif isinstance(theirs, dict):
+                getattr(out, f.name).update(theirs)
+            else:
+                getattr(out, f.name).extend(theirs)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from typing import Any
+from typing import Any, NoReturn
 
 from fm_local.nodes.kinds import Runs, kind_of
 from fm_local.store import Batch, dumps, storage_error
@@ -233,24 +233,26 @@ class Commit(Part):
                     writer.submit(b)
                 if sync or b.signals or self.clock_is_stepped:
                     writer.wait()
-                if writer.rejected:
-                    self.rejected.extend(writer.take_rejected())
         except (sqlite3.Error, OSError) as exc:
-            # The storage itself failed: stop serving (what was committed stays).
-            self.storage_failed = True
-            raise storage_error(exc, self.db, "write") from exc
+            self._storage_failed(exc)
+        self._check_writer()
         self.last_flush = self.clock.monotonic()
 
     def _check_writer(self) -> None:
-        """A commit on the writer thread failed: stop serving, as flush would."""
+        """Take the rows the writer thread's commits refused; if a commit failed,
+        stop serving, as a failed commit on this thread does."""
         writer = self.writer
         if writer is None:
             return
         if writer.rejected:
             self.rejected.extend(writer.take_rejected())
         if writer.error is not None:
-            exc = writer.error
+            if isinstance(writer.error, (sqlite3.Error, OSError)):
+                self._storage_failed(writer.error)
             self.storage_failed = True
-            if isinstance(exc, (sqlite3.Error, OSError)):
-                raise storage_error(exc, self.db, "write") from exc
-            raise exc
+            raise writer.error
+
+    def _storage_failed(self, exc: BaseException) -> NoReturn:
+        """The storage itself failed: stop serving (what was committed stays)."""
+        self.storage_failed = True
+        raise storage_error(exc, self.db, "write") from exc
