@@ -42,11 +42,15 @@ class RateLimiter:
             wait = max(wait, starts[0] + self.per + MARGIN - now)
         return wait
 
-    def acquire(self, now: float) -> None:
+    def acquire(self, now: float, catch_up: bool = True) -> None:
         # A start that comes a little late keeps the schedule (the next one may
         # follow a little sooner), so wake-up latency does not slow the rate; the
-        # window log above still bounds every window.
-        base = self.tat if now - self.tat < max(self.interval, CATCH_UP) else now
+        # window log above still bounds every window. Not for a task a worker
+        # holds until its turn (``catch_up=False``: an I/O task handed over ahead,
+        # whose real start the log learns only later): late ones then would go out
+        # together and crowd the next window.
+        late = max(self.interval, CATCH_UP) if catch_up else self.interval
+        base = self.tat if now - self.tat < late else now
         self.tat = base + self.interval
         self.starts.append(now)
 

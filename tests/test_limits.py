@@ -111,3 +111,19 @@ def test_a_high_rate_holds_when_the_supervisor_wakes_late(rate):
         now += 0.008  # the supervisor's next look
     assert len(starts) / 6.0 == pytest.approx(rate, rel=0.02)
     assert max_in_window(starts, 1.0) <= rate
+
+
+def test_a_late_start_catches_up_unless_a_worker_holds_it_to_its_turn() -> None:
+    """At 1,000/s a start 5 ms late keeps the schedule (the supervisor's wake-up
+    latency does not slow the rate); a task held by its worker until its turn (an
+    I/O task handed over ahead) does not, or late ones would go out together."""
+    from fm_local.limits import RateLimiter
+
+    lim = RateLimiter(100, 100)
+    lim.acquire(10.0)
+    lim.acquire(10.006)
+    assert lim.tat == pytest.approx(10.002)  # behind schedule: the next may go now
+    held = RateLimiter(100, 100)
+    held.acquire(10.0, catch_up=False)
+    held.acquire(10.006, catch_up=False)
+    assert held.tat == pytest.approx(10.007)  # spaced from the late start

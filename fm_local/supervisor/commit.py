@@ -102,14 +102,14 @@ class Commit(Part):
         for ex in self.execs.values():
             for ready in (ex.ready, ex.ready_io):
                 for run in ready:
-                    if not run.written:
+                    if run.deferrable and not run.written:
                         counts["queued", _priority(run)] += 1
         for waiting in self.parked.values():
             for run in waiting:
-                if not run.written:
+                if run.deferrable and not run.written:
                     counts["queued", _priority(run)] += 1
         for run in self.tasks.values():
-            if not run.written and run._status in ("queued", "running"):
+            if run.deferrable and not run.written and run._status in ("queued", "running"):
                 counts[run._status, _priority(run)] += 1
         rows = sorted((st, p, n) for (st, p), n in counts.items())
         if rows != self.queue_counts:
@@ -156,8 +156,11 @@ class Commit(Part):
                 if item is not None and not item.written and id(item) not in dirty:
                     self._promote(item)
                 f = f.parent
+        recount = False
         for run in dirty.values():
             run.dirty_at = None
+            if run.deferrable and not run.written and run._status in ACTIVE_STATUSES:
+                recount = True  # it leaves queue_counts for the queue table
             run.written = True
             ex = run.ex
             key = (ex.id, run.path)
@@ -220,6 +223,9 @@ class Commit(Part):
                 ex.deadline_at,
                 now,
             )
+        if recount:
+            # In the same commit as the queue rows, so no task is counted twice.
+            self._count_unrecorded()
         self.dirty_runs = {}
         self.dirty_execs = {}
         self.batch = Batch()

@@ -74,7 +74,7 @@ class Gates(Part):
             self.parked.setdefault(id(pool), deque()).append(run)
             return False
         for lim in limiters:
-            lim.acquire(start)
+            lim.acquire(start, catch_up=run.lane != "io")
         run.gate_marks = [(lim, start) for lim in limiters] if limiters else None
         run.not_before = (start, max(lim.per for lim in limiters)) if start > now else None
         if pool is not None:

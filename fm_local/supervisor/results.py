@@ -45,6 +45,9 @@ class Results(Part):
             return  # ended or taken back meanwhile: its attempt is settled
         eid, path, seq = run.ex.id, run.path, run.seq
         self.batch.logs.extend((eid, path, seq, ts, s, line) for ts, s, line in lines)
+        if not run.written and run.deferrable:
+            # Lines of a try are read beside its node's row: it is written with them.
+            self._promote(run)
 
     def _on_result(self, run: Run, result: tuple[Any, ...]) -> None:
         run.task_id = None
