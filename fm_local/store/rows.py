@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from fm_local.errors import UsageError
-from fm_local.jsonio import INT64_MAX, INT64_MIN, find_problem, format_path
+from fm_local.jsonio import INT64_MAX, INT64_MIN, compact_dumps, find_problem, format_path
 
 
 def _at_or_under(path: str) -> tuple[str, tuple[Any, ...]]:
@@ -34,7 +34,7 @@ def _check_int64(value: int, what: str) -> None:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return compact_dumps(value)
 
 
 def loads(text: str | None) -> Any:
