@@ -276,7 +276,9 @@ def _not_json(o: Any) -> Any:
 # value. Without a check for cycles (a cycle is too deep: RecursionError).
 _c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
 _compact: Any = (
-    _c_encoder(None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+    _c_encoder(
+        None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
     if _c_encoder is not None
     else None
 )

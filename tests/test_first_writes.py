@@ -3,12 +3,16 @@
 First writes (docs/schema.md, "What is written when"): a worker node or a loop item
 under no rate limit gets no row while it is queued nor for its first
 ``defer_first_write`` seconds of running; one that ends sooner is written once.
-Group commits run on a writer thread; what must be committed first waits for it.
+Group commits run in a commit process of their own; what must be committed first
+waits for it; the process dies with the supervisor, and the supervisor stops in
+one line if it dies alone.
 The set of ended executions the supervisor keeps is bounded.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import python_node, query, wait_until
 
@@ -233,6 +238,91 @@ def test_a_failed_commit_on_the_writer_stops_the_supervisor(
     finally:
         sup.writer.error = None  # type: ignore[union-attr]
         sup.close()
+
+
+def _commit_process(pid: int) -> psutil.Process:
+    found = [
+        k
+        for k in psutil.Process(pid).children()
+        if "fm_local.store.writer" in " ".join(k.cmdline())
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _gone(p: psutil.Process) -> bool:
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_commit_process_dies_with_the_daemon_and_frees_the_file(
+    db: Path, wf: Callable[..., Path], daemon: Callable[..., Any]
+) -> None:
+    """kill -9 of the daemon ends its commit process too (it holds the lock file
+    while it lives, so no new daemon could take the file under a late commit); a
+    new daemon then takes over and runs work."""
+    from fm_local.lock import is_served
+
+    d = daemon(workers=1)
+    writer = _commit_process(d.proc.pid)
+    d.kill9()
+    wait_until(lambda: _gone(writer), 10, "the commit process outlived the daemon")
+    wait_until(lambda: is_served(db) is None, 10, "the lock file stayed held")
+    daemon(workers=1)
+    eid = api.submit(wf(loop(20, py("n", "noop"))), None, db=db)
+    assert api.wait(eid, db=db, timeout=60)["status"] == "succeeded"
+
+
+def test_a_commit_process_that_dies_alone_stops_the_supervisor_in_one_line(
+    db: Path, wf: Callable[..., Path]
+) -> None:
+    """If the commit process dies (killed, out of memory), the supervisor stops at
+    its next turn with one line naming the file and what to do; what was committed
+    stays, and a new supervisor finishes the work."""
+    from fm_local import errors
+
+    eid = api.submit(wf(loop(50, py("n", "noop"))), None, db=db)
+    sup = Supervisor(db, workers=1)
+    sup.open()
+    try:
+        assert sup.writer is not None
+        os.kill(sup.writer.pid, signal.SIGKILL)
+        sup.writer.proc.wait(10)
+        with pytest.raises(errors.StorageError, match="commit process .* ended unexpectedly"):
+            for _ in range(1000):
+                sup.tick()
+        assert sup.storage_failed
+    finally:
+        sup.close()
+    sup = Supervisor(db, workers=1)
+    sup.open()
+    try:
+        sup.run_execution(eid)
+    finally:
+        sup.close()
+    assert query(db, "SELECT status FROM executions WHERE id=?", (eid,))[0]["status"] == "succeeded"
+
+
+def test_ctrl_c_in_the_terminal_does_not_reach_the_commit_process(db: Path) -> None:
+    """The commit process ignores SIGINT and has a process group of its own: a
+    Ctrl-C is the supervisor's to handle, and the last commits still land."""
+    w = Writer(db)
+    try:
+        assert os.getpgid(w.pid) != os.getpgid(0)
+        for pid in (6, 7):
+            b = Batch()
+            b.samples.append((1.0, pid, "supervisor", 0.0, 0, None, None))
+            w.submit(b)
+            w.wait()  # the first: it is up and serving before the signal
+            if pid == 6:
+                os.kill(w.pid, signal.SIGINT)
+        assert w.proc.poll() is None
+    finally:
+        w.close()
+    assert w.proc.returncode == 0
+    assert [r["pid"] for r in query(db, "SELECT pid FROM resource_samples ORDER BY id")] == [6, 7]
 
 
 def test_the_ended_executions_kept_are_bounded() -> None:

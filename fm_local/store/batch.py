@@ -182,7 +182,7 @@ def _split_insert(sql: str) -> tuple[str, str, str]:
 def run_rows(c: sqlite3.Connection, sql: str, rows: list[Any]) -> None:
     """``executemany(sql, rows)``; an INSERT goes as multi-row statements of up to
     MULTI_ROWS rows, each one call into SQLite: one pass for SQLite's work (and,
-    on the writer thread, one release of the GIL) instead of one per row."""
+    in the commit process, one call) instead of one per row."""
     if len(rows) < 2 or not sql.startswith("INSERT INTO"):
         c.executemany(sql, rows)
         return

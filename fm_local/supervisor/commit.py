@@ -7,6 +7,7 @@ import sqlite3
 from collections import Counter
 from typing import Any, NoReturn
 
+from fm_local.errors import StorageError
 from fm_local.nodes.kinds import Runs, kind_of
 from fm_local.store import Batch, dumps, storage_error
 from fm_local.supervisor.state import (
@@ -139,7 +140,7 @@ class Commit(Part):
         ``everything``, the runs whose first row waits too).
 
         With ``sync`` (the default) it returns once committed; the periodic group
-        commit (``sync=False``) hands the batch to the writer thread and goes on,
+        commit (``sync=False``) hands the batch to the commit process and goes on,
         unless it acknowledges signals, which are committed before the next look
         for new ones."""
         assert self.store is not None
@@ -245,15 +246,16 @@ class Commit(Part):
         self.last_flush = self.clock.monotonic()
 
     def _check_writer(self) -> None:
-        """Take the rows the writer thread's commits refused; if a commit failed,
-        stop serving, as a failed commit on this thread does."""
+        """Take the commit process's acknowledgements and the rows its commits
+        refused; if a commit failed, stop serving, as a failed commit here does."""
         writer = self.writer
         if writer is None:
             return
+        writer.poll()
         if writer.rejected:
             self.rejected.extend(writer.take_rejected())
         if writer.error is not None:
-            if isinstance(writer.error, (sqlite3.Error, OSError)):
+            if isinstance(writer.error, (sqlite3.Error, OSError, StorageError)):
                 self._storage_failed(writer.error)
             self.storage_failed = True
             raise writer.error

@@ -83,7 +83,11 @@ class Supervisor(
         self.lock.acquire()
         try:
             self.store = Store(self.db, durability=self.durability)
-            self.writer = Writer(self.db, durability=self.durability)
+            self.writer = Writer(
+                self.db,
+                durability=self.durability,
+                keep_fds=(self.lock.fd,) if self.lock.fd is not None else (),
+            )
             make = self.make_executor or ProcessExecutor
             self.executor = make(
                 self.n_workers,

@@ -528,7 +528,7 @@ class Part:
         self.store: Store | None = None
         # The collector's thresholds before open (Supervisor._tune_gc), or None.
         self.gc_was: tuple[int, int, int] | None = None
-        # Group commits on a thread of their own (set at open; None: on this one).
+        # Group commits in a process of their own (set at open; None: on this thread).
         self.writer: Writer | None = None
         self.executor: Executor | None = None
         self.execs: dict[str, Exec] = {}
