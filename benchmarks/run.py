@@ -445,6 +445,12 @@ def main() -> None:
         add("10,000-item loop: SQL rows written per item", "rows", cost["rows_per_item"], "")
         add("10,000-item loop: SQL statements per item", "stmts", cost["statements_per_item"], "")
         add("10,000-item loop: supervisor CPU per item", "us", cost["cpu_us_per_item"], "")
+        add(
+            "10,000-item loop: its commit process's CPU per item",
+            "us",
+            cost.get("commit_cpu_us_per_item", 0.0),
+            "",
+        )
 
         from latency import fm_latency, huey_latency
 

@@ -73,6 +73,11 @@ class Writer:
         self.committed = 0  # of which committed (or rejected row by row)
         self.rejected: list[Rejected] = []
         self.error: BaseException | None = None  # a storage failure: nothing more is written
+        # The child's counters as of its last commit: rows changed (SQLite's
+        # total_changes) and statements run (only with FM_WRITER_TRACE=1 in the
+        # environment; benchmarks/writes.py).
+        self.changes = 0
+        self.statements = 0
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = dict(os.environ)
@@ -192,6 +197,7 @@ class Writer:
         if kind == "ok":
             self.committed += msg[1]
             self.rejected.extend(msg[2])
+            self.changes, self.statements = msg[3], msg[4]
         elif kind == "error":
             self.error = msg[1]
         return kind
@@ -239,6 +245,13 @@ def main(argv: list[str]) -> int:
     except BaseException as exc:  # noqa: BLE001 - handed to the supervisor
         send(("error", _portable(exc)))
         return 1
+    statements = [0]
+    if os.environ.get("FM_WRITER_TRACE") == "1":
+
+        def count(_sql: str) -> None:
+            statements[0] += 1
+
+        store.conn.set_trace_callback(count)
     while True:
         try:
             msgs = [pickle.loads(inbox.recv_bytes())]
@@ -255,7 +268,7 @@ def main(argv: list[str]) -> int:
                 return 1
             for r in rejected:
                 r.error = _portable(r.error)
-            send(("ok", len(batches), rejected))
+            send(("ok", len(batches), rejected, store.conn.total_changes, statements[0]))
         if any(m[0] == "close" for m in msgs):
             store.close()
             send(("closed",))
