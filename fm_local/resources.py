@@ -43,20 +43,30 @@ class Sampler:
         self,
         workers: list[tuple[int, str | None, str | None]],
         io_workers: list[tuple[int, str]] | None = None,
+        helpers: list[tuple[int, str, str]] | None = None,
     ) -> list[tuple[Any, ...]]:
         """Rows ``(ts, pid, role, cpu_percent, rss_bytes, execution_id, node_path)``
         for the supervisor, each ``(pid, execution_id, node_path)`` worker, each
         ``(pid, what it runs)`` I/O worker (role ``io-worker``; what it runs, such as
-        "12 tasks", in ``node_path``), and the machine."""
+        "12 tasks", in ``node_path``), each ``(pid, role, what it does)`` helper
+        process of the supervisor (its commit process: role ``commit``), and the
+        machine."""
         self.last = time.monotonic()
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         io_workers = io_workers or []
-        alive = {os.getpid()} | {pid for pid, _, _ in workers} | {pid for pid, _ in io_workers}
+        helpers = helpers or []
+        alive = (
+            {os.getpid()}
+            | {pid for pid, _, _ in workers}
+            | {pid for pid, _ in io_workers}
+            | {pid for pid, _, _ in helpers}
+        )
         for pid, role, eid, path in [
             (os.getpid(), "supervisor", None, None),
             *((pid, "worker", eid, path) for pid, eid, path in workers),
             *((pid, "io-worker", None, what) for pid, what in io_workers),
+            *((pid, role, None, what) for pid, role, what in helpers),
         ]:
             p = self._proc(pid)
             if p is None:

@@ -597,6 +597,12 @@ def test_fm_workers_shows_the_io_worker_and_its_calls(iwf, db, tmp_path, daemon)
 
     row = wait_until(io_row, 30, "an io-worker row with its 10 calls")
     assert str(io_pid) in row and "I/O lane: 10 tasks" in row
+    # The supervisor's commit process is listed too (role "commit").
+    commit = [
+        line for line in fm_cli(db, "workers").stdout.splitlines() if line.startswith("commit")
+    ]
+    assert len(commit) == 1 and commit[0].split()[-2:] == ["group", "commits"], commit
+    assert "fm_local.store.writer" in " ".join(psutil.Process(int(commit[0].split()[1])).cmdline())
 
     # Rows appear once the calls have run DEFER_FIRST_WRITE (first writes wait).
     def naps() -> list[str] | None:

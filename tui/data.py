@@ -369,7 +369,7 @@ class Reader:
             if newest is None:
                 newest = live.newest_sample_time(c)
         latest = [s for s in rows if s.ts == newest]
-        order = {"supervisor": 0, "worker": 1, "io-worker": 2}
+        order = {"supervisor": 0, "commit": 1, "worker": 2, "io-worker": 3}
         latest.sort(key=lambda s: (order.get(s.role, 3), s.pid or 0))
         return ResourceSnapshot(
             latest, newest, now, history_of(rows, now, HISTORY_SECONDS), RECENT_SAMPLE

@@ -513,6 +513,8 @@ def workers(ctx: Ctx) -> None:
     click.echo(f"{'ROLE':<11} {'PID':>7} {'CPU%':>6} {'RSS MB':>8}  NODE")
     for r in rows:
         node = f"{r['execution_id']} {r['node_path']}" if r["node_path"] else "-"
+        if r["execution_id"] is None:
+            node = r["node_path"] or "-"  # a process running no node (the commit process)
         if r["role"] == "io-worker":
             node = f"I/O lane: {r['node_path'] or '0 tasks'}"
         elif r["role"] == "dask":

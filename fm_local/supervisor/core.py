@@ -358,8 +358,9 @@ class Supervisor(
             run = self.tasks.get(task_id) if task_id is not None else None
             workers.append((pid, run.ex.id if run else None, run.path if run else None))
         io = [(pid, f"{n} tasks") for pid, n in self.executor.io_workers()]
+        helpers = [(self.writer.pid, "commit", "group commits")] if self.writer else []
         try:
-            samples = self.sampler.sample(workers, io)
+            samples = self.sampler.sample(workers, io, helpers)
             cluster = getattr(self.executor, "status", None)
             if cluster is not None and samples:
                 # A remote executor's state (the Dask scheduler: connected or not).
