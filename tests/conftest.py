@@ -309,9 +309,14 @@ class Daemon:
         return self
 
     def kill9(self) -> None:
+        """SIGKILL the daemon; returns once it and its commit process (which dies
+        with it, holding the lock file until then) are gone: the file is free."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        from fm_local.lock import is_served
+
+        wait_until(lambda: is_served(self.db) is None, 10, "the killed daemon's lock to be free")
 
     def stop(self) -> int:
         assert self.proc is not None

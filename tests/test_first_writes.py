@@ -241,13 +241,17 @@ def test_a_failed_commit_on_the_writer_stops_the_supervisor(
 
 
 def _commit_process(pid: int) -> psutil.Process:
-    found = [
-        k
-        for k in psutil.Process(pid).children()
-        if "fm_local.store.writer" in " ".join(k.cmdline())
-    ]
-    assert len(found) == 1, found
-    return found[0]
+    def found() -> list[psutil.Process]:
+        return [
+            k
+            for k in psutil.Process(pid).children()
+            if "fm_local.store.writer" in " ".join(k.cmdline())
+        ]
+
+    # The daemon takes the lock file before it starts its commit process.
+    kids = wait_until(lambda: found() or None, 20, "the daemon's commit process")
+    assert len(kids) == 1, kids
+    return kids[0]
 
 
 def _gone(p: psutil.Process) -> bool:

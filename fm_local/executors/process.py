@@ -14,10 +14,8 @@ replaced; every child is reaped.
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
-import select
 import signal
 import subprocess
 import time
@@ -27,6 +25,7 @@ from typing import Any
 from fm_local.executors import Event, Finished, Logs, Lost, Offer, Started, Task, started_first
 from fm_local.executors.iolane import IOLane, IOOffer
 from fm_local.executors.procs import (
+    Poller,
     Slot,
     close,
     descendants,
@@ -129,11 +128,8 @@ class ProcessExecutor:
         # Task id -> the scheduler's estimate of its duration (seconds; None: unknown),
         # for the tasks the workers hold.
         self._estimates: dict[int, float | None] = {}
-        # What _poll waits on, kept between turns while it is the same objects: a
-        # poll object and its descriptors (built anew only when a worker changed).
-        self._poll_key: tuple[int, ...] = ()
-        self._poller: Any = None
-        self._poll_objs: dict[int, Any] = {}
+        # What _poll waits on, kept between turns while the workers stay the same.
+        self._poller = Poller()
         # The I/O lane: one event-loop worker running up to io_concurrency tasks.
         self.io = (
             IOLane(io_concurrency, env, max_rss_mb, monotonic, self._dying)
@@ -339,7 +335,7 @@ class ProcessExecutor:
         if not waiting:
             time.sleep(timeout)
             return events
-        ready = [r for r in self._wait(waiting, timeout) if r is not extra]
+        ready = [r for r in self._poller.wait(waiting, timeout) if r is not extra]
         gone = {by_conn[r] for r in ready if isinstance(r, int)}  # type: ignore[index]
         for s in slots:
             if s.pidfd is None and s.proc.poll() is not None:
@@ -383,28 +379,6 @@ class ProcessExecutor:
             self._replace(slot, kill=False)
             events.append(("retired" if retired else "died", slot, held))
         return events
-
-    def _wait(self, objs: list[Any], timeout: float | None) -> list[Any]:
-        """``multiprocessing.connection.wait(objs, timeout)`` (the ones readable, or
-        closed, or in error), on a poll object kept while ``objs`` stay the same."""
-        key = tuple(map(id, objs))
-        if key != self._poll_key or self._poller is None:
-            poller = select.poll()
-            by_fd: dict[int, Any] = {}
-            for obj in objs:
-                fd = obj if isinstance(obj, int) else obj.fileno()
-                poller.register(fd, select.POLLIN)
-                by_fd[fd] = obj
-            self._poller, self._poll_objs, self._poll_key = poller, by_fd, key
-        ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
-        while True:
-            try:
-                got = self._poller.poll(ms)
-                break
-            except InterruptedError:
-                continue
-        by_fd = self._poll_objs
-        return [by_fd[fd] for fd, _ in got if fd in by_fd]
 
     def _read(self, slot: Slot, events: list[tuple[str, Slot, Any]], exited: bool) -> None:
         """Take every complete message the worker wrote (all of them, when it has

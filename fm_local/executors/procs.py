@@ -4,8 +4,10 @@ exit) and stopping what it leaves behind. Shared by the process pool
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -123,6 +125,39 @@ def spawn(module: str, index: int, env: dict[str, str] | None, max_rss_mb: int |
     except (AttributeError, OSError):
         slot.pidfd = None  # no pidfd here: poll() asks the process instead
     return slot
+
+
+class Poller:
+    """``multiprocessing.connection.wait(objs, timeout)`` (the objects readable,
+    closed or in error) on a poll object kept while ``objs`` stay the same objects
+    (it holds them, so their ids are not reused meanwhile): the executor waits on
+    the same workers turn after turn, and building a selector each turn cost more
+    than the wait."""
+
+    def __init__(self) -> None:
+        self.key: tuple[int, ...] = ()
+        self.poll: Any = None
+        self.by_fd: dict[int, Any] = {}
+
+    def wait(self, objs: list[Any], timeout: float | None) -> list[Any]:
+        key = tuple(map(id, objs))
+        if key != self.key or self.poll is None:
+            poll = select.poll()
+            by_fd: dict[int, Any] = {}
+            for obj in objs:
+                fd = obj if isinstance(obj, int) else obj.fileno()
+                poll.register(fd, select.POLLIN)
+                by_fd[fd] = obj
+            self.poll, self.by_fd, self.key = poll, by_fd, key
+        ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        while True:
+            try:
+                got = self.poll.poll(ms)
+                break
+            except InterruptedError:
+                continue
+        by_fd = self.by_fd
+        return [by_fd[fd] for fd, _ in got if fd in by_fd]
 
 
 def encode_tasks(
