@@ -284,13 +284,18 @@ _compact: Any = (
 )
 
 
+def _encode(value: Any) -> str:
+    """Compact JSON text; a cycle or too deep a value raises RecursionError."""
+    if _compact is None:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, check_circular=False)
+    return "".join(_compact(value, 0))
+
+
 def compact_dumps(value: Any) -> str:
     """``json.dumps(value, separators=(",", ":"), allow_nan=False)``, faster;
     a cycle raises ``ValueError`` as there."""
     try:
-        if _compact is None:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False)
-        return "".join(_compact(value, 0))
+        return _encode(value)
     except RecursionError:
         raise ValueError("Circular reference detected (or a value nested too deeply)") from None
 
@@ -303,7 +308,7 @@ def bounded_dumps(value: Any, limit: int | None = None) -> str:
     if t is not str and t is not int and t is not bool and value is not None:
         json_size(value, lim)
     try:
-        text = "".join(_compact(value, 0)) if _compact is not None else compact_dumps(value)
+        text = _encode(value)
     except RecursionError:
         raise ValueTooDeep(MAX_DEPTH) from None
     if len(text) > lim:
