@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 HERE = Path(__file__).parent
@@ -344,6 +345,15 @@ def daemon(db: Path) -> Iterator[Callable[..., Daemon]]:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+def exited(proc: psutil.Process) -> bool:
+    """The process has exited: gone, or a zombie waiting to be reaped. Checked in one
+    call that tolerates the process ending between two questions."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

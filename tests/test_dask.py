@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, Daemon, fm_cli, holds, python_node, query, run_wf, wait_until
+from conftest import HERE, Daemon, exited, fm_cli, holds, python_node, query, run_wf, wait_until
 
 from fm_local import api
 
@@ -208,7 +208,7 @@ def test_cancel_kills_the_nodes_running_on_dask(dwf, db, tmp_path, cluster, dask
     res = api.wait(eid, db=db, timeout=60)
     assert res["status"] == "cancelled"
     wait_until(
-        lambda: not any(p.is_running() and p.status() != "zombie" for p in procs),
+        lambda: all(exited(p) for p in procs),
         30,
         "the sleeping processes killed",
     )
@@ -230,7 +230,7 @@ def test_a_timeout_kills_the_node_on_dask(dwf, db, tmp_path, cluster, dask_daemo
     (s,) = sleepers(tmp_path)
     p = psutil.Process(s["pid"]) if psutil.pid_exists(s["pid"]) else None
     wait_until(
-        lambda: p is None or not p.is_running() or p.status() == "zombie",
+        lambda: p is None or exited(p),
         30,
         "the timed-out process killed",
     )
@@ -432,7 +432,7 @@ def test_kill9_of_the_daemon_with_a_node_on_dask_loses_nothing_and_leaves_nothin
     res = api.wait(eid, db=db, timeout=120)
     assert res["status"] == "succeeded", res
     wait_until(
-        lambda: not orphan.is_running() or orphan.status() == "zombie",
+        lambda: exited(orphan),
         30,
         "the orphaned node's process stopped",
     )
