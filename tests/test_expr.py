@@ -667,6 +667,25 @@ def test_render_value_without_templates_returns_the_same_object() -> None:
     assert render_value("{{ x }}", SCOPE) == 10
 
 
+def test_render_field_keeps_a_plan_per_value_and_renders_each_scope_anew() -> None:
+    """A node's field is rendered for every loop item: the same result as
+    render_value, for each scope, with the value itself never modified."""
+    field = {"i": "{{ x }}", "keep": {"k": [1, 2]}, "list": ["a", "{{ y }}-{{ x }}"]}
+    for scope in (SCOPE, {**SCOPE, "x": 11, "y": "z"}, SCOPE):
+        out = expr.render_field(field, scope)
+        assert out == render_value(field, scope)
+        assert out["keep"] is field["keep"]
+    assert expr.render_field(field, {**SCOPE, "x": 11, "y": "z"})["list"] == ["a", "z-11"]
+    assert field == {"i": "{{ x }}", "keep": {"k": [1, 2]}, "list": ["a", "{{ y }}-{{ x }}"]}
+    plain = {"a": [1, "text"]}
+    assert expr.render_field(plain, SCOPE) is plain
+    # Another value, even one equal to the first, has its own plan.
+    other = {"i": "{{ y }}", "keep": {"k": [1, 2]}, "list": []}
+    assert expr.render_field(other, SCOPE)["i"] == SCOPE["y"]
+    with pytest.raises(ExpressionError):
+        expr.render_field({"bad": "{{ nope( }}"}, SCOPE)
+
+
 def test_render_value_error() -> None:
     with pytest.raises(ExpressionError) as info:
         render_value({"a": ["{{ missing }}"]}, SCOPE)

@@ -34,7 +34,7 @@ Where things are (this package re-exports the public names):
 - :mod:`.interp`: the interpreter, one handler per node type.
 - :mod:`.compiler`: :class:`Expr`, :func:`compile_expr`, the whitelist and the
   analyser that checks a tree and collects its free names; :func:`check_syntax`.
-- :mod:`.template`: ``{{ }}`` templates, :func:`render_value`, :func:`render_shell`,
+- :mod:`.template`: ``{{ }}`` templates, :func:`render_value`, :func:`render_field`, :func:`render_shell`,
   :func:`value_names`.
 """
 
@@ -56,6 +56,7 @@ from fm_local.expr.functions import FUNCTION_NAMES
 from fm_local.expr.template import (
     Template,
     compile_template,
+    render_field,
     render_shell,
     render_value,
     value_names,
@@ -77,6 +78,7 @@ __all__ = [
     "check_syntax",
     "compile_expr",
     "compile_template",
+    "render_field",
     "render_shell",
     "render_value",
     "value_names",

@@ -218,43 +218,70 @@ def render_value(
     Returns ``value`` itself when nothing in it is a template; one time, step and
     memory budget covers the whole structure.
     """
-    ctx: _Ctx | None = None
-
-    def walk(v: Any) -> Any:
-        nonlocal ctx
-        if isinstance(v, str):
-            if "{{" not in v:
-                return v
-            t = compile_template(v)
-            if t is None:
-                return v
-            if ctx is None:
-                ctx = _Ctx(scope, log, time_limit)
-            return t._render(ctx)
-        if isinstance(v, dict):
-            changed: dict[Any, Any] | None = None
-            for k, item in v.items():
-                new = walk(item)
-                if new is not item:
-                    if changed is None:
-                        changed = dict(v)
-                    changed[k] = new
-            return v if changed is None else changed
-        if isinstance(v, list):
-            out: list[Any] | None = None
-            for i, item in enumerate(v):
-                new = walk(item)
-                if out is None and new is not item:
-                    out = v[:i]
-                if out is not None:
-                    out.append(new)
-            return v if out is None else out
-        return v
-
     try:
-        return walk(value)
+        plan = _plan(value)
+        if plan is None:
+            return value
+        return _run_plan(plan, value, _Ctx(scope, log, time_limit))
     except RecursionError:
         raise ExpressionError("value nested too deeply") from None
+
+
+def render_field(
+    value: Any,
+    scope: Mapping[str, Any],
+    log: Callable[[str], None] | None = None,
+    *,
+    time_limit: float | None = None,
+) -> Any:
+    """:func:`render_value` of a value that does not change once loaded (a node's
+    field): where its templates are is worked out once and kept (a loop renders the
+    same field for every item)."""
+    entry = _plans.get(id(value))
+    if entry is None or entry[0] is not value:
+        try:
+            plan = _plan(value)
+        except RecursionError:
+            raise ExpressionError("value nested too deeply") from None
+        if len(_plans) >= _PLANS_MAX:
+            _plans.clear()
+        # The value is kept with its plan: its id cannot name another value meanwhile.
+        _plans[id(value)] = entry = (value, plan)
+    plan = entry[1]
+    if plan is None:
+        return value
+    try:
+        return _run_plan(plan, value, _Ctx(scope, log, time_limit))
+    except RecursionError:
+        raise ExpressionError("value nested too deeply") from None
+
+
+# A render plan: None (no template inside), a Template (a templated string), or
+# (is_dict, [(key or index, plan), ...]) for the templated members of a dict/list.
+_plans: dict[int, tuple[Any, Any]] = {}
+_PLANS_MAX = 4096
+
+
+def _plan(v: Any) -> Any:
+    if isinstance(v, str):
+        return compile_template(v) if "{{" in v else None
+    if isinstance(v, dict):
+        subs = [(k, p) for k, item in v.items() if (p := _plan(item)) is not None]
+        return (True, subs) if subs else None
+    if isinstance(v, list):
+        subs = [(i, p) for i, item in enumerate(v) if (p := _plan(item)) is not None]
+        return (False, subs) if subs else None
+    return None
+
+
+def _run_plan(plan: Any, v: Any, ctx: _Ctx) -> Any:
+    if type(plan) is Template:
+        return plan._render(ctx)
+    is_dict, subs = plan
+    out: Any = dict(v) if is_dict else list(v)
+    for k, p in subs:
+        out[k] = _run_plan(p, v[k], ctx)
+    return out
 
 
 def render_shell(

@@ -30,18 +30,30 @@ class HttpNode(NodeBase):
 
 def task(node: HttpNode, scope: Scope) -> dict[str, Any]:
     # One rendering of all the fields: one time, step and memory budget for the node.
-    spec: dict[str, Any] = expr.render_value(
-        {
+    spec: dict[str, Any] = expr.render_field(_fields(node), scope)
+    return {**spec, "timeout": node.timeout}
+
+
+# The fields a request renders, per node (the same dict each time: its render plan
+# is kept, expr.render_field).
+_FIELDS: dict[int, tuple[HttpNode, dict[str, Any]]] = {}
+
+
+def _fields(node: HttpNode) -> dict[str, Any]:
+    entry = _FIELDS.get(id(node))
+    if entry is None or entry[0] is not node:
+        if len(_FIELDS) >= 4096:
+            _FIELDS.clear()
+        fields = {
             "method": node.method,
             "url": node.url,
             "headers": node.headers,
             "query": node.query,
             "json": node.json_body,
             "body": node.body,
-        },
-        scope,
-    )
-    return {**spec, "timeout": node.timeout}
+        }
+        _FIELDS[id(node)] = entry = (node, fields)
+    return entry[1]
 
 
 _TEMPLATES = (

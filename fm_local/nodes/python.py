@@ -76,7 +76,7 @@ def is_async(folder: str, call: str) -> bool:
 
 
 def task(node: PythonNode, scope: Scope) -> dict[str, Any]:
-    return {"call": node.call, "args": expr.render_value(node.args, scope)}
+    return {"call": node.call, "args": expr.render_field(node.args, scope)}
 
 
 KIND = Kind(

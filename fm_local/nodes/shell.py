@@ -24,7 +24,7 @@ def task(node: ShellNode, scope: Scope) -> dict[str, Any]:
     return {
         # A string is a shell script: template values are quoted (expr.render_shell).
         "command": expr.render_shell(node.command, scope),
-        "env": expr.render_value(node.env, scope),
+        "env": expr.render_field(node.env, scope),
         "cwd": expr.render_value(node.cwd, scope),
         "allowFailure": node.allow_failure,
     }
