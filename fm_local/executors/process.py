@@ -384,8 +384,9 @@ class ProcessExecutor:
         """Take every complete message the worker wrote (all of them, when it has
         exited: results it sent before dying count)."""
         conn = slot.outbox
+        waiting = slot.has_output or conn.poll
         head = slot.inflight[0]["id"] if slot.inflight else None
-        while conn.poll(0):
+        while waiting():
             msg = pickle.loads(conn.recv_bytes())
             kind = msg[0]
             if kind == "results" or kind == "retire":

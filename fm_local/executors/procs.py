@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from fm_local.pipes import Readable
+
 
 @dataclass(eq=False)
 class Slot:
@@ -34,6 +36,7 @@ class Slot:
     retiring: bool = False  # over its memory limit: handing back, then stopping
     dropping: set[int] = field(default_factory=set)  # asked back, answer pending
     frames: Frames | None = None  # the outbox read without blocking (the I/O lane)
+    has_output: Readable | None = None  # the outbox's poll(0), kept (fm_local.pipes)
 
     @property
     def pid(self) -> int:
@@ -120,6 +123,7 @@ def spawn(module: str, index: int, env: dict[str, str] | None, max_rss_mb: int |
         outbox=Connection(from_child_r, writable=False),
         token=token,
     )
+    slot.has_output = Readable(slot.outbox)
     try:
         slot.pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):

@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from fm_local import runners
+from fm_local.pipes import Readable
 
 # Results are flushed at the end of a batch, or when this many seconds passed.
 FLUSH_INTERVAL = 0.002
@@ -170,6 +171,7 @@ class Protocol:
     def __init__(self, inbox: Connection, outbox: Connection) -> None:
         self.inbox = inbox
         self.outbox = outbox
+        self.has_message = Readable(inbox)  # inbox.poll(0), kept (fm_local.pipes)
         self.queue: deque[dict[str, Any]] = deque()
         self.stopped = False
         self.retiring = False
@@ -203,7 +205,7 @@ class Protocol:
 
     def take(self, block: bool) -> None:
         """Handle the messages waiting (``block``: wait for one if none is)."""
-        while block or self.inbox.poll(0):
+        while block or self.has_message():
             block = False
             try:
                 msg = pickle.loads(self.inbox.recv_bytes())
@@ -277,7 +279,7 @@ def main(argv: list[str]) -> int:
     last_flush = last_memory_check = time.monotonic()
     while True:
         # Take every message waiting; block only when there is nothing to run.
-        if not box.queue or box.inbox.poll(0):
+        if not box.queue or box.has_message():
             if pending and not box.queue:
                 box.send(("results", pending))
                 pending = []

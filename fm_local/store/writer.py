@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from fm_local.pipes import Readable
 from fm_local.store.batch import Batch, Rejected
 from fm_local.store.files import StorageProblem
 
@@ -112,6 +113,7 @@ class Writer:
             os.close(from_child_w)
         self.to_child = Connection(to_child_w, readable=False)
         self.from_child = Connection(from_child_r, writable=False)
+        self.has_reply = Readable(self.from_child)  # from_child.poll(0), kept
 
     @property
     def pid(self) -> int:
@@ -139,7 +141,7 @@ class Writer:
 
     def poll(self) -> None:
         """Take the acknowledgements that arrived, without waiting."""
-        while self.error is None and self.from_child.poll(0):
+        while self.error is None and self.has_reply():
             self._take(block=True)
 
     def take_rejected(self) -> list[Rejected]:
@@ -234,6 +236,7 @@ def main(argv: list[str]) -> int:
         return 0  # the supervisor is gone already
     inbox = Connection(rfd, writable=False)
     outbox = Connection(wfd, readable=False)
+    has_batch = Readable(inbox)
 
     def send(msg: tuple[Any, ...]) -> None:
         outbox.send_bytes(pickle.dumps(msg, protocol=5))
@@ -255,7 +258,7 @@ def main(argv: list[str]) -> int:
     while True:
         try:
             msgs = [pickle.loads(inbox.recv_bytes())]
-            while inbox.poll(0):  # what waited behind the last commit: one transaction
+            while has_batch():  # what waited behind the last commit: one transaction
                 msgs.append(pickle.loads(inbox.recv_bytes()))
         except (EOFError, OSError):
             return 0  # the supervisor is gone: what it did not hand over is not ours
