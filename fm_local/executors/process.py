@@ -35,7 +35,7 @@ from fm_local.executors.procs import (
     spawn,
 )
 
-PREFETCH = 16  # most tasks queued on one worker
+PREFETCH = 64  # most tasks queued on one worker
 PREFETCH_WINDOW = 0.005  # seconds of expected work a worker may hold behind its head
 PREFETCH_HOLD = 0.02  # a head running longer than this (and 2x its estimate): take back
 STOP_GRACE = 0.5  # seconds between SIGTERM and SIGKILL

@@ -63,7 +63,7 @@ class Writer:
         self,
         path: str | Path,
         durability: str = "full",
-        max_pending: int = 3,
+        max_pending: int = 8,
         keep_fds: tuple[int, ...] = (),
     ):
         """``keep_fds``: descriptors the child holds open as long as it lives (the
