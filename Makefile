@@ -29,7 +29,7 @@ run: $(STAMP)
 # the 2 cores well (11 min -> 6.5 min here); every test owns its database, tmp
 # folder and ports, so they cannot see each other.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # The quick loop while developing: everything but slow and crash tests.
 test-fast: $(STAMP)
