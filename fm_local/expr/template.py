@@ -218,13 +218,7 @@ def render_value(
     Returns ``value`` itself when nothing in it is a template; one time, step and
     memory budget covers the whole structure.
     """
-    try:
-        plan = _plan(value)
-        if plan is None:
-            return value
-        return _run_plan(plan, value, _Ctx(scope, log, time_limit))
-    except RecursionError:
-        raise ExpressionError("value nested too deeply") from None
+    return _render(_planned(value), value, scope, log, time_limit)
 
 
 def render_field(
@@ -239,27 +233,40 @@ def render_field(
     same field for every item)."""
     entry = _plans.get(id(value))
     if entry is None or entry[0] is not value:
-        try:
-            plan = _plan(value)
-        except RecursionError:
-            raise ExpressionError("value nested too deeply") from None
+        plan = _planned(value)
         if len(_plans) >= _PLANS_MAX:
             _plans.clear()
         # The value is kept with its plan: its id cannot name another value meanwhile.
         _plans[id(value)] = entry = (value, plan)
-    plan = entry[1]
-    if plan is None:
-        return value
-    try:
-        return _run_plan(plan, value, _Ctx(scope, log, time_limit))
-    except RecursionError:
-        raise ExpressionError("value nested too deeply") from None
+    return _render(entry[1], value, scope, log, time_limit)
 
 
 # A render plan: None (no template inside), a Template (a templated string), or
 # (is_dict, [(key or index, plan), ...]) for the templated members of a dict/list.
 _plans: dict[int, tuple[Any, Any]] = {}
 _PLANS_MAX = 4096
+
+
+def _planned(value: Any) -> Any:
+    try:
+        return _plan(value)
+    except RecursionError:
+        raise ExpressionError("value nested too deeply") from None
+
+
+def _render(
+    plan: Any,
+    value: Any,
+    scope: Mapping[str, Any],
+    log: Callable[[str], None] | None,
+    time_limit: float | None,
+) -> Any:
+    if plan is None:
+        return value  # nothing in it is a template
+    try:
+        return _run_plan(plan, value, _Ctx(scope, log, time_limit))
+    except RecursionError:
+        raise ExpressionError("value nested too deeply") from None
 
 
 def _plan(v: Any) -> Any:
