@@ -404,3 +404,115 @@ def undo_version_5(con: Any) -> None:
     con.execute("ALTER TABLE executions DROP COLUMN retry_of")
     con.execute("ALTER TABLE executions DROP COLUMN retry")
     con.execute("ALTER TABLE node_runs DROP COLUMN reused_from")
+
+
+# --- xdist: the longest tests start first ---------------------------------------------------
+
+# Seconds a test took in a `make test` run (2 workers, 2 cores, 2026-12-04), for the tests
+# of 5 s and more: they start first, one share per xdist worker, so that none is left
+# running alone at the end while the other workers are idle. A rough guide, not a
+# contract: a test not named here runs in collection order after them. A module whose
+# tests share an expensive module-scoped fixture is one block (the fixture is built once
+# per worker that runs the block), named by its file.
+SLOW_FIRST: dict[str, float] = {
+    "tests/test_tui_live.py": 95.0,
+    "tests/test_dask.py::test_the_examples_give_the_same_results_on_both_executors": 40.0,
+    "tests/test_examples.py::test_batch_processing": 12.3,
+    "tests/test_isolation.py::test_stopping_the_daemon_kills_what_running_nodes_started[sigterm]": 12.2,
+    "tests/test_examples.py::test_parallel_api_calls[1]": 11.4,
+    "tests/test_signals.py::test_timers_falling_due_while_paused_start_nothing_until_resume": 11.3,
+    "tests/test_examples.py::test_parallel_api_calls[None]": 11.0,
+    "tests/test_dask.py::test_dask_executor_usage_errors": 10.3,
+    "tests/test_storage_errors.py::test_read_only_copy_is_readable_and_unchanged": 10.1,
+    "tests/test_crash.py::test_restart_after_kill9_dispatches_again": 10.1,
+    "tests/test_crash.py::test_daemon_killed_repeatedly_finished_nodes_never_rerun": 9.4,
+    "tests/test_httpapi_hostile.py::test_idle_and_slow_clients_do_not_block_others_and_are_cut_off": 9.3,
+    "tests/test_prune.py::test_daemon_retain_prunes_in_the_background": 8.7,
+    "tests/test_crash_loops.py::test_loop_limits_hold_after_restart": 8.2,
+    "tests/test_retry.py::test_retry_node_reruns_that_node_and_downstream": 8.0,
+    "tests/test_crash_loops.py::test_batch_delay_holds_across_restart[3000]": 8.0,
+    "tests/test_dask.py::test_two_daemons_share_a_cluster_without_touching_each_others_nodes": 7.7,
+    "tests/test_observability.py::test_a_dead_collector_does_not_stop_the_daemon": 7.7,
+    "tests/test_queue.py::test_long_loop_example_pause_resume_cancel": 7.6,
+    "tests/test_dask.py::test_a_timeout_counts_from_the_start_on_the_dask_worker": 7.4,
+    "tests/test_queue.py::test_dead_letter_ls_show_replay_purge": 6.8,
+    "tests/test_signals.py::test_a_pause_is_applied_exactly_once_across_a_daemon_kill[at_once]": 6.5,
+    "tests/test_dask.py::test_a_scheduler_restart_recovers_the_nodes_in_flight": 6.5,
+    "tests/test_crash_loops.py::test_parallel_loop_survives_repeated_kill9": 6.2,
+    "tests/test_tui.py::test_enter_opens_the_detail_and_keys_switch_screens": 6.2,
+    "tests/test_queue.py::test_dead_letter_replay_into_its_still_running_execution": 6.1,
+    "tests/test_queue.py::test_two_workflows_share_the_workers_fairly": 5.9,
+    "tests/test_retry.py::test_kill9_of_the_daemon_mid_retry": 5.7,
+    "tests/test_io_lane.py::test_kill9_of_the_daemon_mid_io_loop_loses_nothing": 5.7,
+    "tests/test_io_lane.py::test_a_thread_that_cannot_be_stopped_recycles_the_worker": 5.7,
+    "tests/test_crash.py::test_supervisor_killed_mid_node_counts_as_a_recovery": 5.7,
+    "tests/test_queue.py::test_fm_queue_reports_tasks_executions_and_dead_letters": 5.7,
+    "tests/test_queue.py::test_policy_orders_executions_of_one_workflow[lifo]": 5.7,
+    "tests/test_daemon.py::test_concurrent_cli_writers_against_busy_daemon": 5.7,
+    "tests/test_queue.py::test_submit_beyond_max_size_fails_or_waits_for_room": 5.6,
+    "tests/test_signals.py::test_a_pause_is_applied_exactly_once_across_a_daemon_kill[after_applied]": 5.6,
+    "tests/test_queue.py::test_policy_orders_executions_of_one_workflow[fifo]": 5.6,
+    "tests/test_crash.py::test_supervisor_crash_closes_the_interrupted_attempt_row": 5.5,
+    "tests/test_storage_errors.py::test_the_daemon_stops_with_one_line_on_a_full_disk_and_loses_nothing": 5.4,
+    "tests/test_crash_loops.py::test_nested_loops_survive_kill9": 5.3,
+    "tests/test_dask.py::test_kill9_of_the_daemon_mid_loop_on_dask": 5.3,
+    "tests/test_dask.py::test_a_node_stopped_while_its_process_starts_never_runs": 5.3,
+    "tests/test_signals.py::test_paused_state_survives_a_daemon_restart[kill9]": 5.2,
+    "tests/test_queue.py::test_queue_timeout_is_retried": 5.1,
+}
+
+
+def _module_scoped(item: pytest.Item) -> bool:
+    """The test uses a fixture of module (or class) scope: moved alone, it would have
+    that fixture built once more on its worker."""
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in getattr(info, "name2fixturedefs", {}).values():
+        if defs and getattr(defs[-1], "scope", "function") in ("module", "class"):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests of SLOW_FIRST first. Under xdist's worksteal (make test) each worker
+    starts with a contiguous slice of the collection and others steal from its end:
+    the slow tests are spread over the slices (the longest first, each to the slice
+    with the least slow seconds so far), each slice beginning with its slow tests,
+    then the other tests in collection order. Only the order changes: every test runs,
+    each with its own fixtures."""
+    blocks: dict[str, list[pytest.Item]] = {}
+    rest: list[pytest.Item] = []
+    for item in items:
+        nodeid = item.nodeid
+        module = nodeid.split("::", 1)[0]
+        if module in SLOW_FIRST:
+            blocks.setdefault(module, []).append(item)
+        elif nodeid in SLOW_FIRST and not _module_scoped(item):
+            blocks[nodeid] = [item]
+        else:
+            rest.append(item)
+    if not blocks:
+        return
+    slow = sorted(blocks, key=lambda key: -SLOW_FIRST[key])
+    workerinput = getattr(config, "workerinput", None)
+    n = int(workerinput["workercount"]) if workerinput else 1
+    # The slice sizes worksteal sends first: len // n, then what is left // (n - 1), ...
+    sizes, left = [], len(items)
+    for i in range(n):
+        sizes.append(left // (n - i))
+        left -= sizes[-1]
+    load = [0.0] * n
+    count = [0] * n
+    chosen: list[list[pytest.Item]] = [[] for _ in range(n)]
+    for key in slow:
+        fits = [i for i in range(n) if count[i] + len(blocks[key]) <= sizes[i]] or list(range(n))
+        i = min(fits, key=lambda i: load[i])
+        chosen[i].extend(blocks[key])
+        load[i] += SLOW_FIRST[key]
+        count[i] += len(blocks[key])
+    ordered: list[pytest.Item] = []
+    it = iter(rest)
+    for i in range(n):
+        ordered.extend(chosen[i])
+        ordered.extend(item for _, item in zip(range(sizes[i] - count[i]), it, strict=False))
+    ordered.extend(it)
+    items[:] = ordered
