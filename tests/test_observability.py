@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -268,25 +269,50 @@ BAD = {"name": "etl-users", "nodes": [py("a", "say", {"text": "bad", "fail": Tru
 OTHER = {"name": "report", "nodes": [py("a", "say", {"text": "ok"})]}
 
 
-@pytest.fixture
-def listed_db(owf, db) -> dict[str, str]:
-    """Executions of three workflows in four statuses, some submitted days ago."""
+@pytest.fixture(scope="module")
+def listed_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Executions of three workflows in four statuses, some submitted days ago: made
+    once per module (four real runs), in a folder of its own that no test touches."""
     from fm_local import api
 
+    folder = tmp_path_factory.mktemp("listed")
+    for tasks in ("fmtasks.py", "obstasks.py"):
+        (folder / tasks).write_text((HERE / tasks).read_text())
+    db = folder / "fm.db"
+
+    def doc(d: dict[str, Any], name: str) -> Path:
+        p = folder / f"{name}.json"
+        p.write_text(json.dumps(d))
+        return p
+
     ids = {
-        "ok_new": run_wf(owf(OK), db)["id"],
-        "bad_new": run_wf(owf(BAD), db)["id"],
-        "report_old": run_wf(owf(OTHER), db)["id"],
-        "ok_old": run_wf(owf(OK), db)["id"],
+        "ok_new": run_wf(doc(OK, "ok_new"), db)["id"],
+        "bad_new": run_wf(doc(BAD, "bad_new"), db)["id"],
+        "report_old": run_wf(doc(OTHER, "report_old"), db)["id"],
+        "ok_old": run_wf(doc(OK, "ok_old"), db)["id"],
     }
-    ids["queued"] = api.submit(owf(OTHER), db=db)  # no supervisor: stays queued
+    ids["queued"] = api.submit(doc(OTHER, "queued"), db=db)  # no supervisor: stays queued
     three_days = time.time() - 3 * 86400
-    with sqlite3.connect(db) as con:  # as if submitted three days ago
-        con.execute(
-            "UPDATE executions SET created_at=? WHERE id IN (?, ?)",
-            (three_days, ids["report_old"], ids["ok_old"]),
-        )
-    return ids
+    con = sqlite3.connect(db)
+    try:
+        with con:  # as if submitted three days ago
+            con.execute(
+                "UPDATE executions SET created_at=? WHERE id IN (?, ?)",
+                (three_days, ids["report_old"], ids["ok_old"]),
+            )
+    finally:
+        con.close()
+    return db, ids
+
+
+@pytest.fixture
+def listed_db(listed_template: tuple[Path, dict[str, str]], db: Path) -> dict[str, str]:
+    """The test's own copy of ``listed_template`` at ``db`` (the database file and
+    whatever SQLite keeps beside it): a test may change it, the next gets a fresh one."""
+    template, ids = listed_template
+    for src in template.parent.glob(template.name + "*"):
+        shutil.copyfile(src, db.with_name(db.name + src.name[len(template.name) :]))
+    return dict(ids)
 
 
 def ls(db: Path, *args: str) -> list[str]:
