@@ -37,6 +37,7 @@ from fm_local import api
 from tui.app import FmApp
 from tui.data import ITEMS_LIMIT, Reader
 from tui.records import ItemPage
+from tui.screens import base as screens_base
 from tui.screens.detail import DetailScreen
 from tui.screens.dialogs import ConfirmScreen
 from tui.screens.executions import ExecutionsScreen
@@ -130,9 +131,16 @@ class FetchCounter:
 
 
 async def refreshed(pilot: Pilot[None], counter: FetchCounter, times: int = 3) -> None:
-    """Wait for ``times`` more reads (and their display)."""
-    target = counter.n + times
-    await until(pilot, lambda: counter.n >= target, f"{times} more reads")
+    """Wait for ``times`` more reads (and their display). A screen re-reads a database
+    where nothing was committed every ``STALE`` seconds (2 s): while this waits, as
+    often as the app's interval lets it (the same reads, sooner)."""
+    stale = screens_base.STALE
+    screens_base.STALE = 0.0
+    try:
+        target = counter.n + times
+        await until(pilot, lambda: counter.n >= target, f"{times} more reads")
+    finally:
+        screens_base.STALE = stale
     await pilot.pause(0.2)
 
 
