@@ -76,6 +76,8 @@ class CompiledGraph:
     section_owner: dict[str, str] = field(default_factory=dict)
     # Whether a node has explicit incoming edges (then they alone decide if it runs).
     has_edges: dict[str, bool] = field(default_factory=dict)
+    # Worker node -> the worker node that may wait behind it on its worker (chained).
+    chained: dict[str, str] = field(default_factory=dict)
 
 
 def node_expression_names(node: NodeBase) -> frozenset[str]:
@@ -205,6 +207,7 @@ def compile_graph(nodes: list[Any], edges: list[Edge]) -> CompiledGraph:
     if merges:
         g.sections = merge_sections(g, merges)
         g.section_owner = innermost_sections(g.sections)
+    g.chained = chained(g)
     return g
 
 
@@ -337,6 +340,56 @@ class Outcome(Protocol):
     def status(self) -> str: ...
     @property
     def port(self) -> str | None: ...
+
+
+# Names whose value may change while a node's predecessor runs.
+_CHANGING_NAMES = frozenset({"signals"})
+
+
+def chained(g: CompiledGraph) -> dict[str, str]:
+    """Per worker node A, a worker node B that may be sent to A's worker behind A,
+    to start there as soon as A succeeds (Dispatch._chain): B depends on A alone, by
+    a plain edge, and A's error strategy is "fail" (so B runs if and only if A's
+    task succeeds), and B's task is known before A ends: its templates read no
+    node's output, no signal and call no function (``now()``, ``log()``). Not in a
+    graph with merge sections."""
+    out: dict[str, str] = {}
+    if g.sections:
+        return out
+    provided = set(g.nodes) | set(g.aliases) | _CHANGING_NAMES
+    for nid in g.order:
+        deps = g.deps[nid]
+        if len(deps) != 1:
+            continue
+        d = deps[0]
+        if d.is_ref or d.handle is not None or d.source in out:
+            continue
+        node = g.nodes[nid]
+        if kind_of(node).runs is not Runs.WORKER:
+            continue
+        source = g.nodes[d.source]
+        if kind_of(source).runs is not Runs.WORKER or source.error_strategy != "fail":
+            continue  # (with another strategy its failure may still let this run)
+        if g.refs.get(nid, frozenset()) & provided or _calls(node):
+            continue
+        out[d.source] = nid
+    return out
+
+
+def _calls(node: NodeBase) -> bool:
+    """Whether a template of ``node`` may call a function (a "(" inside "{{ }}")."""
+    stack: list[Any] = [v for _, v in kind_of(node).template_values(node)]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            start = v.find("{{")
+            if start >= 0 and "(" in v[start:]:
+                return True
+        elif isinstance(v, Mapping):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return False
 
 
 def readiness(deps: list[Dep], runs: Mapping[str, Outcome], explicit: bool) -> str | None:

@@ -143,6 +143,17 @@ class Executor(Protocol):
         :class:`Finished` result whose ``ok`` is None."""
         ...
 
+    def can_follow(self, task_id: int) -> bool:
+        """Whether :meth:`follow` could queue a task behind this one now."""
+        ...
+
+    def follow(self, task_id: int, task: Task) -> bool:
+        """Queue ``task`` behind task ``task_id``, last on its worker, to start
+        there only if that one succeeds (else it comes back as a :class:`Finished`
+        result whose ``ok`` is None, as a handed-back task does); False if it
+        cannot (then nothing was sent)."""
+        ...
+
     def reclaim(self, now_m: float) -> None:
         """Hand back the tasks waiting behind a task that runs far longer than
         expected, so they run elsewhere (the executor's own prefetch policy)."""

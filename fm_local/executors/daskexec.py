@@ -436,6 +436,12 @@ class DaskExecutor:
     def hand_back(self, task_ids: Collection[int]) -> None:
         pass  # nothing is prefetched here (offers start what they take)
 
+    def can_follow(self, task_id: int) -> bool:
+        return False  # no task waits behind another here
+
+    def follow(self, task_id: int, task: Task) -> bool:
+        return False
+
     def reclaim(self, now_m: float) -> None:
         pass
 

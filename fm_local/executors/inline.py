@@ -97,6 +97,12 @@ class InlineExecutor:
         self.handed_back.extend(task for task, _ in self.queue if task["id"] in ids)
         self.queue = deque(item for item in self.queue if item[0]["id"] not in ids)
 
+    def can_follow(self, task_id: int) -> bool:
+        return False  # no task waits behind another here
+
+    def follow(self, task_id: int, task: Task) -> bool:
+        return False
+
     def reclaim(self, now_m: float) -> None:
         pass
 

@@ -483,6 +483,23 @@ class ProcessExecutor:
             if back:
                 self.drop(slot, back)
 
+    def _tail_slot(self, task_id: int) -> Slot | None:
+        for slot in self.slots:
+            if slot.inflight and slot.inflight[-1]["id"] == task_id:
+                return None if slot.retiring or slot.dropping else slot
+        return None
+
+    def can_follow(self, task_id: int) -> bool:
+        return self._tail_slot(task_id) is not None
+
+    def follow(self, task_id: int, task: Task) -> bool:
+        """(Its expected duration stays unknown: nothing is prefetched behind it.)"""
+        slot = self._tail_slot(task_id)
+        if slot is None:
+            return False
+        task["after"] = task_id  # the worker checks it (executors/worker.py)
+        return not self._send(slot, [task])
+
     def _hold(self, head_id: int) -> float:
         """How long a worker's running task may take before the tasks queued behind
         it are taken back: twice what it is expected to take, at least PREFETCH_HOLD."""
@@ -500,7 +517,8 @@ class ProcessExecutor:
                 )
         for slot in self.slots:
             inflight = slot.inflight
-            if len(inflight) < 2:
+            # Tasks chained behind the head (follow) could run nowhere else sooner.
+            if len(inflight) < 2 or "after" in inflight[1]:
                 continue
             if now_m - slot.head_since <= self._hold(inflight[0]["id"]):
                 continue
@@ -509,9 +527,10 @@ class ProcessExecutor:
     def next_check(self, now_m: float) -> float | None:
         due: float | None = self.io.next_check() if self.io is not None else None
         for slot in self.slots:
-            if len(slot.inflight) > len(slot.dropping) + 1:
+            inflight = slot.inflight
+            if len(inflight) > len(slot.dropping) + 1 and "after" not in inflight[1]:
                 # Look again when the tasks queued behind it are due to be taken back.
-                at = slot.head_since + self._hold(slot.inflight[0]["id"])
+                at = slot.head_since + self._hold(inflight[0]["id"])
                 due = at if due is None else min(due, at)
         return due
 

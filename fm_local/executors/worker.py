@@ -277,6 +277,7 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=box.stream_logs, name="fm-log-stream", daemon=True).start()
     pending: list[tuple[Any, ...]] = []
     last_flush = last_memory_check = time.monotonic()
+    last: tuple[int, bool] | None = None  # the task run last here, and whether it succeeded
     while True:
         # Take every message waiting; block only when there is nothing to run.
         if not box.queue or box.has_message():
@@ -290,11 +291,25 @@ def main(argv: list[str]) -> int:
         if not box.queue:
             continue
         task = box.queue.popleft()
+        after = task.get("after")
+        if after is not None:
+            # Chained behind the task before it (Dispatch._chain): the supervisor
+            # hears that one ended first, and this one starts only if it succeeded.
+            if pending:
+                box.send(("results", pending))
+                pending = []
+                last_flush = time.monotonic()
+            if last != (after, True):
+                now = time.time()
+                box.send(("results", [(task["id"], None, None, None, [], now, now)]))
+                continue
         box.in_task = True
         try:
-            pending.append(runners.run_task(task))
+            result = runners.run_task(task)
         finally:
             box.in_task = False
+        pending.append(result)
+        last = (result[0], result[1] is True)
         if os.getpid() != _WORKER_PID:
             os._exit(0)  # a child forked by node code came back here: it is not us
         mono = time.monotonic()

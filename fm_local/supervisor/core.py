@@ -382,6 +382,7 @@ class Supervisor(
         # Real time: a stop is bounded in the world's seconds, stepped or not.
         deadline = time.monotonic() + self.drain_timeout
         self.stopping = True
+        self._unchain()  # they have not started: the next supervisor makes them again
         while self.tasks and time.monotonic() < deadline:
             self._take_events(executor.poll(0.05))
             self._settle()

@@ -16,6 +16,9 @@ from fm_local.supervisor.state import (
     at_capacity,
 )
 
+# Most successors sent behind a running node on its worker (Dispatch._chain).
+CHAIN_DEPTH = 4
+
 
 class Dispatch(Part):
     def _dispatch(self) -> None:
@@ -26,8 +29,11 @@ class Dispatch(Part):
         assert executor is not None
         if self.stopping or not self.ready_count:
             return
+        if self.chained_runs and self.ready_count > self.ready_io_count:
+            self._unchain()  # others wait for a worker: fairness first
         now = self.clock.time()
         durations = self.durations
+        heads: list[Run] = []
         for offer in executor.offers(lambda: self.ready_count):
             if not self.ready_count:
                 return
@@ -48,10 +54,83 @@ class Dispatch(Part):
                     continue
                 if task is not None:
                     offer.add(task)
+                    if head:
+                        heads.append(run)
             for task, why in executor.submit(offer):
                 self._not_sent(task, why)
+            for run in heads:
+                if run.task_id is not None and run.frame.graph.chained:
+                    with self._boundary(run.ex, f"sending the node after '{run.path}'"):
+                        self._chain(run)
+            heads.clear()
             if not self.rr:
                 return
+
+    def _chain(self, run: Run) -> None:
+        """Send the successors of ``run`` (graph.chained), up to CHAIN_DEPTH of them,
+        to ``run``'s worker now, each to start there as soon as the one before it
+        succeeds, without waiting for the supervisor (docs/architecture.md, "Chained
+        successors"). Each is made as a ready run is made, and is a prefetched task
+        until it starts: a pause, cancel or fail-fast takes it back like one. The
+        worker hands one back unstarted if the one before it did not succeed; then
+        it is forgotten (Results._unmake) and considered again in its turn."""
+        frame = run.frame
+        chained = frame.graph.chained
+        ex = run.ex
+        executor = self.executor
+        if (
+            self.stopping
+            or self.ready_count > self.ready_io_count  # others wait for a worker: fairness
+            or run.aux_kind is not None  # a fallback, handler or compensation
+            or frame.runs.get(run.node.id) is not run
+            or not self.defer_writes
+            or executor is None
+            or frame.done
+            or frame.stopped()
+            or ex.status != "running"
+            or ex.cancel_error is not None
+        ):
+            return
+        tail = run
+        for _ in range(CHAIN_DEPTH):
+            nid = chained.get(tail.node.id)
+            if nid is None:
+                return
+            succ = frame.runs.get(nid)
+            if succ is not None:
+                if succ.after is not tail:
+                    return
+                tail = succ  # already sent behind it
+                continue
+            if tail.task_id is None or at_capacity(ex) or not executor.can_follow(tail.task_id):
+                return
+            node = frame.graph.nodes[nid]
+            succ = Run(ex, frame, node, frame.prefix + nid)
+            if self._limited(succ) or self._lane_of(succ) != "process":
+                return
+            frame.runs[nid] = succ
+            frame.active += 1
+            self.chained_runs[id(succ)] = succ
+            succ.after = tail
+            succ.lane = "process"
+            succ.deferrable = True  # no row while it waits: a restart makes it again
+            succ.queued_at = succ.ready_at = self.clock.time()
+            succ.status = "queued"
+            task = self._make_task(succ, tail.worker_pid, head=False)
+            if task is None:
+                return  # its input could not be resolved: made again in its turn
+            if not executor.follow(tail.task_id, task):
+                self._unmake(succ)
+                return
+            tail = succ
+
+    def _unchain(self) -> None:
+        """Ask back the chained successors that have not started (others wait for
+        a worker now, or the supervisor stops): each is made again in its turn."""
+        assert self.executor is not None
+        ids = [r.task_id for r in self.chained_runs.values() if r.task_id is not None]
+        if ids:
+            self.executor.hand_back(ids)
 
     def _not_sent(self, task: dict[str, Any], exc: BaseException) -> None:
         """A task that could not be sent to a worker: undo its dispatch, fail the node."""
@@ -136,6 +215,9 @@ class Dispatch(Part):
             # Bounded in size and depth, so it can be recorded and sent to a worker.
             run.input_json = jsonio.bounded_dumps(spec)
         except Exception as exc:  # noqa: BLE001 - fails this node only (_inline_failed)
+            if run.after is not None:
+                self._unmake(run)  # sent in its turn instead (and fails then)
+                return None
             self._release(run)
             self._inline_failed(run, exc, "input")
             return None

@@ -330,6 +330,16 @@ class Explain(Part):
                 due,
             )
         if run.task_id is not None:
+            before = run.after
+            if before is not None:
+                # Chained (Dispatch._chain): it still waits for the node before it.
+                detail = (
+                    f"waiting for {before.path} ({before.status}); handed to worker "
+                    f"{run.worker_pid}, to start there when {before.path} succeeds"
+                )
+                return self._paused(
+                    ex, entry(path, "pending", "dependencies", detail, None, [before.path])
+                )
             if run.prefetched:
                 holder = look.on_worker.get(run.worker_pid or -1)
                 blockers = [_who(holder, ex)] if holder is not None else None

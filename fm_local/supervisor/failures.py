@@ -191,6 +191,9 @@ class Failures(Part):
     def _cancel_run(self, run: Run, reason: str, status: str = "cancelled") -> None:
         if run.terminal:
             return
+        if run.after is not None:
+            self._unmake(run)  # a chained successor that never started: as if never made
+            return
         run.status = status
         run.finished_at = self.clock.time()
         run.error = run.error or self._error(run, errors.CANCELLED, reason)

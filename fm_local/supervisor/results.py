@@ -31,11 +31,44 @@ class Results(Part):
         """A task that waited behind another on its worker now runs."""
         head = self.tasks.get(task_id)
         if head is not None and head.status == "queued":
+            after = head.after
+            if after is not None:
+                if after.status != "succeeded":
+                    return  # its worker hands it back (Dispatch._chain)
+                head.after = None
+                self.chained_runs.pop(id(head), None)
             head.status = "running"
             head.prefetched = False
             head.started_at = self.clock.time()
             self._mark(head)
             self._attempt_row(head, "running", None)
+            if head.frame.graph.chained:
+                with self._boundary(head.ex, f"sending the node after '{head.path}'"):
+                    self._chain(head)
+
+    def _unmake(self, run: Run) -> None:
+        """A chained successor (Dispatch._chain) back unstarted, or not sent: it
+        is forgotten as if never made (it has no row) and considered again, which
+        makes it in its turn once its predecessor has ended."""
+        if run.task_id is not None:
+            self.tasks.pop(run.task_id, None)
+            run.task_id = None
+            run.ex.running -= 1
+            self._release(run)
+        run.after = None
+        self.chained_runs.pop(id(run), None)
+        # Never started: nothing of it is written (a start it was thought to have
+        # made, had its worker died first, is not either).
+        self.dirty_runs.pop(id(run), None)
+        run.dirty_at = None
+        self.batch.attempts.pop((run.ex.id, run.path, run.seq), None)
+        frame = run.frame
+        nid = run.node.id
+        if frame.runs.get(nid) is run:
+            del frame.runs[nid]
+            frame.active -= 1
+            self.work.append((frame, nid))
+        self.frames_to_check.append(frame)
 
     def _on_logs(self, task_id: int, lines: list[tuple[float, str, str]]) -> None:
         """Lines a running task printed so far: written with the next group commit,
@@ -63,6 +96,9 @@ class Results(Part):
         self._release(run)
         if ok is None:
             # Handed back unstarted (pause, fail-fast): nothing was spent.
+            if run.after is not None:
+                self._unmake(run)
+                return
             if run.gate_marks is not None:
                 run.gate_marks = None
             if run.terminal:
@@ -75,6 +111,9 @@ class Results(Part):
                 run.prefetched = False
             return
         run.prefetched = False
+        if run.after is not None:
+            run.after = None
+            self.chained_runs.pop(id(run), None)
         if self.clock_is_stepped:
             # The worker's times are the world's; a stepped engine's are its own.
             finished = self.clock.time()
@@ -121,7 +160,9 @@ class Results(Part):
             run.prefetched = False
             run.ex.running -= 1
             self._release(run)
-            runs.append((run, started))
+            # A chained successor still waiting for its predecessor's result has
+            # not started, whatever its place on the worker (Started clears after).
+            runs.append((run, started and run.after is None))
         return runs
 
     def _on_lost(self, lost: list[tuple[Task, bool]], reason: str) -> None:
@@ -152,6 +193,9 @@ class Results(Part):
         self._requeue(run, spent=True)
 
     def _requeue(self, run: Run, spent: bool = False) -> None:
+        if run.after is not None:
+            self._unmake(run)  # a chained successor: made again in its turn
+            return
         if not spent and run.seq and run.attempt_kind == "attempt":
             # The dispatch counted an attempt that never ran; give it back.
             run.attempt -= 1

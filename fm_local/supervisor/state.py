@@ -93,6 +93,7 @@ class Run:
         "written",
         "deferrable",
         "dirty_at",
+        "after",
     )
 
     def __init__(self, ex: Exec, frame: Frame, node: NodeBase, path: str) -> None:
@@ -145,6 +146,9 @@ class Run:
         # Commit.flush), and since when it has waited.
         self.deferrable = False
         self.dirty_at: float | None = None
+        # Sent to its worker behind this run, its one predecessor, before that one
+        # ended (Dispatch._chain): it starts there only if that one succeeds.
+        self.after: Run | None = None
 
     def value(self) -> Any:
         if self._value is _UNSET:
@@ -519,6 +523,8 @@ class Part:
         # adopts a running attempt's result after a restart (Dask), which needs the
         # running row committed before the task is sent.
         self.defer_writes = True
+        # Chained successors not started yet (Dispatch._chain), by id of their run.
+        self.chained_runs: dict[int, Run] = {}
         self.defer_first_write = DEFER_FIRST_WRITE  # seconds
         self.executor_lane: str | None = None  # every task's lane, if the executor says
         self.durability = durability
