@@ -51,6 +51,10 @@ def owf(wf: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
 # --- fm logs -f ----------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Follower:
     """``fm logs -f`` in a subprocess, its stdout read line by line as it comes."""
 
@@ -62,6 +66,10 @@ class Follower:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # Ctrl-C as at a terminal: pytest started in the background by a shell
+            # without job control ignores SIGINT, and its children would inherit that
+            # (Python then installs no KeyboardInterrupt handler).
+            preexec_fn=_default_sigint,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
