@@ -185,15 +185,20 @@ def test_a_chain_runs_in_order_each_node_after_the_one_before(wf, db, tmp_path):
     marks = read_marks(mark)
     assert [m["tag"] for m in marks] == [f"n{i}" for i in range(n)]
     con = sqlite3.connect(db)
-    rows = dict(
-        (path, (s, f))
-        for path, s, f in con.execute(
-            "SELECT path, started_at, finished_at FROM node_runs WHERE execution_id=?", (eid,)
+    rows = {
+        path: (q, s, f)
+        for path, q, s, f in con.execute(
+            "SELECT path, queued_at, started_at, finished_at FROM node_runs WHERE execution_id=?",
+            (eid,),
         )
-    )
+    }
     con.close()
     for i in range(1, n):
-        assert rows[f"n{i}"][0] >= rows[f"n{i - 1}"][1], (i, rows[f"n{i}"], rows[f"n{i - 1}"])
+        queued, started, _ = rows[f"n{i}"]
+        ended = rows[f"n{i - 1}"][2]
+        assert started >= ended, (i, rows[f"n{i}"], rows[f"n{i - 1}"])
+        # Ready (queued) when the one before it ended, as if it had not been chained.
+        assert queued >= ended, (i, rows[f"n{i}"], rows[f"n{i - 1}"])
 
 
 def test_a_failure_mid_chain_starts_nothing_after_it(wf, db, tmp_path):
