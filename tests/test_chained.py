@@ -352,3 +352,20 @@ def test_a_graceful_stop_starts_no_chained_node(wf, db, tmp_path):
     assert [m["tag"] for m in read_marks(mark)] == ["n0"]  # n1 never started
     nodes = {n["path"]: n["status"] for n in show(db, eid)["nodes"]}
     assert nodes == {"n0": "succeeded"}
+
+
+def test_a_worker_that_dies_under_a_chain_reruns_the_node_then_its_successors_once(
+    wf, db, tmp_path
+):
+    """n0 kills its worker once (a recovery); the nodes sent behind it come back
+    unstarted with the worker's death and run once each, after n0's second try."""
+    mark, counter = tmp_path / "marks", tmp_path / "count"
+    doc = chain(mark, 4, fn="crash", args={"counter": str(counter), "times": 1})
+    res = run_wf(wf(doc), db)
+    assert res["status"] == "succeeded", res
+    assert counter.read_text() == "2"
+    assert [m["tag"] for m in read_marks(mark)] == ["n1", "n2", "n3"]
+    nodes = {n["path"]: n for n in show(db, res["id"])["nodes"]}
+    assert nodes["n0"]["recoveries"] == 1
+    assert all(nodes[f"n{i}"]["recoveries"] == 0 for i in (1, 2, 3))
+    assert all(nodes[f"n{i}"]["attempts"] == 1 for i in (1, 2, 3))
