@@ -26,8 +26,8 @@ run: $(STAMP)
 
 # The whole test suite, crash and slow tests included (what CI runs). Two pytest
 # processes: most tests wait on worker processes, timers and sockets, so two share
-# the 2 cores well (11 min -> 6.5 min here); every test owns its database, tmp
-# folder and ports, so they cannot see each other.
+# the 2 cores well (about 9 min here, the longest tests first: tests/conftest.py);
+# every test owns its database, tmp folder and ports, so they cannot see each other.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
