@@ -153,6 +153,36 @@ def item_starts(db: Path, eid: str) -> list[float]:
     return [r[0] for r in rows]
 
 
+def cpu_bound(tmp: Path, workers: int, runs: int, n: int = 200) -> tuple[float, float]:
+    """Seconds for n CPU-bound calls (noop_tasks.burn) on ``workers`` processes: a
+    parallel loop on a warm daemon, and a warm ProcessPoolExecutor's map, in
+    alternating rounds (medians)."""
+    import concurrent.futures
+
+    import noop_tasks
+
+    path = write_workflow(
+        tmp,
+        "cpu",
+        loop_doc(n, {"id": "b", "type": "python", "call": "noop_tasks:burn"}),
+    )
+    db = tmp / "cpu.db"
+    d = Daemon(db, workers)
+    fm, plain = [], []
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            list(pool.map(noop_tasks.noop, range(workers * 4)))  # started, not timed
+            run_once(db, path)  # the daemon's warm-up, not timed
+            for _ in range(runs):
+                fm.append(run_once(db, path)[1])
+                t0 = time.perf_counter()
+                list(pool.map(noop_tasks.burn, [300_000] * n))
+                plain.append(time.perf_counter() - t0)
+    finally:
+        d.stop()
+    return statistics.median(fm), statistics.median(plain)
+
+
 def restart_to_first_dispatch(tmp: Path, workers: int) -> float:
     """kill -9 the daemon mid-loop, restart it, time to the first new node start."""
     db = tmp / "restart.db"
@@ -518,6 +548,11 @@ def main() -> None:
                 100000 / secs / h100k,
                 ">= 10x",
             )
+
+        fm_cpu, pool_cpu = cpu_bound(tmp, w, runs)
+        add("CPU-bound loop, 200 items x ~20 ms of CPU: fm", "s", fm_cpu, "")
+        add("the same calls: concurrent.futures.ProcessPoolExecutor", "s", pool_cpu, "reference")
+        add("CPU-bound loop: fm / process pool", "x", fm_cpu / pool_cpu, "<= 1.10")
 
         add("restart after kill -9: first dispatch", "s", restart_to_first_dispatch(tmp, w), "<= 1")
 
