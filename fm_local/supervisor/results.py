@@ -38,7 +38,8 @@ class Results(Part):
                 head.after = None
                 self.chained_runs.pop(id(head), None)
                 # Ready when the node before it ended (as it would be, not chained).
-                head.queued_at = head.ready_at = after.finished_at or head.queued_at
+                if after.finished_at is not None:
+                    head.queued_at = head.ready_at = after.finished_at
             head.status = "running"
             head.prefetched = False
             head.started_at = self.clock.time()
@@ -114,7 +115,8 @@ class Results(Part):
             return
         run.prefetched = False
         if run.after is not None:
-            run.queued_at = run.ready_at = run.after.finished_at or run.queued_at
+            if run.after.finished_at is not None:
+                run.queued_at = run.ready_at = run.after.finished_at
             run.after = None
             self.chained_runs.pop(id(run), None)
         if self.clock_is_stepped:
